@@ -1,0 +1,46 @@
+# Model Releases: `make run` serves the embedded default, `make test` runs every test.
+# Both do their own set-up (virtualenv, pinned dependencies, services) on a fresh machine.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+REQUIREMENTS := requirements/base.txt requirements/dev.txt requirements/prod.txt requirements/constraints.txt
+
+# The machine's own PostgreSQL and Redis (CI uses the same ones).
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
+PYTEST_ARGS ?=
+RUN_ADDR ?= 127.0.0.1:8000
+
+.PHONY: run test venv services freeze clean
+
+$(STAMP): $(REQUIREMENTS)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
+		-r requirements/dev.txt -r requirements/prod.txt -c requirements/constraints.txt
+	touch $@
+
+venv: $(STAMP)
+
+run: venv
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
+	$(BIN)/python manage.py seed_demo
+	@echo "Serving on http://$(RUN_ADDR) (admin: http://$(RUN_ADDR)/admin/, create a user with '$(BIN)/python manage.py createsuperuser')"
+	$(BIN)/python manage.py runserver --noreload $(RUN_ADDR)
+
+services:
+	scripts/ensure-services.sh
+
+test: venv services
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) DATA_DIR=$(CURDIR)/var/test \
+		$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Re-pin every transitive dependency after changing a requirements file.
+freeze: venv
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^pip==' > requirements/constraints.txt
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

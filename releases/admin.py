@@ -1,0 +1,333 @@
+"""Django admin for maintainers: every change goes through services.py."""
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.db.models import Count
+from django.http import HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.defaultfilters import filesizeformat
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from . import services
+from .models import File, Model, Version, validate_relative_path
+
+
+class VersionInline(admin.TabularInline):
+    model = Version
+    fields = ("version", "status", "prerelease", "published_at")
+    readonly_fields = fields
+    extra = 0
+    show_change_link = True
+    can_delete = False
+    ordering = ("-sort_key",)
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Model)
+class ModelAdmin(admin.ModelAdmin):
+    list_display = ("slug", "name", "version_count", "latest_version")
+    search_fields = ("slug", "name", "summary")
+    prepopulated_fields = {"slug": ("name",)}
+    inlines = [VersionInline]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(version_count=Count("versions"))
+
+    @admin.display(description="versions", ordering="version_count")
+    def version_count(self, obj):
+        return obj.version_count
+
+    @admin.display(description="latest")
+    def latest_version(self, obj):
+        latest = Version.objects.latest_for(obj)
+        return latest.version if latest else "-"
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj and obj.versions.exclude(status=Version.Status.DRAFT).exists():
+            return ("slug",)
+        return ()
+
+    def get_prepopulated_fields(self, request, obj=None):
+        return {} if "slug" in self.get_readonly_fields(request, obj) else self.prepopulated_fields
+
+    def has_delete_permission(self, request, obj=None):
+        return super().has_delete_permission(request, obj) and (obj is None or not obj.versions.exists())
+
+    def save_model(self, request, obj, form, change):
+        services.save_model_details(obj)
+
+
+class FileForm(forms.ModelForm):
+    """A new file for a draft: upload it, or register an object already in storage."""
+
+    upload = forms.FileField(required=False, help_text="Upload a file (large files: use publish_release).")
+    existing_key = forms.CharField(
+        required=False,
+        label="or existing object key",
+        help_text="Register an object already in the bucket; size and checksum are read from storage.",
+    )
+
+    class Meta:
+        model = File
+        fields = ("path",)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["path"].required = False
+
+    def has_changed(self):
+        return self.instance.pk is None and super().has_changed()
+
+    def clean(self):
+        data = super().clean()
+        if self.instance.pk:
+            return data  # existing rows are read-only; only deletion is possible
+        upload, key = data.get("upload"), (data.get("existing_key") or "").strip()
+        if upload and key:
+            raise ValidationError("Give either an upload or an existing object key, not both.")
+        if not upload and not key:
+            raise ValidationError("Choose a file to upload or give an existing object key.")
+        path = (data.get("path") or "").strip() or (upload.name if upload else key.rsplit("/", 1)[-1])
+        validate_relative_path(path)
+        data["path"] = path
+        return data
+
+    def _post_clean(self):
+        pass  # rows are created by services, not by ModelForm.save()
+
+
+class FileInline(admin.TabularInline):
+    model = File
+    form = FileForm
+    extra = 0
+    fields = ("path", "upload", "existing_key", "human_size", "sha256", "key", "verification")
+    readonly_fields = ("human_size", "sha256", "key", "verification")
+
+    def get_fields(self, request, obj=None):
+        if obj is None or not obj.is_draft:
+            return ("path", "human_size", "sha256", "key", "verification")
+        return self.fields
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None or not obj.is_draft:
+            return ("path", *self.readonly_fields)
+        return self.readonly_fields
+
+    def get_extra(self, request, obj=None, **kwargs):
+        return 1 if obj is not None and obj.is_draft else 0
+
+    def has_add_permission(self, request, obj=None):
+        return obj is not None and obj.is_draft and super().has_add_permission(request, obj)
+
+    def has_change_permission(self, request, obj=None):
+        return obj is not None and obj.is_draft and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return obj is not None and obj.is_draft and super().has_delete_permission(request, obj)
+
+    @admin.display(description="size")
+    def human_size(self, obj):
+        if obj.size is None:
+            return "-"
+        return format_html("{} <small>({} bytes)</small>", filesizeformat(obj.size), f"{obj.size:,}")
+
+    @admin.display(description="verification")
+    def verification(self, obj):
+        return verification_label(obj)
+
+
+def verification_label(file: File) -> str:
+    if file.verified_at is None:
+        return file.get_verification_status_display()
+    return format_html(
+        '<span title="{}">{} ({:%Y-%m-%d %H:%M} UTC)</span>',
+        file.verification_detail,
+        file.get_verification_status_display(),
+        file.verified_at,
+    )
+
+
+class YankForm(forms.Form):
+    reason = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
+        help_text="Shown to everyone who finds the version, e.g. 'corrupt vocoder weights; use v24'.",
+    )
+
+
+# Admin transitions: name -> (label, service, form asking for extra input or None).
+TRANSITIONS = {
+    "publish": ("Publish", lambda version, data: services.publish_version(version), None),
+    "yank": ("Yank", lambda version, data: services.yank_version(version, data["reason"]), YankForm),
+    "withdraw": ("Withdraw", lambda version, data: services.withdraw_version(version), None),
+    "delete_draft": ("Delete draft", lambda version, data: services.delete_draft(version), None),
+}
+TRANSITION_HELP = {
+    "publish": "Publishing checks that every file is complete and present in storage. Published files "
+    "can never change; a change is a new version.",
+    "yank": "A yanked version stays downloadable by its exact version, shows the reason, and is never "
+    "chosen as latest.",
+    "withdraw": "A withdrawn version is gone for good: nothing is signed for it and its URLs answer 410 Gone.",
+    "delete_draft": "Deleting a draft removes its file records and the objects uploaded for it.",
+}
+
+
+@admin.register(Version)
+class VersionAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "model", "version", "status", "prerelease", "file_count", "published_at")
+    list_filter = ("status", "prerelease", "model")
+    search_fields = ("model__slug", "version", "notes")
+    list_select_related = ("model",)
+    ordering = ("model__slug", "-sort_key")
+    inlines = [FileInline]
+    actions = ["publish_selected", "yank_selected", "withdraw_selected", "delete_selected_drafts"]
+    change_form_template = "admin/releases/version/change_form.html"
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(file_count=Count("files"))
+
+    @admin.display(description="files", ordering="file_count")
+    def file_count(self, obj):
+        return obj.file_count
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ("model", "version", "prerelease", "notes")
+        return ("model", "version", "status", "prerelease", "published_at", "yanked_reason", "notes")
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return ()
+        fixed = ("model", "version", "status", "published_at", "yanked_reason")
+        return fixed if obj.is_draft else (*fixed, "prerelease")
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # published versions are withdrawn, not deleted
+        return actions
+
+    def has_delete_permission(self, request, obj=None):
+        return super().has_delete_permission(request, obj) and (obj is None or obj.is_draft)
+
+    def delete_model(self, request, obj):
+        services.delete_draft(obj)
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            services.update_version_details(obj, notes=obj.notes, prerelease=obj.prerelease)
+            return
+        created = services.create_version(obj.model, obj.version, notes=obj.notes, prerelease=obj.prerelease)
+        obj.pk, obj._state.adding = created.pk, False
+
+    def save_formset(self, request, form, formset, change):
+        if formset.model is not File:
+            return super().save_formset(request, form, formset, change)
+        version = form.instance
+        for file_form in formset.deleted_forms:
+            if file_form.instance.pk:
+                self._call(request, services.remove_file, file_form.instance)
+        for file_form in formset.forms:
+            data = getattr(file_form, "cleaned_data", None)
+            if file_form.instance.pk or not data or data.get("DELETE") or not file_form.has_changed():
+                continue
+            if data.get("upload"):
+                self._call(request, services.add_file, version, data["path"], data["upload"])
+            else:
+                self._call(request, services.register_object, version, data["path"], data["existing_key"].strip())
+
+    def _call(self, request, service, *args) -> bool:
+        """Run a service; a refusal becomes an error message on the page."""
+        try:
+            service(*args)
+        except services.ReleaseError as error:
+            self.message_user(request, str(error), messages.ERROR)
+            return False
+        return True
+
+    # --- transitions: changelist actions and change-page buttons share one confirmation page
+
+    @admin.action(description="Publish selected drafts", permissions=["change"])
+    def publish_selected(self, request, queryset):
+        return self.confirm_transition(request, queryset, "publish")
+
+    @admin.action(description="Yank selected versions", permissions=["change"])
+    def yank_selected(self, request, queryset):
+        return self.confirm_transition(request, queryset, "yank")
+
+    @admin.action(description="Withdraw selected versions", permissions=["change"])
+    def withdraw_selected(self, request, queryset):
+        return self.confirm_transition(request, queryset, "withdraw")
+
+    @admin.action(description="Delete selected drafts", permissions=["delete"])
+    def delete_selected_drafts(self, request, queryset):
+        return self.confirm_transition(request, queryset, "delete_draft")
+
+    def get_urls(self):
+        return [
+            path(
+                "<int:object_id>/transition/<str:name>/",
+                self.admin_site.admin_view(self.transition_view),
+                name="releases_version_transition",
+            ),
+            *super().get_urls(),
+        ]
+
+    def transition_view(self, request, object_id, name):
+        version = get_object_or_404(Version, pk=object_id)
+        permission = "delete" if name == "delete_draft" else "change"
+        if name not in TRANSITIONS or not getattr(self, f"has_{permission}_permission")(request, version):
+            return HttpResponseRedirect(reverse("admin:releases_version_change", args=[object_id]))
+        response = self.confirm_transition(request, Version.objects.filter(pk=object_id), name, single=True)
+        if response is not None:
+            return response
+        if name == "delete_draft" and not Version.objects.filter(pk=object_id).exists():
+            return HttpResponseRedirect(reverse("admin:releases_version_changelist"))
+        return HttpResponseRedirect(reverse("admin:releases_version_change", args=[object_id]))
+
+    def confirm_transition(self, request, queryset, name, *, single=False):
+        """Show the confirmation page; on the confirmed POST, apply the service to each version."""
+        label, service, form_class = TRANSITIONS[name]
+        versions = list(queryset.select_related("model"))
+        confirmed = request.POST.get("confirm") == "yes"
+        form = form_class(request.POST if confirmed else None) if form_class else None
+        if confirmed and (form is None or form.is_valid()):
+            data = form.cleaned_data if form else {}
+            done = [version for version in versions if self._call(request, service, version, data)]
+            if done:
+                self.message_user(request, f"{label}: {', '.join(str(v) for v in done)}.", messages.SUCCESS)
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"{label}: are you sure?",
+            "opts": self.model._meta,
+            "versions": versions,
+            "action": name,
+            "action_label": label,
+            "help": TRANSITION_HELP[name],
+            "form": form,
+            "single": single,
+            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/releases/version/confirm_transition.html", context)
+
+
+@admin.register(File)
+class FileAdmin(admin.ModelAdmin):
+    list_display = ("path", "version", "size", "verification_status", "verified_at")
+    list_filter = ("verification_status", "version__status", "version__model")
+    search_fields = ("path", "key", "sha256", "version__version", "version__model__slug")
+    list_select_related = ("version__model",)
+    readonly_fields = [field.name for field in File._meta.fields]
+
+    def has_add_permission(self, request):
+        return False  # files are added to a draft version
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

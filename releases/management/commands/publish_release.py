@@ -1,0 +1,100 @@
+"""publish_release MODEL VERSION FILE... : upload local files and publish them as a version."""
+
+import os
+import sys
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+from django.template.defaultfilters import filesizeformat
+
+from releases.services import LocalFile, ReleaseError, release_local_files
+
+PROGRESS_BAR_MIN_BYTES = 8 * 1024 * 1024
+
+
+class Command(BaseCommand):
+    help = (
+        "Upload FILEs (hashing them on the way), record their sizes and SHA-256 checksums, and publish "
+        "them as VERSION of MODEL (created if needed). Publishing the same files again is a no-op."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("model", help="model slug, e.g. index-tts")
+        parser.add_argument("version", help="version string, e.g. v23 or 2.0.1")
+        parser.add_argument("files", nargs="+", metavar="FILE", help="files to publish")
+        parser.add_argument(
+            "--root",
+            help="directory the files' paths are relative to "
+            "(default: the deepest directory that contains all FILEs)",
+        )
+        parser.add_argument("--notes", metavar="FILE", help="release notes (Markdown) to read from FILE")
+        parser.add_argument("--prerelease", action="store_true", help="mark the version as a prerelease")
+        parser.add_argument("--draft", action="store_true", help="upload and record, but leave it a draft")
+
+    def handle(self, *args, model, version, files, root, notes, prerelease, draft, **options):
+        local_files = local_files_under(files, root)
+        notes_text = read_notes(notes) if notes else ""
+        try:
+            outcome = release_local_files(
+                model,
+                version,
+                local_files,
+                notes=notes_text,
+                prerelease=prerelease,
+                draft=draft,
+                progress_for=self.progress_bar,
+            )
+        except ReleaseError as error:
+            raise CommandError(str(error)) from error
+        release = outcome.version
+        label = f"{release.model.slug} {release.version}"
+        if outcome.unchanged:
+            self.stdout.write(f"{label} is already {release.status} with these {len(local_files)} files; nothing to do.")
+            return
+        for file in release.files.order_by("path"):
+            self.stdout.write(f"  {file.path}  {filesizeformat(file.size)}  sha256 {file.sha256}")
+        state = "saved as a draft" if release.is_draft else "published"
+        self.stdout.write(self.style.SUCCESS(f"{label} {state}: {len(outcome.uploaded)} uploaded, {len(outcome.kept)} kept."))
+
+    def progress_bar(self, item: LocalFile, size: int):
+        if size < PROGRESS_BAR_MIN_BYTES:
+            return None
+        from tqdm import tqdm
+
+        bar = tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=item.path, file=sys.stderr, disable=None)
+
+        def advance(transferred: int) -> None:
+            bar.update(transferred)
+            if bar.n >= size:
+                bar.close()
+
+        return advance
+
+
+def local_files_under(files: list[str], root: str | None) -> list[LocalFile]:
+    """Pair each FILE with its path inside the version, relative to ``root``."""
+    sources = [Path(os.path.abspath(name)) for name in files]
+    for source in sources:
+        if not source.is_file():
+            raise CommandError(f"{source}: no such file.")
+    if root:
+        base = Path(os.path.abspath(root))
+        if not base.is_dir():
+            raise CommandError(f"--root {root}: no such directory.")
+    else:
+        base = Path(os.path.commonpath([str(source.parent) for source in sources]))
+    pairs = []
+    for source in sources:
+        try:
+            relative = source.relative_to(base)
+        except ValueError:
+            raise CommandError(f"{source} is not inside --root {base}.") from None
+        pairs.append(LocalFile(path=relative.as_posix(), source=source))
+    return pairs
+
+
+def read_notes(name: str) -> str:
+    try:
+        return Path(name).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise CommandError(f"--notes {name}: cannot read it ({getattr(error, 'strerror', None) or error}).") from None

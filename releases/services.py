@@ -1,0 +1,414 @@
+"""Write paths for releases: the only code that creates or changes models,
+versions and files. The admin and the management commands call these.
+
+Every refusal raises ReleaseError with one sentence a maintainer can act on,
+and leaves nothing behind: no version without its files, no object that the
+refused call uploaded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from .models import (
+    File,
+    Model,
+    Version,
+    default_object_key,
+    validate_model_slug,
+    validate_object_key,
+    validate_relative_path,
+    validate_version_string,
+)
+from .storage import Progress, StorageError, guess_content_type, release_store, sha256_of_file
+
+logger = logging.getLogger(__name__)
+
+
+class ReleaseError(Exception):
+    """A refused release operation; str() is one clear line."""
+
+
+def _message(error: ValidationError) -> str:
+    return " ".join(error.messages)
+
+
+@contextmanager
+def _as_release_error():
+    try:
+        yield
+    except ValidationError as error:
+        raise ReleaseError(_message(error)) from error
+    except StorageError as error:
+        raise ReleaseError(str(error)) from error
+
+
+# --- models and versions -------------------------------------------------
+
+
+def get_or_create_model(slug: str, *, name: str = "", summary: str = "") -> Model:
+    with _as_release_error():
+        validate_model_slug(slug)
+    model, _ = Model.objects.get_or_create(slug=slug, defaults={"name": name or slug, "summary": summary})
+    return model
+
+
+def create_version(model: Model, version: str, *, notes: str = "", prerelease: bool = False) -> Version:
+    with _as_release_error():
+        validate_version_string(version)
+    existing = Version.objects.filter(model=model, version__iexact=version).first()
+    if existing:
+        raise ReleaseError(f"{model.slug} already has version {existing.version} ({existing.status}).")
+    try:
+        with transaction.atomic():
+            return Version.objects.create(model=model, version=version, notes=notes, prerelease=prerelease)
+    except IntegrityError as error:
+        raise ReleaseError(f"{model.slug} already has version {version}.") from error
+
+
+def _locked(version: Version) -> Version:
+    return Version.objects.select_for_update().select_related("model").get(pk=version.pk)
+
+
+def _require_transition(version: Version, status: str) -> None:
+    if not version.can_become(status):
+        raise ReleaseError(
+            f"{version.model.slug} {version.version} is {version.status} and cannot become {status}."
+        )
+
+
+def publish_version(version: Version) -> Version:
+    """Draft (or yanked) -> published, once every file is complete and present in storage."""
+    with transaction.atomic():
+        version = _locked(version)
+        _require_transition(version, Version.Status.PUBLISHED)
+        if version.is_draft:
+            _check_files_ready(version)
+            version.published_at = timezone.now()
+        version.status = Version.Status.PUBLISHED
+        version.yanked_reason = ""
+        version.save(update_fields=["status", "published_at", "yanked_reason", "updated_at"])
+    logger.info("published %s %s", version.model.slug, version.version)
+    return version
+
+
+def _check_files_ready(version: Version) -> None:
+    files = list(version.files.all())
+    label = f"{version.model.slug} {version.version}"
+    if not files:
+        raise ReleaseError(f"{label} has no files; add at least one before publishing.")
+    store = release_store()
+    for file in files:
+        if file.size is None or not file.sha256:
+            raise ReleaseError(f"{label}: {file.path} has no size or checksum yet.")
+        with _as_release_error():
+            stored = store.stat(file.key)
+        if stored is None:
+            raise ReleaseError(f"{label}: the object for {file.path} ({file.key}) is missing from storage.")
+        if stored.size != file.size:
+            raise ReleaseError(
+                f"{label}: the object for {file.path} has {stored.size} bytes in storage, expected {file.size}."
+            )
+
+
+def yank_version(version: Version, reason: str) -> Version:
+    """Published -> yanked: still downloadable by exact version, never latest."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise ReleaseError("Yanking needs a reason; it is shown to everyone who finds the version.")
+    with transaction.atomic():
+        version = _locked(version)
+        _require_transition(version, Version.Status.YANKED)
+        version.status = Version.Status.YANKED
+        version.yanked_reason = reason
+        version.save(update_fields=["status", "yanked_reason", "updated_at"])
+    logger.info("yanked %s %s: %s", version.model.slug, version.version, reason)
+    return version
+
+
+def withdraw_version(version: Version) -> Version:
+    """Published or yanked -> withdrawn: nothing is signed for it again (410 Gone)."""
+    with transaction.atomic():
+        version = _locked(version)
+        _require_transition(version, Version.Status.WITHDRAWN)
+        version.status = Version.Status.WITHDRAWN
+        version.save(update_fields=["status", "updated_at"])
+    logger.info("withdrew %s %s", version.model.slug, version.version)
+    return version
+
+
+def delete_draft(version: Version) -> None:
+    """Remove a draft with its file rows and the objects the site uploaded for it."""
+    with transaction.atomic():
+        version = _locked(version)
+        if not version.is_draft:
+            raise ReleaseError(f"{version.model.slug} {version.version} is {version.status}; only drafts can be deleted.")
+        keys = list(version.files.filter(managed_object=True).values_list("key", flat=True))
+        version.delete()
+    _delete_objects(keys)
+
+
+# --- files ----------------------------------------------------------------
+
+
+def _check_new_file(version: Version, path: str, key: str) -> None:
+    if not version.is_draft:
+        raise ReleaseError(
+            f"{version.model.slug} {version.version} is {version.status}; files can only be added to a draft."
+        )
+    with _as_release_error():
+        validate_relative_path(path)
+        validate_object_key(key, version.model.slug)
+    if version.files.filter(path=path).exists():
+        raise ReleaseError(f"{version.model.slug} {version.version} already has a file {path}.")
+    if File.objects.filter(key=key).exists():
+        raise ReleaseError(f"Object key {key} already belongs to another file.")
+
+
+def _create_file_row(version: Version, **fields) -> File:
+    try:
+        with transaction.atomic():
+            file = File(version=version, **fields)
+            file.full_clean(exclude=["version"], validate_unique=False, validate_constraints=False)
+            file.save()
+            return file
+    except ValidationError as error:
+        raise ReleaseError(_message(error)) from error
+    except IntegrityError as error:
+        raise ReleaseError(f"{version.model.slug} {version.version} already has a file {fields['path']}.") from error
+
+
+def add_file(
+    version: Version,
+    path: str,
+    fileobj: BinaryIO,
+    *,
+    content_type: str | None = None,
+    progress: Progress | None = None,
+) -> File:
+    """Upload ``fileobj`` as ``path`` of a draft version, recording its size and SHA-256."""
+    version = Version.objects.select_related("model").get(pk=version.pk)
+    key = default_object_key(version.model.slug, version.version, path)
+    _check_new_file(version, path, key)
+    content_type = content_type or guess_content_type(path)
+    with _as_release_error():
+        stored = release_store().upload(key, fileobj, content_type=content_type, progress=progress)
+    try:
+        return _create_file_row(
+            version, path=path, key=key, size=stored.size, sha256=stored.sha256, content_type=content_type
+        )
+    except ReleaseError:
+        if not File.objects.filter(key=key).exists():  # a racing upload may own it now
+            _delete_objects([key])
+        raise
+
+
+def register_object(version: Version, path: str, key: str | None = None) -> File:
+    """Attach an object already in storage; size and checksum come from storage."""
+    version = Version.objects.select_related("model").get(pk=version.pk)
+    key = key or default_object_key(version.model.slug, version.version, path)
+    _check_new_file(version, path, key)
+    store = release_store()
+    with _as_release_error():
+        stored = store.stat(key)
+        if stored is None:
+            raise ReleaseError(f"There is no object {key} in storage to register as {path}.")
+        sha256 = stored.sha256
+        if sha256 is None:  # storage keeps no full-object SHA-256: hash it by streaming
+            sha256, size = store.compute_sha256(key)
+            if size != stored.size:
+                raise ReleaseError(f"Object {key} changed while it was being hashed; try again.")
+    return _create_file_row(
+        version,
+        path=path,
+        key=key,
+        size=stored.size,
+        sha256=sha256,
+        content_type=stored.content_type or guess_content_type(path),
+        managed_object=False,
+    )
+
+
+def remove_file(file: File) -> None:
+    """Remove a file from a draft (and its object, when the site uploaded it)."""
+    with transaction.atomic():
+        version = _locked(file.version)
+        if not version.is_draft:
+            raise ReleaseError(f"{file.path} belongs to {version.status} version {version.version}; it cannot be removed.")
+        key, managed = file.key, file.managed_object
+        File.objects.filter(pk=file.pk).delete()
+    if managed:
+        _delete_objects([key])
+
+
+def _delete_objects(keys: Iterable[str]) -> None:
+    store = release_store()
+    for key in keys:
+        try:
+            store.delete(key)
+        except StorageError:
+            logger.warning("could not delete object %s; it is orphaned and safe to remove by hand", key)
+
+
+# --- publishing a set of local files (the publish_release command) ----------
+
+
+@dataclass
+class LocalFile:
+    path: str  # the file's path inside the version
+    source: Path
+
+
+@dataclass
+class ReleaseOutcome:
+    version: Version
+    unchanged: bool = False  # the version was already published with exactly these files
+    uploaded: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+
+
+ProgressFactory = Callable[[LocalFile, int], Progress | None]
+
+
+def release_local_files(
+    model_slug: str,
+    version_string: str,
+    files: list[LocalFile],
+    *,
+    notes: str = "",
+    prerelease: bool = False,
+    draft: bool = False,
+    progress_for: ProgressFactory | None = None,
+) -> ReleaseOutcome:
+    """Upload local files as a version and publish it (unless ``draft``).
+
+    Idempotent: the same files for an already published version change
+    nothing. A refusal leaves no version, file or uploaded object behind.
+    """
+    with _as_release_error():
+        validate_model_slug(model_slug)
+        validate_version_string(version_string)
+        for item in files:
+            validate_relative_path(item.path)
+    _check_local_files(files)
+    existing = (
+        Version.objects.select_related("model")
+        .filter(model__slug=model_slug, version__iexact=version_string)
+        .first()
+    )
+    if existing and not existing.is_draft:
+        return _compare_with_released(existing, files)
+    kept = _identical_draft_files(existing, files) if existing else set()
+    uploaded: list[tuple[LocalFile, object]] = []
+    try:
+        for item in files:
+            if item.path in kept:
+                continue
+            key = default_object_key(model_slug, existing.version if existing else version_string, item.path)
+            progress = progress_for(item, item.source.stat().st_size) if progress_for else None
+            with open(item.source, "rb") as source, _as_release_error():
+                stored = release_store().upload(
+                    key, source, content_type=guess_content_type(item.path), progress=progress
+                )
+            uploaded.append((item, stored))
+        with transaction.atomic():
+            model = get_or_create_model(model_slug)
+            version = existing or create_version(model, version_string, notes=notes, prerelease=prerelease)
+            for item, stored in uploaded:
+                _check_new_file(version, item.path, stored.key)
+                _create_file_row(
+                    version,
+                    path=item.path,
+                    key=stored.key,
+                    size=stored.size,
+                    sha256=stored.sha256,
+                    content_type=stored.content_type,
+                )
+            if not draft:
+                version = publish_version(version)
+    except BaseException:
+        _delete_objects(stored.key for _, stored in uploaded)
+        raise
+    return ReleaseOutcome(
+        version=version, uploaded=[item.path for item, _ in uploaded], kept=sorted(kept)
+    )
+
+
+def _check_local_files(files: list[LocalFile]) -> None:
+    if not files:
+        raise ReleaseError("Name at least one file to publish.")
+    seen: dict[str, Path] = {}
+    for item in files:
+        if not item.source.is_file():
+            raise ReleaseError(f"{item.source}: no such file.")
+        if item.path in seen:
+            raise ReleaseError(f"{item.source} and {seen[item.path]} would both be published as {item.path}.")
+        seen[item.path] = item.source
+
+
+def _local_sha256(item: LocalFile) -> str:
+    with open(item.source, "rb") as source:
+        return sha256_of_file(source)[0]
+
+
+def _compare_with_released(version: Version, files: list[LocalFile]) -> ReleaseOutcome:
+    released = {file.path: file.sha256 for file in version.files.all()}
+    local = {item.path: _local_sha256(item) for item in files}
+    if released != local:
+        different = sorted(set(released.items()) ^ set(local.items()))
+        first = different[0][0]
+        raise ReleaseError(
+            f"{version.model.slug} {version.version} is already {version.status} with other files "
+            f"(first difference: {first}); publish a new version instead."
+        )
+    return ReleaseOutcome(version=version, unchanged=True)
+
+
+def _identical_draft_files(version: Version, files: list[LocalFile]) -> set[str]:
+    """Paths the draft already has with the same content; a path with other content is refused."""
+    in_draft = {file.path: file.sha256 for file in version.files.all()}
+    kept = set()
+    for item in files:
+        if item.path not in in_draft:
+            continue
+        if in_draft[item.path] != _local_sha256(item):
+            raise ReleaseError(
+                f"Draft {version.model.slug} {version.version} already has {item.path} with other content; "
+                "remove it from the draft first."
+            )
+        kept.add(item.path)
+    return kept
+
+
+# --- metadata edits (admin) -------------------------------------------------
+
+
+def save_model_details(model: Model) -> Model:
+    """Create or update a model's name, summary and description."""
+    with _as_release_error():
+        model.full_clean()
+    if model.pk and Model.objects.filter(pk=model.pk).exclude(slug=model.slug).exists():
+        if model.versions.exclude(status=Version.Status.DRAFT).exists():
+            raise ReleaseError(f"{model.slug}: the slug is part of published URLs and cannot change.")
+    model.save()
+    return model
+
+
+def update_version_details(version: Version, *, notes: str, prerelease: bool) -> Version:
+    """Edit release notes (any time) and the prerelease flag (drafts only: it decides 'latest')."""
+    with transaction.atomic():
+        locked = _locked(version)
+        if prerelease != locked.prerelease and not locked.is_draft:
+            raise ReleaseError(f"{locked.model.slug} {locked.version} is {locked.status}; its prerelease flag is fixed.")
+        locked.notes, locked.prerelease = notes, prerelease
+        locked.save(update_fields=["notes", "prerelease", "updated_at"])
+    return locked

@@ -1,0 +1,394 @@
+"""Object storage for release files: the only module that touches
+django-storages and boto3.
+
+Two backends behind one small interface (`ReleaseStore`):
+
+* ``local``: Django's FileSystemStorage under ``DATA_DIR/objects``; writes go
+  to a temporary file that is renamed into place, so a reader never sees half
+  an object.
+* ``s3``: django-storages' S3Storage for configuration and its boto3 client
+  for the work: managed multipart uploads that ask S3 for SHA-256 checksums,
+  object attributes to read size and checksum back, streamed reads.
+
+Everything is hashed while it is written, so callers always learn the SHA-256
+of what they stored without reading the source twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import mimetypes
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from django.conf import settings
+from django.core.files.storage import FileSystemStorage, storages
+
+logger = logging.getLogger(__name__)
+
+CHUNK_SIZE = 1024 * 1024
+Progress = Callable[[int], None]  # called with the number of bytes just transferred
+
+
+class StorageError(Exception):
+    """Storage refused or could not be reached; the message says which object and why."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+    # Hex SHA-256 of the whole object when known: computed while uploading, or
+    # a full-object checksum kept by the store. None when the store has none.
+    sha256: str | None = None
+    content_type: str | None = None
+
+
+# Python's own table only: the host's mime.types must not decide what a
+# download is (Debian maps .pt to a SNES format).
+_MIME_TYPES = mimetypes.MimeTypes(filenames=())
+_MODEL_TYPES = {
+    ".yaml": "application/yaml",
+    ".yml": "application/yaml",
+    ".toml": "application/toml",
+    ".md": "text/markdown",
+    ".pt": "application/octet-stream",
+    ".pth": "application/octet-stream",
+    ".bin": "application/octet-stream",
+    ".ckpt": "application/octet-stream",
+    ".safetensors": "application/octet-stream",
+    ".onnx": "application/octet-stream",
+    ".gguf": "application/octet-stream",
+}
+
+
+def guess_content_type(path: str) -> str:
+    extension = os.path.splitext(path)[1].lower()
+    if extension in _MODEL_TYPES:
+        return _MODEL_TYPES[extension]
+    content_type, encoding = _MIME_TYPES.guess_type(path, strict=True)
+    if encoding or not content_type:
+        return "application/octet-stream"
+    return content_type
+
+
+class HashingReader:
+    """Wraps a readable file and hashes the bytes read, exactly once each.
+
+    Uploaders may seek back and read again (retries, payload signing); only
+    bytes beyond the furthest point already hashed are fed to the hash. If a
+    reader ever skips ahead, the digest is marked incomplete and the caller
+    re-hashes the source.
+    """
+
+    def __init__(self, fileobj: BinaryIO):
+        self._file = fileobj
+        self._hash = hashlib.sha256()
+        self._hashed = fileobj.tell()
+        self._start = self._hashed
+        self._gap = False
+
+    def read(self, size: int = -1) -> bytes:
+        position = self._file.tell()
+        data = self._file.read(size)
+        end = position + len(data)
+        if position > self._hashed:
+            self._gap = True
+        elif end > self._hashed:
+            self._hash.update(data[self._hashed - position :])
+            self._hashed = end
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """Uploaders close what they read; the caller owns the file, so leave it open."""
+
+    def hexdigest_for(self, size: int) -> str | None:
+        if self._gap or self._hashed - self._start != size:
+            return None
+        return self._hash.hexdigest()
+
+
+def sha256_of_stream(chunks: Iterator[bytes]) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    for chunk in chunks:
+        digest.update(chunk)
+        size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def sha256_of_file(fileobj: BinaryIO, progress: Progress | None = None) -> tuple[str, int]:
+    def chunks():
+        while chunk := fileobj.read(CHUNK_SIZE):
+            if progress:
+                progress(len(chunk))
+            yield chunk
+
+    return sha256_of_stream(chunks())
+
+
+class ReleaseStore:
+    """What the services need from object storage."""
+
+    backend_name = ""
+
+    def upload(
+        self, key: str, fileobj: BinaryIO, *, content_type: str, progress: Progress | None = None
+    ) -> StoredObject:
+        """Store the readable, seekable ``fileobj`` (from its current position) at ``key``."""
+        raise NotImplementedError
+
+    def stat(self, key: str) -> StoredObject | None:
+        """Size and (when the store keeps one) full-object SHA-256; None if there is no object."""
+        raise NotImplementedError
+
+    def iter_bytes(self, key: str, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    def compute_sha256(self, key: str) -> tuple[str, int]:
+        """Stream the whole object and hash it: (hex digest, size)."""
+        return sha256_of_stream(self.iter_bytes(key))
+
+
+class LocalStore(ReleaseStore):
+    backend_name = "local"
+
+    def __init__(self, storage: FileSystemStorage):
+        self.storage = storage
+
+    def _path(self, key: str) -> str:
+        return self.storage.path(key)  # safe_join: a key can never leave the root
+
+    def upload(self, key, fileobj, *, content_type, progress=None):
+        target = self._path(key)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".upload-")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                digest, size = sha256_of_file(_Tee(fileobj, out), progress)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(temporary, 0o644)
+            os.replace(temporary, target)
+        except OSError as error:
+            _remove_quietly(temporary)
+            raise StorageError(f"Could not write object {key!r}: {error.strerror or error}.") from error
+        except BaseException:
+            _remove_quietly(temporary)
+            raise
+        return StoredObject(key=key, size=size, sha256=digest, content_type=content_type)
+
+    def stat(self, key):
+        try:
+            size = os.stat(self._path(key)).st_size
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise StorageError(f"Could not read object {key!r}: {error.strerror or error}.") from error
+        return StoredObject(key=key, size=size)
+
+    def iter_bytes(self, key, chunk_size=CHUNK_SIZE):
+        try:
+            with open(self._path(key), "rb") as source:
+                while chunk := source.read(chunk_size):
+                    yield chunk
+        except FileNotFoundError as error:
+            raise StorageError(f"Object {key!r} does not exist.") from error
+
+    def open(self, key: str) -> BinaryIO:
+        """A local file handle, for serving byte ranges directly."""
+        return open(self._path(key), "rb")
+
+    def delete(self, key):
+        try:
+            os.remove(self._path(key))
+        except FileNotFoundError:
+            pass
+
+
+class _Tee:
+    """A reader that writes every chunk it reads to ``out``."""
+
+    def __init__(self, source: BinaryIO, out: BinaryIO):
+        self.source, self.out = source, out
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.source.read(size)
+        self.out.write(data)
+        return data
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+class S3Store(ReleaseStore):
+    backend_name = "s3"
+
+    def __init__(self, storage):
+        self.storage = storage
+        self.bucket = storage.bucket_name
+
+    @property
+    def client(self):
+        return self.storage.connection.meta.client
+
+    def _transfer_config(self):
+        from boto3.s3.transfer import TransferConfig
+
+        part = settings.RELEASE_MULTIPART_THRESHOLD
+        return TransferConfig(multipart_threshold=part, multipart_chunksize=part, max_concurrency=4)
+
+    def upload(self, key, fileobj, *, content_type, progress=None):
+        start = fileobj.tell()
+        size = fileobj.seek(0, os.SEEK_END) - start
+        fileobj.seek(start)
+        reader = HashingReader(fileobj)
+        with _storage_errors(f"upload object {key!r}"):
+            self.client.upload_fileobj(
+                reader,
+                self.bucket,
+                key,
+                ExtraArgs={"ChecksumAlgorithm": "SHA256", "ContentType": content_type},
+                Config=self._transfer_config(),
+                Callback=progress,
+            )
+        digest = reader.hexdigest_for(size)
+        if digest is None:  # the uploader read out of order: hash the source again
+            fileobj.seek(start)
+            digest, _ = sha256_of_file(fileobj)
+        stored = self.stat(key)
+        problem = None
+        if stored is None:
+            problem = "is not there after the upload"
+        elif stored.size != size:
+            problem = f"has {stored.size} bytes after the upload, expected {size}"
+        elif stored.sha256 is not None and stored.sha256 != digest:
+            problem = "has a different SHA-256 in storage than the bytes sent"
+        if problem:
+            self.delete(key)
+            raise StorageError(f"Object {key!r} {problem}; it was removed, try again.")
+        return StoredObject(key=key, size=size, sha256=digest, content_type=content_type)
+
+    def stat(self, key):
+        from botocore.exceptions import ClientError
+
+        try:
+            with _storage_errors(f"read the attributes of object {key!r}"):
+                attributes = self.client.get_object_attributes(
+                    Bucket=self.bucket, Key=key, ObjectAttributes=["ObjectSize", "Checksum", "ObjectParts"]
+                )
+        except StorageError as error:
+            cause = error.__cause__
+            if isinstance(cause, ClientError) and _error_code(cause) in {"NoSuchKey", "404", "NotFound"}:
+                return None
+            if isinstance(cause, ClientError) and _error_code(cause) in {"NotImplemented", "501", "MethodNotAllowed"}:
+                return self._stat_by_head(key)
+            raise
+        checksum = attributes.get("Checksum") or {}
+        return StoredObject(
+            key=key,
+            size=attributes["ObjectSize"],
+            sha256=_full_object_sha256(
+                checksum.get("ChecksumSHA256"), checksum.get("ChecksumType"), bool(attributes.get("ObjectParts"))
+            ),
+        )
+
+    def _stat_by_head(self, key):
+        """For S3-compatible stores without GetObjectAttributes."""
+        from botocore.exceptions import ClientError
+
+        try:
+            with _storage_errors(f"read object {key!r}"):
+                head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        except StorageError as error:
+            if isinstance(error.__cause__, ClientError) and _error_code(error.__cause__) in {"404", "NoSuchKey"}:
+                return None
+            raise
+        return StoredObject(
+            key=key,
+            size=head["ContentLength"],
+            sha256=_full_object_sha256(head.get("ChecksumSHA256"), head.get("ChecksumType"), False),
+            content_type=head.get("ContentType"),
+        )
+
+    def iter_bytes(self, key, chunk_size=CHUNK_SIZE):
+        with _storage_errors(f"read object {key!r}"):
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            try:
+                yield from body.iter_chunks(chunk_size)
+            finally:
+                body.close()
+
+    def delete(self, key):
+        with _storage_errors(f"delete object {key!r}"):
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+
+
+def _full_object_sha256(value: str | None, checksum_type: str | None, multipart: bool) -> str | None:
+    """Hex SHA-256 of the whole object, or None when S3 only has a checksum of part checksums."""
+    if not value or "-" in value or checksum_type == "COMPOSITE":
+        return None
+    if checksum_type is None and multipart:
+        return None
+    return base64.b64decode(value).hex()
+
+
+def _error_code(error) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+class _storage_errors:
+    """Turn boto3's exceptions into StorageError with a sentence a person can act on."""
+
+    def __init__(self, action: str):
+        self.action = action
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if error is None:
+            return False
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if isinstance(error, ClientError):
+            message = error.response.get("Error", {}).get("Message") or _error_code(error)
+            raise StorageError(f"Could not {self.action}: {message}.") from error
+        if isinstance(error, BotoCoreError):
+            raise StorageError(f"Could not {self.action}: {error}.") from error
+        return False
+
+
+def release_store() -> ReleaseStore:
+    """The store configured in settings.STORAGES['releases']."""
+    backend = storages["releases"]
+    if isinstance(backend, FileSystemStorage):
+        return LocalStore(backend)
+    from storages.backends.s3 import S3Storage
+
+    if isinstance(backend, S3Storage):
+        return S3Store(backend)
+    raise StorageError(f"Unsupported release storage backend {type(backend).__name__}.")

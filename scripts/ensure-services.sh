@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Make sure the services the test suite talks to are up: the machine's
+# PostgreSQL and Redis on loopback. Starts them when they are installed but
+# stopped; says clearly what is missing otherwise.
+set -euo pipefail
+
+pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
+redis_up() { redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; }
+
+wait_for() {  # wait_for NAME CHECK
+  for _ in $(seq 1 50); do "$2" && return 0; sleep 0.2; done
+  echo "ensure-services: $1 did not come up on 127.0.0.1" >&2
+  return 1
+}
+
+if ! pg_up; then
+  if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then
+    echo "ensure-services: starting PostgreSQL"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start
+    wait_for PostgreSQL pg_up
+  else
+    echo "ensure-services: PostgreSQL is not running on 127.0.0.1:5432 and is not installed here" >&2
+    exit 1
+  fi
+fi
+
+if ! redis_up; then
+  if command -v redis-server >/dev/null; then
+    echo "ensure-services: starting Redis"
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+    wait_for Redis redis_up
+  else
+    echo "ensure-services: Redis is not running on 127.0.0.1:6379 and is not installed here" >&2
+    exit 1
+  fi
+fi
+echo "ensure-services: PostgreSQL and Redis are up"

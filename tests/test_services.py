@@ -1,0 +1,240 @@
+"""Services: the only writers. Each refusal is one clear sentence and leaves nothing behind."""
+
+import hashlib
+import io
+
+import pytest
+
+from releases import services
+from releases.models import File, Model, Version
+from releases.services import LocalFile, ReleaseError
+
+from .factories import FileFactory, ModelFactory, VersionFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def draft():
+    return services.create_version(services.get_or_create_model("index-tts"), "v1", notes="First.")
+
+
+def test_create_version_validates_and_refuses_duplicates(draft):
+    assert (draft.status, draft.model.slug, draft.sort_key) == ("draft", "index-tts", "v011")
+    with pytest.raises(ReleaseError, match="already has version v1"):
+        services.create_version(draft.model, "V1")
+    with pytest.raises(ReleaseError, match="reserved"):
+        services.create_version(draft.model, "latest")
+    with pytest.raises(ReleaseError, match="not a valid model name"):
+        services.get_or_create_model("Bad Slug")
+    assert Version.objects.count() == 1
+
+
+def test_add_file_uploads_and_records_size_and_checksum(any_store, draft):
+    data = b"weights" * 1000
+    file = services.add_file(draft, "sub/model.pt", io.BytesIO(data))
+    assert (file.key, file.size, file.sha256) == ("index-tts/v1/sub/model.pt", len(data), sha256(data))
+    assert file.content_type == "application/octet-stream"
+    assert any_store.stat(file.key).size == len(data)
+
+
+@pytest.mark.parametrize(
+    "path, message",
+    [("../escape", "'..'"), ("/abs", "relative"), ("a\\b", "backslash"), ("a//b", "empty segment")],
+)
+def test_add_file_refuses_bad_paths_before_uploading(local_store, draft, path, message, tmp_path):
+    with pytest.raises(ReleaseError, match=message):
+        services.add_file(draft, path, io.BytesIO(b"x"))
+    assert not (tmp_path / "objects").exists()
+
+
+def test_add_file_refuses_a_second_file_at_the_same_path(draft):
+    services.add_file(draft, "model.pt", io.BytesIO(b"one"))
+    with pytest.raises(ReleaseError, match="already has a file model.pt"):
+        services.add_file(draft, "model.pt", io.BytesIO(b"two"))
+    assert File.objects.get().sha256 == sha256(b"one")
+
+
+def test_files_can_only_be_added_to_drafts():
+    version = VersionFactory(published=True)
+    with pytest.raises(ReleaseError, match="files can only be added to a draft"):
+        services.add_file(version, "late.bin", io.BytesIO(b"x"))
+
+
+def test_register_object_reads_size_and_full_checksum_from_s3(s3_store, s3_client, s3_bucket, draft):
+    data = b"x" * 4096
+    s3_client.put_object(Bucket=s3_bucket, Key="index-tts/shared/vocoder.bin", Body=data, ChecksumAlgorithm="SHA256")
+    file = services.register_object(draft, "vocoder.bin", "index-tts/shared/vocoder.bin")
+    assert (file.size, file.sha256, file.managed_object) == (len(data), sha256(data), False)
+
+
+def test_register_object_hashes_by_streaming_when_storage_has_no_checksum(any_store, draft):
+    data = b"streamed" * 5000
+    any_store.upload("index-tts/v1/config.yaml", io.BytesIO(data), content_type="text/yaml")
+    file = services.register_object(draft, "config.yaml")
+    assert (file.size, file.sha256, file.content_type) == (len(data), sha256(data), "application/yaml")
+
+
+def test_register_object_refusals(draft):
+    with pytest.raises(ReleaseError, match="no object index-tts/v1/missing.bin"):
+        services.register_object(draft, "missing.bin")
+    with pytest.raises(ReleaseError, match="must start with the model's prefix"):
+        services.register_object(draft, "x.bin", "other-model/v1/x.bin")
+    assert not File.objects.exists()
+
+
+def test_publish_needs_files_present_in_storage_with_their_size(local_store, draft):
+    with pytest.raises(ReleaseError, match="has no files"):
+        services.publish_version(draft)
+    file = services.add_file(draft, "model.pt", io.BytesIO(b"12345"))
+    local_store.delete(file.key)
+    with pytest.raises(ReleaseError, match="missing from storage"):
+        services.publish_version(draft)
+    local_store.upload(file.key, io.BytesIO(b"1234"), content_type="application/octet-stream")
+    with pytest.raises(ReleaseError, match="has 4 bytes in storage, expected 5"):
+        services.publish_version(draft)
+    assert Version.objects.get(pk=draft.pk).status == "draft"
+    local_store.upload(file.key, io.BytesIO(b"12345"), content_type="application/octet-stream")
+    published = services.publish_version(draft)
+    assert published.status == "published" and published.published_at is not None
+
+
+def test_yank_needs_a_reason_and_a_published_version(draft):
+    services.add_file(draft, "model.pt", io.BytesIO(b"x"))
+    with pytest.raises(ReleaseError, match="draft and cannot become yanked"):
+        services.yank_version(draft, "bad weights")
+    services.publish_version(draft)
+    with pytest.raises(ReleaseError, match="needs a reason"):
+        services.yank_version(draft, "   ")
+    yanked = services.yank_version(draft, "bad weights")
+    assert (yanked.status, yanked.yanked_reason) == ("yanked", "bad weights")
+    restored = services.publish_version(yanked)
+    assert (restored.status, restored.yanked_reason) == ("published", "")
+
+
+def test_withdrawn_is_final():
+    version = VersionFactory(status=Version.Status.YANKED, yanked_reason="x")
+    assert services.withdraw_version(version).status == "withdrawn"
+    for change in (services.publish_version, services.withdraw_version, lambda v: services.yank_version(v, "r")):
+        with pytest.raises(ReleaseError, match="is withdrawn and cannot become"):
+            change(version)
+
+
+def test_delete_draft_removes_rows_and_uploaded_objects_only(any_store, draft):
+    uploaded = services.add_file(draft, "model.pt", io.BytesIO(b"mine"))
+    any_store.upload("index-tts/shared/foreign.bin", io.BytesIO(b"theirs"), content_type="application/octet-stream")
+    services.register_object(draft, "foreign.bin", "index-tts/shared/foreign.bin")
+    services.delete_draft(draft)
+    assert not Version.objects.exists() and not File.objects.exists()
+    assert any_store.stat(uploaded.key) is None
+    assert any_store.stat("index-tts/shared/foreign.bin").size == 6  # registered, not ours to delete
+    with pytest.raises(ReleaseError, match="only drafts can be deleted"):
+        services.delete_draft(VersionFactory(published=True))
+
+
+def test_remove_file_only_from_drafts(local_store, draft):
+    file = services.add_file(draft, "model.pt", io.BytesIO(b"x"))
+    services.remove_file(file)
+    assert local_store.stat(file.key) is None
+    published = FileFactory(version=VersionFactory(published=True))
+    with pytest.raises(ReleaseError, match="cannot be removed"):
+        services.remove_file(published)
+
+
+def test_metadata_edits(draft):
+    model = draft.model
+    model.name = "IndexTTS"
+    services.save_model_details(model)
+    assert Model.objects.get().name == "IndexTTS"
+    services.update_version_details(draft, notes="New notes", prerelease=True)
+    services.add_file(draft, "m.pt", io.BytesIO(b"x"))
+    services.publish_version(draft)
+    services.update_version_details(draft, notes="Typo fixed", prerelease=True)
+    assert Version.objects.get().notes == "Typo fixed"
+    with pytest.raises(ReleaseError, match="prerelease flag is fixed"):
+        services.update_version_details(draft, notes="x", prerelease=False)
+    model.slug = "renamed"
+    with pytest.raises(ReleaseError, match="cannot change"):
+        services.save_model_details(model)
+
+
+# --- release_local_files ----------------------------------------------------
+
+
+@pytest.fixture
+def sources(write_file):
+    return [
+        LocalFile("model.pt", write_file("d/model.pt", b"weights" * 100)),
+        LocalFile("sub/config.yaml", write_file("d/sub/config.yaml", b"a: 1\n")),
+    ]
+
+
+def test_release_local_files_publishes_and_is_idempotent(any_store, sources):
+    outcome = services.release_local_files("index-tts", "v1", sources, notes="Hi")
+    assert outcome.version.status == "published" and sorted(outcome.uploaded) == ["model.pt", "sub/config.yaml"]
+    again = services.release_local_files("index-tts", "v1", sources)
+    assert again.unchanged and again.version.pk == outcome.version.pk
+    assert File.objects.count() == 2
+
+
+def test_release_local_files_refuses_other_content_for_a_published_version(any_store, sources, write_file):
+    services.release_local_files("index-tts", "v1", sources)
+    changed = [sources[0], LocalFile("sub/config.yaml", write_file("e/config.yaml", b"a: 2\n"))]
+    with pytest.raises(ReleaseError, match="already published with other files .first difference: sub/config.yaml"):
+        services.release_local_files("index-tts", "v1", changed)
+    with pytest.raises(ReleaseError, match="already published with other files"):
+        services.release_local_files("index-tts", "v1", sources[:1])
+    assert File.objects.count() == 2
+
+
+def test_release_local_files_completes_an_existing_draft(any_store, sources):
+    services.release_local_files("index-tts", "v1", sources[:1], draft=True)
+    outcome = services.release_local_files("index-tts", "v1", sources)
+    assert (outcome.kept, outcome.uploaded, outcome.version.status) == (["model.pt"], ["sub/config.yaml"], "published")
+
+
+def test_a_failed_upload_leaves_nothing_behind(any_store, sources, monkeypatch):
+    real_upload, calls = type(any_store).upload, []
+
+    def failing_second_upload(self, key, *args, **kwargs):
+        calls.append(key)
+        if len(calls) == 2:
+            raise services.StorageError(f"Could not upload object {key!r}: connection reset.")
+        return real_upload(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(type(any_store), "upload", failing_second_upload)
+    with pytest.raises(ReleaseError, match="connection reset"):
+        services.release_local_files("index-tts", "v1", sources)
+    assert not Model.objects.exists() and not Version.objects.exists() and not File.objects.exists()
+    assert any_store.stat(calls[0]) is None  # the first, finished upload was removed again
+
+
+def test_a_refused_publish_leaves_nothing_behind(any_store, sources, monkeypatch):
+    def refuse(version):
+        raise ReleaseError("storage said no")
+
+    monkeypatch.setattr(services, "publish_version", refuse)
+    with pytest.raises(ReleaseError, match="storage said no"):
+        services.release_local_files("index-tts", "v1", sources)
+    assert not Model.objects.exists() and not File.objects.exists()
+    assert any_store.stat("index-tts/v1/model.pt") is None
+
+
+def test_release_local_files_input_checks(write_file, tmp_path):
+    good = LocalFile("model.pt", write_file("model.pt", b"x"))
+    cases = [
+        (("Bad", "v1", [good]), "not a valid model name"),
+        (("m", "v 1", [good]), "not a valid version"),
+        (("m", "v1", []), "at least one file"),
+        (("m", "v1", [LocalFile("gone.pt", tmp_path / "gone.pt")]), "no such file"),
+        (("m", "v1", [good, LocalFile("model.pt", write_file("other/model.pt", b"y"))]), "would both be published"),
+        (("m", "v1", [LocalFile("../model.pt", good.source)]), "'..'"),
+    ]
+    for args, message in cases:
+        with pytest.raises(ReleaseError, match=message):
+            services.release_local_files(*args)
+    assert not Model.objects.exists()

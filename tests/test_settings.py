@@ -1,0 +1,62 @@
+"""Settings read the environment once and fail fast on a backend that is chosen but not configured."""
+
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import REPO_ROOT
+
+PRINT_SETTINGS = (
+    "import django; django.setup(); from django.conf import settings; "
+    "print(settings.STORAGES['releases']['BACKEND'], settings.SIGNED_URL_TTL)"
+)
+
+
+def load_settings(tmp_path, **env):
+    clean = {"PATH": "/usr/bin:/bin", "DJANGO_SETTINGS_MODULE": "site_config.settings", "DATA_DIR": str(tmp_path)}
+    return subprocess.run(
+        [sys.executable, "-c", PRINT_SETTINGS], cwd=REPO_ROOT, env={**clean, **env}, capture_output=True, text=True
+    )
+
+
+def test_the_embedded_default_needs_no_configuration(tmp_path):
+    result = load_settings(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["django.core.files.storage.FileSystemStorage", "3600"]
+    assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
+
+
+def test_s3_backend_with_its_settings(tmp_path):
+    result = load_settings(
+        tmp_path,
+        STORAGE_BACKEND="s3",
+        AWS_STORAGE_BUCKET_NAME="models",
+        AWS_ACCESS_KEY_ID="a",
+        AWS_SECRET_ACCESS_KEY="b",
+        SIGNED_URL_TTL="600",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["storages.backends.s3.S3Storage", "600"]
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"STORAGE_BACKEND": "s3"}, "STORAGE_BACKEND=s3 needs AWS_STORAGE_BUCKET_NAME"),
+        (
+            {"STORAGE_BACKEND": "s3", "AWS_STORAGE_BUCKET_NAME": "b", "AWS_ACCESS_KEY_ID": "a"},
+            "needs both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+        ),
+        ({"STORAGE_BACKEND": "ftp"}, "STORAGE_BACKEND must be one of local, s3"),
+        ({"SIGNED_URL_TTL": "0"}, "SIGNED_URL_TTL must be between 1 and 302400"),
+        ({"SIGNED_URL_TTL": "302401"}, "SIGNED_URL_TTL must be between 1 and 302400"),
+        ({"SIGNED_URL_TTL": "1h"}, "SIGNED_URL_TTL must be a whole number"),
+        ({"DJANGO_DEBUG": "maybe"}, "DJANGO_DEBUG must be a boolean"),
+    ],
+)
+def test_misconfiguration_fails_at_start_up(tmp_path, env, message):
+    result = load_settings(tmp_path, **env)
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr
+    assert message in result.stderr

@@ -1,0 +1,130 @@
+"""The storage module against a real filesystem and a real (moto) S3 server over HTTP."""
+
+import hashlib
+import io
+import os
+import socket
+
+import pytest
+from django.core.files.storage import storages
+
+from releases.storage import HashingReader, StorageError, release_store
+
+MIB = 1024 * 1024
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_upload_stat_read_back_and_delete(any_store):
+    data = os.urandom(300_000)
+    stored = any_store.upload("m/v1/sub/model.pt", io.BytesIO(data), content_type="application/octet-stream")
+    assert (stored.size, stored.sha256) == (len(data), sha256(data))
+    found = any_store.stat("m/v1/sub/model.pt")
+    assert found.size == len(data)
+    assert b"".join(any_store.iter_bytes("m/v1/sub/model.pt", chunk_size=65536)) == data
+    assert any_store.compute_sha256("m/v1/sub/model.pt") == (sha256(data), len(data))
+    any_store.delete("m/v1/sub/model.pt")
+    assert any_store.stat("m/v1/sub/model.pt") is None
+
+
+def test_upload_reports_progress(any_store):
+    seen = []
+    any_store.upload("m/v1/a.bin", io.BytesIO(b"x" * 5000), content_type="application/octet-stream", progress=seen.append)
+    assert sum(seen) == 5000
+
+
+def test_stat_of_a_missing_object_is_none(any_store):
+    assert any_store.stat("m/v1/nothing-here") is None
+
+
+def test_s3_single_part_upload_keeps_a_full_object_sha256(s3_store, s3_client, s3_bucket):
+    data = os.urandom(100_000)
+    s3_store.upload("m/v1/config.yaml", io.BytesIO(data), content_type="text/yaml")
+    assert s3_store.stat("m/v1/config.yaml").sha256 == sha256(data)
+    head = s3_client.head_object(Bucket=s3_bucket, Key="m/v1/config.yaml")
+    assert head["ContentType"] == "text/yaml"
+    assert s3_client.get_object(Bucket=s3_bucket, Key="m/v1/config.yaml")["Body"].read() == data
+
+
+def test_s3_large_upload_is_multipart_and_hashed_while_sent(settings, s3_store, s3_client, s3_bucket):
+    settings.RELEASE_MULTIPART_THRESHOLD = 5 * MIB  # S3's smallest part size
+    data = os.urandom(12 * MIB + 123)
+    stored = s3_store.upload("m/v1/model.pt", io.BytesIO(data), content_type="application/octet-stream")
+    assert stored.sha256 == sha256(data)
+    attributes = s3_client.get_object_attributes(
+        Bucket=s3_bucket, Key="m/v1/model.pt", ObjectAttributes=["ObjectSize", "Checksum"]
+    )
+    assert attributes["Checksum"]["ChecksumType"] == "COMPOSITE"  # three parts, each checked by S3
+    found = s3_store.stat("m/v1/model.pt")
+    assert (found.size, found.sha256) == (len(data), None)  # a checksum of checksums is not the file's SHA-256
+    assert s3_store.compute_sha256("m/v1/model.pt") == (sha256(data), len(data))
+
+
+def test_s3_stat_reads_an_object_uploaded_by_someone_else(s3_store, s3_client, s3_bucket):
+    s3_client.put_object(Bucket=s3_bucket, Key="m/v1/plain.bin", Body=b"abc")
+    found = s3_store.stat("m/v1/plain.bin")
+    assert (found.size, found.sha256) == (3, None)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_unreachable_s3_gives_a_storage_error_naming_the_object(settings, s3_store):
+    options = {**settings.STORAGES["releases"]["OPTIONS"], "endpoint_url": f"http://127.0.0.1:{free_port()}"}
+    from botocore.config import Config
+
+    options["client_config"] = Config(retries={"max_attempts": 1}, connect_timeout=1)
+    settings.STORAGES = {**settings.STORAGES, "releases": {**settings.STORAGES["releases"], "OPTIONS": options}}
+    store = release_store()
+    with pytest.raises(StorageError, match="m/v1/x.bin"):
+        store.stat("m/v1/x.bin")
+    with pytest.raises(StorageError, match="Could not upload object"):
+        store.upload("m/v1/x.bin", io.BytesIO(b"abc"), content_type="application/octet-stream")
+
+
+def test_local_upload_is_atomic_when_the_source_fails(local_store, tmp_path):
+    class Broken(io.BytesIO):
+        def read(self, size=-1):
+            if self.tell() > 10:
+                raise OSError("disk went away")
+            return super().read(4)
+
+    with pytest.raises(StorageError, match="disk went away"):
+        local_store.upload("m/v1/model.pt", Broken(b"x" * 100), content_type="application/octet-stream")
+    assert local_store.stat("m/v1/model.pt") is None
+    assert list((tmp_path / "objects" / "m" / "v1").iterdir()) == []  # no temporary file left behind
+
+
+def test_local_keys_cannot_escape_the_storage_root(local_store):
+    from django.core.exceptions import SuspiciousFileOperation
+
+    with pytest.raises(SuspiciousFileOperation):
+        local_store.upload("../outside", io.BytesIO(b"x"), content_type="text/plain")
+
+
+def test_hashing_reader_hashes_each_byte_once_even_when_read_twice():
+    data = os.urandom(10_000)
+    reader = HashingReader(io.BytesIO(data))
+    reader.read(4000)
+    reader.seek(1000)  # an uploader retrying a part
+    reader.read(5000)
+    reader.read()
+    assert reader.hexdigest_for(len(data)) == sha256(data)
+
+
+def test_hashing_reader_admits_when_it_missed_bytes():
+    reader = HashingReader(io.BytesIO(b"x" * 100))
+    reader.read(10)
+    reader.seek(50)
+    reader.read()
+    assert reader.hexdigest_for(100) is None
+
+
+def test_release_store_follows_settings(settings, s3_store, tmp_path):
+    assert release_store().backend_name == "s3"
+    assert storages["releases"].bucket_name.startswith("releases-")
