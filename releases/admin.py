@@ -78,7 +78,8 @@ class FileForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["path"].required = False
+        if "path" in self.fields:  # read-only once the version is published
+            self.fields["path"].required = False
 
     def has_changed(self):
         return self.instance.pk is None and super().has_changed()
@@ -227,26 +228,30 @@ class VersionAdmin(admin.ModelAdmin):
         if formset.model is not File:
             return super().save_formset(request, form, formset, change)
         version = form.instance
+        # Read by the admin's change message.
+        formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
         for file_form in formset.deleted_forms:
-            if file_form.instance.pk:
-                self._call(request, services.remove_file, file_form.instance)
+            if file_form.instance.pk and self._call(request, services.remove_file, file_form.instance):
+                formset.deleted_objects.append(file_form.instance)
         for file_form in formset.forms:
             data = getattr(file_form, "cleaned_data", None)
             if file_form.instance.pk or not data or data.get("DELETE") or not file_form.has_changed():
                 continue
             if data.get("upload"):
-                self._call(request, services.add_file, version, data["path"], data["upload"])
+                created = self._call(request, services.add_file, version, data["path"], data["upload"])
             else:
-                self._call(request, services.register_object, version, data["path"], data["existing_key"].strip())
+                created = self._call(request, services.register_object, version, data["path"], data["existing_key"].strip())
+            if created:
+                formset.new_objects.append(created)
 
-    def _call(self, request, service, *args) -> bool:
-        """Run a service; a refusal becomes an error message on the page."""
+    def _call(self, request, service, *args):
+        """Run a service and return what it returned (True for nothing); a refusal becomes a message."""
         try:
-            service(*args)
+            result = service(*args)
         except services.ReleaseError as error:
             self.message_user(request, str(error), messages.ERROR)
-            return False
-        return True
+            return None
+        return True if result is None else result
 
     # --- transitions: changelist actions and change-page buttons share one confirmation page
 

@@ -39,6 +39,7 @@ def local_store(settings, tmp_path):
     settings.DATA_DIR = tmp_path
     settings.STORAGES = {
         **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
         "releases": {
             "BACKEND": "django.core.files.storage.FileSystemStorage",
             "OPTIONS": {"location": str(tmp_path / "objects"), "base_url": None},

@@ -1,0 +1,129 @@
+"""publish_release, in-process on both backends and as a real subprocess for exit codes and stderr."""
+
+import hashlib
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from releases.models import File, Model, Version
+
+from .conftest import S3_TEST_CREDENTIALS
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def release_dir(write_file):
+    write_file("d/model.pt", b"weights" * 1000)
+    write_file("d/sub/c.yaml", b"a: 1\n")
+    return write_file("d/model.pt", b"weights" * 1000).parent
+
+
+def publish(*args) -> str:
+    from io import StringIO
+
+    out = StringIO()
+    call_command("publish_release", *map(str, args), stdout=out)
+    return out.getvalue()
+
+
+@pytest.mark.django_db
+def test_publishes_with_paths_relative_to_the_deepest_common_directory(any_store, release_dir):
+    output = publish("index-tts", "v1", release_dir / "model.pt", release_dir / "sub" / "c.yaml")
+    assert "index-tts v1 published: 2 uploaded" in output
+    version = Version.objects.get()
+    assert version.status == "published"
+    assert {f.path: f.sha256 for f in version.files.all()} == {
+        "model.pt": sha256(b"weights" * 1000),
+        "sub/c.yaml": sha256(b"a: 1\n"),
+    }
+    for file in version.files.all():
+        assert any_store.stat(file.key).size == file.size
+    again = publish("index-tts", "v1", release_dir / "model.pt", release_dir / "sub" / "c.yaml")
+    assert "already published with these 2 files; nothing to do" in again
+
+
+@pytest.mark.django_db
+def test_root_notes_prerelease_and_draft(release_dir, write_file):
+    notes = write_file("notes.md", "# Changes\n\n* faster vocoder ✓\n".encode())
+    publish(
+        "index-tts", "2.0.0rc1", release_dir / "model.pt", "--root", release_dir.parent,
+        "--notes", notes, "--prerelease", "--draft",
+    )
+    version = Version.objects.get()
+    assert (version.status, version.prerelease, version.notes) == ("draft", True, "# Changes\n\n* faster vocoder ✓\n")
+    assert list(version.files.values_list("path", flat=True)) == ["d/model.pt"]
+
+
+@pytest.mark.django_db
+def test_a_single_file_is_published_under_its_own_name(release_dir):
+    publish("index-tts", "v1", release_dir / "sub" / "c.yaml")
+    assert File.objects.get().path == "c.yaml"
+
+
+@pytest.mark.django_db
+def test_refusals_raise_command_error_in_process(release_dir):
+    with pytest.raises(CommandError, match="not inside --root"):
+        publish("m", "v1", release_dir / "model.pt", "--root", release_dir / "sub")
+    with pytest.raises(CommandError, match="--root .*no such directory"):
+        publish("m", "v1", release_dir / "model.pt", "--root", release_dir / "nope")
+    assert not Model.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["Index TTS", "v1", "{d}/model.pt"], "is not a valid model name"),
+        (["index-tts", "v 1", "{d}/model.pt"], "is not a valid version"),
+        (["index-tts", "latest", "{d}/model.pt"], "'latest' is reserved"),
+        (["index-tts", "v1", "{d}/missing.pt"], "missing.pt: no such file"),
+        (["index-tts", "v1", "{d}/model.pt", "--notes", "{d}/nonotes.md"], "--notes"),
+        (["index-tts", "v1", "{d}/model.pt", "--root", "{d}/sub"], "is not inside --root"),
+    ],
+)
+def test_bad_input_exits_non_zero_with_one_line_and_writes_nothing(manage, release_dir, tmp_path, args, message):
+    result = manage("publish_release", *[arg.format(d=release_dir) for arg in args])
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not Model.objects.exists() and not Version.objects.exists()
+    assert not (tmp_path / "objects").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_republishing_other_files_is_refused_and_changes_nothing(manage, release_dir, write_file):
+    first = manage("publish_release", "index-tts", "v1", str(release_dir / "model.pt"))
+    assert first.returncode == 0, first.stderr
+    assert "index-tts v1 published" in first.stdout
+    write_file("d/model.pt", b"retrained")
+    second = manage("publish_release", "index-tts", "v1", str(release_dir / "model.pt"))
+    assert second.returncode == 1
+    assert second.stderr.strip().splitlines() == [
+        "CommandError: index-tts v1 is already published with other files (first difference: model.pt); "
+        "publish a new version instead."
+    ]
+    assert File.objects.get().sha256 == sha256(b"weights" * 1000)
+    same = manage("publish_release", "index-tts", "v1", str(release_dir / "model.pt"), "--root", str(release_dir))
+    assert same.returncode == 1  # still other content
+
+
+@pytest.mark.django_db(transaction=True)
+def test_s3_backend_configured_from_the_environment(manage, release_dir, moto_endpoint, s3_client, s3_bucket):
+    env = {
+        "STORAGE_BACKEND": "s3",
+        "AWS_STORAGE_BUCKET_NAME": s3_bucket,
+        "AWS_S3_ENDPOINT_URL": moto_endpoint,
+        "AWS_S3_REGION_NAME": "us-east-1",
+        "AWS_ACCESS_KEY_ID": S3_TEST_CREDENTIALS["access_key"],
+        "AWS_SECRET_ACCESS_KEY": S3_TEST_CREDENTIALS["secret_key"],
+    }
+    result = manage("publish_release", "index-tts", "v1", str(release_dir / "model.pt"), str(release_dir / "sub/c.yaml"), env=env)
+    assert result.returncode == 0, result.stderr
+    body = s3_client.get_object(Bucket=s3_bucket, Key="index-tts/v1/sub/c.yaml")["Body"].read()
+    assert body == b"a: 1\n"
+    assert File.objects.get(path="model.pt").sha256 == sha256(b"weights" * 1000)
+    again = manage("publish_release", "index-tts", "v1", str(release_dir / "model.pt"), str(release_dir / "sub/c.yaml"), env=env)
+    assert again.returncode == 0 and "nothing to do" in again.stdout
