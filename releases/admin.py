@@ -48,8 +48,8 @@ class ModelAdmin(admin.ModelAdmin):
         return latest.version if latest else "-"
 
     def get_readonly_fields(self, request, obj=None):
-        if obj and obj.versions.exclude(status=Version.Status.DRAFT).exists():
-            return ("slug",)
+        if obj and File.objects.filter(version__model=obj).exists():
+            return ("slug",)  # part of its files' object keys
         return ()
 
     def get_prepopulated_fields(self, request, obj=None):
@@ -80,6 +80,7 @@ class FileForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         if "path" in self.fields:  # read-only once the version is published
             self.fields["path"].required = False
+            self.fields["path"].disabled = self.instance.pk is not None  # replace a file: remove it, add anew
 
     def has_changed(self):
         return self.instance.pk is None and super().has_changed()

@@ -85,7 +85,9 @@ def natural_sort_key(version: str) -> str:
         digits = match.group(1).lstrip("0") or "0"
         return f"{len(digits):02d}{digits}"
 
-    return _DIGITS.sub(encode, version.lower())
+    # Hex of the bytes, so that every database collation orders it like the bytes
+    # (some collations skip punctuation such as '.', '-' and '+').
+    return _DIGITS.sub(encode, version.lower()).encode().hex()
 
 
 def default_object_key(model_slug: str, version: str, path: str) -> str:
@@ -172,7 +174,7 @@ class Version(models.Model):
 
     model = models.ForeignKey(Model, on_delete=models.PROTECT, related_name="versions")
     version = models.CharField(max_length=64, validators=[validate_version_string])
-    sort_key = models.CharField(max_length=200, editable=False, db_index=True)
+    sort_key = models.CharField(max_length=400, editable=False, db_index=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT, db_index=True)
     prerelease = models.BooleanField(default=False, help_text="Never chosen as latest.")
     notes = models.TextField("release notes", blank=True, help_text="Markdown; rendered sanitised.")
@@ -197,11 +199,25 @@ class Version(models.Model):
     def __str__(self) -> str:
         return f"{self.model_id and self.model.slug} {self.version}"
 
+    @classmethod
+    def from_db(cls, db, field_names, values):
+        instance = super().from_db(db, field_names, values)
+        instance._stored_identity = (instance.model_id, instance.version, instance.status)
+        return instance
+
     def save(self, *args, **kwargs):
+        stored = getattr(self, "_stored_identity", None)
+        if stored and stored[2] != self.Status.DRAFT and stored[:2] != (self.model_id, self.version):
+            raise ImmutableError(
+                f"Version {stored[1]} is {stored[2]}; its model and version string are part of published URLs "
+                "and cannot change.",
+                code="immutable_version",
+            )
         self.sort_key = natural_sort_key(self.version)
         if kwargs.get("update_fields") is not None and "version" in kwargs["update_fields"]:
             kwargs["update_fields"] = {*kwargs["update_fields"], "sort_key"}
         super().save(*args, **kwargs)
+        self._stored_identity = (self.model_id, self.version, self.status)
 
     @property
     def is_draft(self) -> bool:
@@ -285,7 +301,8 @@ class File(models.Model):
 
     def check_mutable(self) -> None:
         changed = self.changed_immutable_fields()
-        if changed and not Version.objects.filter(pk=self._stored["version_id"], status="draft").exists():
+        involved = {self._stored["version_id"], self.version_id} if changed else set()
+        if changed and Version.objects.filter(pk__in=involved, status="draft").count() != len(involved):
             raise ImmutableError(
                 f"File {self._stored['path']!r} belongs to a version that is no longer a draft; its "
                 f"{', '.join(name.removesuffix('_id') for name in changed)} cannot change. "

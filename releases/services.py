@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
 from .models import (
@@ -111,6 +111,8 @@ def _check_files_ready(version: Version) -> None:
         if file.size is None or not file.sha256:
             raise ReleaseError(f"{label}: {file.path} has no size or checksum yet.")
         with _as_release_error():
+            validate_object_key(file.key, version.model.slug)
+        with _as_release_error():
             stored = store.stat(file.key)
         if stored is None:
             raise ReleaseError(f"{label}: the object for {file.path} ({file.key}) is missing from storage.")
@@ -118,6 +120,8 @@ def _check_files_ready(version: Version) -> None:
             raise ReleaseError(
                 f"{label}: the object for {file.path} has {stored.size} bytes in storage, expected {file.size}."
             )
+        if stored.sha256 is not None and stored.sha256 != file.sha256:
+            raise ReleaseError(f"{label}: the object for {file.path} has another SHA-256 in storage than recorded.")
 
 
 def yank_version(version: Version, reason: str) -> Version:
@@ -160,11 +164,23 @@ def delete_draft(version: Version) -> None:
 # --- files ----------------------------------------------------------------
 
 
-def _check_new_file(version: Version, path: str, key: str) -> None:
-    if not version.is_draft:
+def _locked_draft(version: Version, *, nowait: bool = False) -> Version:
+    """Lock a draft's row for the rest of the transaction, uploads included: publishing then waits
+    for a file being added instead of publishing without it."""
+    try:
+        locked = Version.objects.select_for_update(nowait=nowait).select_related("model").get(pk=version.pk)
+    except DatabaseError as error:
         raise ReleaseError(
-            f"{version.model.slug} {version.version} is {version.status}; files can only be added to a draft."
+            f"Another change to {version.model.slug} {version.version} is in progress; try again when it is done."
+        ) from error
+    if not locked.is_draft:
+        raise ReleaseError(
+            f"{locked.model.slug} {locked.version} is {locked.status}; files can only be added to a draft."
         )
+    return locked
+
+
+def _check_new_file(version: Version, path: str, key: str) -> None:
     with _as_release_error():
         validate_relative_path(path)
         validate_object_key(key, version.model.slug)
@@ -172,6 +188,27 @@ def _check_new_file(version: Version, path: str, key: str) -> None:
         raise ReleaseError(f"{version.model.slug} {version.version} already has a file {path}.")
     if File.objects.filter(key=key).exists():
         raise ReleaseError(f"Object key {key} already belongs to another file.")
+
+
+@contextmanager
+def _removing_uploads_on_failure():
+    """Collect the keys uploaded inside the block; if it fails, delete those no file row owns.
+
+    Enter it *outside* the transaction, so that rows rolled back no longer own anything.
+    """
+    uploaded: list[str] = []
+    try:
+        yield uploaded
+    except BaseException:
+        owned = set(File.objects.filter(key__in=uploaded).values_list("key", flat=True))
+        _delete_objects(key for key in uploaded if key not in owned)
+        raise
+
+
+def _upload(key: str, fileobj: BinaryIO, content_type: str, progress, uploaded: list[str]):
+    uploaded.append(key)
+    with _as_release_error():
+        return release_store().upload(key, fileobj, content_type=content_type, progress=progress)
 
 
 def _create_file_row(version: Version, **fields) -> File:
@@ -196,46 +233,42 @@ def add_file(
     progress: Progress | None = None,
 ) -> File:
     """Upload ``fileobj`` as ``path`` of a draft version, recording its size and SHA-256."""
-    version = Version.objects.select_related("model").get(pk=version.pk)
-    key = default_object_key(version.model.slug, version.version, path)
-    _check_new_file(version, path, key)
     content_type = content_type or guess_content_type(path)
-    with _as_release_error():
-        stored = release_store().upload(key, fileobj, content_type=content_type, progress=progress)
-    try:
+    with _removing_uploads_on_failure() as uploaded, transaction.atomic():
+        version = _locked_draft(version)
+        key = default_object_key(version.model.slug, version.version, path)
+        _check_new_file(version, path, key)
+        stored = _upload(key, fileobj, content_type, progress, uploaded)
         return _create_file_row(
             version, path=path, key=key, size=stored.size, sha256=stored.sha256, content_type=content_type
         )
-    except ReleaseError:
-        if not File.objects.filter(key=key).exists():  # a racing upload may own it now
-            _delete_objects([key])
-        raise
 
 
 def register_object(version: Version, path: str, key: str | None = None) -> File:
     """Attach an object already in storage; size and checksum come from storage."""
-    version = Version.objects.select_related("model").get(pk=version.pk)
-    key = key or default_object_key(version.model.slug, version.version, path)
-    _check_new_file(version, path, key)
-    store = release_store()
-    with _as_release_error():
-        stored = store.stat(key)
-        if stored is None:
-            raise ReleaseError(f"There is no object {key} in storage to register as {path}.")
-        sha256 = stored.sha256
-        if sha256 is None:  # storage keeps no full-object SHA-256: hash it by streaming
-            sha256, size = store.compute_sha256(key)
-            if size != stored.size:
-                raise ReleaseError(f"Object {key} changed while it was being hashed; try again.")
-    return _create_file_row(
-        version,
-        path=path,
-        key=key,
-        size=stored.size,
-        sha256=sha256,
-        content_type=stored.content_type or guess_content_type(path),
-        managed_object=False,
-    )
+    with transaction.atomic():
+        version = _locked_draft(version)
+        key = key or default_object_key(version.model.slug, version.version, path)
+        _check_new_file(version, path, key)
+        store = release_store()
+        with _as_release_error():
+            stored = store.stat(key)
+            if stored is None:
+                raise ReleaseError(f"There is no object {key} in storage to register as {path}.")
+            sha256 = stored.sha256
+            if sha256 is None:  # storage keeps no full-object SHA-256: hash it by streaming
+                sha256, size = store.compute_sha256(key)
+                if size != stored.size:
+                    raise ReleaseError(f"Object {key} changed while it was being hashed; try again.")
+        return _create_file_row(
+            version,
+            path=path,
+            key=key,
+            size=stored.size,
+            sha256=sha256,
+            content_type=stored.content_type or guess_content_type(path),
+            managed_object=False,
+        )
 
 
 def remove_file(file: File) -> None:
@@ -292,7 +325,9 @@ def release_local_files(
     """Upload local files as a version and publish it (unless ``draft``).
 
     Idempotent: the same files for an already published version change
-    nothing. A refusal leaves no version, file or uploaded object behind.
+    nothing. Everything happens in one transaction that holds the version's
+    row while uploading, so a concurrent run waits or is refused instead of
+    overwriting, and a refusal leaves no version, file or uploaded object.
     """
     with _as_release_error():
         validate_model_slug(model_slug)
@@ -307,40 +342,28 @@ def release_local_files(
     )
     if existing and not existing.is_draft:
         return _compare_with_released(existing, files)
-    kept = _identical_draft_files(existing, files) if existing else set()
-    uploaded: list[tuple[LocalFile, object]] = []
-    try:
-        for item in files:
-            if item.path in kept:
-                continue
-            key = default_object_key(model_slug, existing.version if existing else version_string, item.path)
+    with _removing_uploads_on_failure() as uploaded, transaction.atomic():
+        if existing:
+            version = _locked_draft(existing, nowait=True)
+            version = update_version_details(version, notes=notes or version.notes, prerelease=prerelease)
+        else:
+            version = create_version(get_or_create_model(model_slug), version_string, notes=notes, prerelease=prerelease)
+        kept = _identical_draft_files(version, files)
+        new = [item for item in files if item.path not in kept]
+        keys = {item.path: default_object_key(model_slug, version.version, item.path) for item in new}
+        for item in new:  # every check before the first byte is sent
+            _check_new_file(version, item.path, keys[item.path])
+        for item in new:
+            content_type = guess_content_type(item.path)
             progress = progress_for(item, item.source.stat().st_size) if progress_for else None
-            with open(item.source, "rb") as source, _as_release_error():
-                stored = release_store().upload(
-                    key, source, content_type=guess_content_type(item.path), progress=progress
-                )
-            uploaded.append((item, stored))
-        with transaction.atomic():
-            model = get_or_create_model(model_slug)
-            version = existing or create_version(model, version_string, notes=notes, prerelease=prerelease)
-            for item, stored in uploaded:
-                _check_new_file(version, item.path, stored.key)
-                _create_file_row(
-                    version,
-                    path=item.path,
-                    key=stored.key,
-                    size=stored.size,
-                    sha256=stored.sha256,
-                    content_type=stored.content_type,
-                )
-            if not draft:
-                version = publish_version(version)
-    except BaseException:
-        _delete_objects(stored.key for _, stored in uploaded)
-        raise
-    return ReleaseOutcome(
-        version=version, uploaded=[item.path for item, _ in uploaded], kept=sorted(kept)
-    )
+            with open(item.source, "rb") as source:
+                stored = _upload(keys[item.path], source, content_type, progress, uploaded)
+            _create_file_row(
+                version, path=item.path, key=stored.key, size=stored.size, sha256=stored.sha256, content_type=content_type
+            )
+        if not draft:
+            version = publish_version(version)
+    return ReleaseOutcome(version=version, uploaded=[item.path for item in new], kept=sorted(kept))
 
 
 def _check_local_files(files: list[LocalFile]) -> None:
@@ -374,8 +397,14 @@ def _compare_with_released(version: Version, files: list[LocalFile]) -> ReleaseO
 
 
 def _identical_draft_files(version: Version, files: list[LocalFile]) -> set[str]:
-    """Paths the draft already has with the same content; a path with other content is refused."""
+    """Paths the draft already has with the same content; other content, or a file not named, is refused."""
     in_draft = {file.path: file.sha256 for file in version.files.all()}
+    unnamed = sorted(set(in_draft) - {item.path for item in files})
+    if unnamed:
+        raise ReleaseError(
+            f"Draft {version.model.slug} {version.version} also has {', '.join(unnamed)}; name every file of the "
+            "version, or remove the others from the draft."
+        )
     kept = set()
     for item in files:
         if item.path not in in_draft:
@@ -397,8 +426,11 @@ def save_model_details(model: Model) -> Model:
     with _as_release_error():
         model.full_clean()
     if model.pk and Model.objects.filter(pk=model.pk).exclude(slug=model.slug).exists():
-        if model.versions.exclude(status=Version.Status.DRAFT).exists():
-            raise ReleaseError(f"{model.slug}: the slug is part of published URLs and cannot change.")
+        if File.objects.filter(version__model=model).exists():
+            raise ReleaseError(
+                f"{model.slug}: the slug is part of its files' object keys and URLs, so it cannot change once "
+                "files were added."
+            )
     model.save()
     return model
 

@@ -47,6 +47,9 @@ class StoredObject:
     # a full-object checksum kept by the store. None when the store has none.
     sha256: str | None = None
     content_type: str | None = None
+    # S3's checksum of part checksums for multipart uploads (base64, no "-N"), and the part count.
+    composite_sha256: str | None = None
+    parts: int | None = None
 
 
 # Python's own table only: the host's mime.types must not decide what a
@@ -84,14 +87,19 @@ class HashingReader:
     bytes beyond the furthest point already hashed are fed to the hash. If a
     reader ever skips ahead, the digest is marked incomplete and the caller
     re-hashes the source.
+
+    With a ``part_size`` it also hashes each part, giving the checksum of
+    checksums that S3 keeps for a multipart upload (its COMPOSITE SHA-256).
     """
 
-    def __init__(self, fileobj: BinaryIO):
+    def __init__(self, fileobj: BinaryIO, part_size: int | None = None):
         self._file = fileobj
         self._hash = hashlib.sha256()
         self._hashed = fileobj.tell()
         self._start = self._hashed
         self._gap = False
+        self._part_size = part_size
+        self._part_hash, self._part_filled, self._part_digests = hashlib.sha256(), 0, []
 
     def read(self, size: int = -1) -> bytes:
         position = self._file.tell()
@@ -100,9 +108,20 @@ class HashingReader:
         if position > self._hashed:
             self._gap = True
         elif end > self._hashed:
-            self._hash.update(data[self._hashed - position :])
+            self._update(memoryview(data)[self._hashed - position :])
             self._hashed = end
         return data
+
+    def _update(self, data: memoryview) -> None:
+        self._hash.update(data)
+        while self._part_size and data:
+            take = min(len(data), self._part_size - self._part_filled)
+            self._part_hash.update(data[:take])
+            self._part_filled += take
+            data = data[take:]
+            if self._part_filled == self._part_size:
+                self._part_digests.append(self._part_hash.digest())
+                self._part_hash, self._part_filled = hashlib.sha256(), 0
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         return self._file.seek(offset, whence)
@@ -123,6 +142,13 @@ class HashingReader:
         if self._gap or self._hashed - self._start != size:
             return None
         return self._hash.hexdigest()
+
+    def composite_for(self, size: int) -> tuple[str, int] | None:
+        """(base64 SHA-256 of the part digests, number of parts), as S3 computes it for multipart uploads."""
+        if not self._part_size or self.hexdigest_for(size) is None:
+            return None
+        digests = self._part_digests + ([self._part_hash.digest()] if self._part_filled else [])
+        return base64.b64encode(hashlib.sha256(b"".join(digests)).digest()).decode(), len(digests)
 
 
 def sha256_of_stream(chunks: Iterator[bytes]) -> tuple[str, int]:
@@ -265,7 +291,8 @@ class S3Store(ReleaseStore):
         start = fileobj.tell()
         size = fileobj.seek(0, os.SEEK_END) - start
         fileobj.seek(start)
-        reader = HashingReader(fileobj)
+        part_size = settings.RELEASE_MULTIPART_THRESHOLD
+        reader = HashingReader(fileobj, part_size=part_size if size >= part_size else None)
         with _storage_errors(f"upload object {key!r}"):
             self.client.upload_fileobj(
                 reader,
@@ -275,22 +302,33 @@ class S3Store(ReleaseStore):
                 Config=self._transfer_config(),
                 Callback=progress,
             )
-        digest = reader.hexdigest_for(size)
-        if digest is None:  # the uploader read out of order: hash the source again
-            fileobj.seek(start)
-            digest, _ = sha256_of_file(fileobj)
-        stored = self.stat(key)
-        problem = None
-        if stored is None:
-            problem = "is not there after the upload"
-        elif stored.size != size:
-            problem = f"has {stored.size} bytes after the upload, expected {size}"
-        elif stored.sha256 is not None and stored.sha256 != digest:
-            problem = "has a different SHA-256 in storage than the bytes sent"
+        try:
+            digest = reader.hexdigest_for(size)
+            if digest is None:  # the uploader read out of order: hash the source again
+                fileobj.seek(start)
+                digest, _ = sha256_of_file(fileobj)
+            problem = self._check_uploaded(key, size, digest, reader.composite_for(size))
+        except BaseException:
+            self.delete(key)
+            raise
         if problem:
             self.delete(key)
             raise StorageError(f"Object {key!r} {problem}; it was removed, try again.")
         return StoredObject(key=key, size=size, sha256=digest, content_type=content_type)
+
+    def _check_uploaded(self, key, size, digest, composite) -> str | None:
+        """What is wrong with the object just uploaded, compared with the bytes sent, or None."""
+        stored = self.stat(key)
+        if stored is None:
+            return "is not there after the upload"
+        if stored.size != size:
+            return f"has {stored.size} bytes after the upload, expected {size}"
+        if stored.sha256 is not None and stored.sha256 != digest:
+            return "has a different SHA-256 in storage than the bytes sent"
+        if composite and stored.composite_sha256 and stored.parts in (None, composite[1]):
+            if stored.composite_sha256 != composite[0]:
+                return "has different part checksums in storage than the parts sent"
+        return None
 
     def stat(self, key):
         from botocore.exceptions import ClientError
@@ -308,12 +346,15 @@ class S3Store(ReleaseStore):
                 return self._stat_by_head(key)
             raise
         checksum = attributes.get("Checksum") or {}
+        value, kind = checksum.get("ChecksumSHA256"), checksum.get("ChecksumType")
+        parts = (attributes.get("ObjectParts") or {}).get("TotalPartsCount")
+        full = _full_object_sha256(value, kind, bool(parts))
         return StoredObject(
             key=key,
             size=attributes["ObjectSize"],
-            sha256=_full_object_sha256(
-                checksum.get("ChecksumSHA256"), checksum.get("ChecksumType"), bool(attributes.get("ObjectParts"))
-            ),
+            sha256=full,
+            composite_sha256=value.split("-")[0] if value and full is None else None,
+            parts=parts,
         )
 
     def _stat_by_head(self, key):

@@ -66,13 +66,14 @@ if not DATA_DIR.is_absolute():
 def persistent_secret_key() -> str:
     """A key kept in DATA_DIR so that the embedded default needs no configuration."""
     path = DATA_DIR / "secret_key"
-    if path.exists():
-        return path.read_text().strip()
     DATA_DIR.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(50)
-    path.write_text(key)
-    path.chmod(0o600)
-    return key
+    try:  # created readable by the owner only; the first of two racing processes wins
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(descriptor, "w") as out:
+        out.write(secrets.token_urlsafe(50))
+    return path.read_text().strip()
 
 
 DEBUG = env_bool("DJANGO_DEBUG", False)

@@ -134,3 +134,4 @@ def manage(tmp_path):
         )
 
     return run
+

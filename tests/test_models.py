@@ -82,6 +82,7 @@ def test_natural_order_of_versions():
     shuffled = ["v10", "v9", "v23", "1.10", "1.2", "1.9", "v2", "V3", "v1"]
     assert sorted(shuffled, key=natural_sort_key) == ["1.2", "1.9", "1.10", "v1", "v2", "V3", "v9", "v10", "v23"]
     assert natural_sort_key("v007") == natural_sort_key("v7")
+    assert bytes.fromhex(natural_sort_key("v10")) == b"v0210"
 
 
 def test_latest_is_the_highest_published_non_prerelease_version():
@@ -159,3 +160,29 @@ def test_draft_file_may_change_and_go():
 def test_database_refuses_a_checksum_that_is_not_hex():
     with pytest.raises(IntegrityError), transaction.atomic():
         FileFactory(sha256="not-a-checksum")
+
+
+def test_sort_key_orders_the_same_under_any_collation():
+    # Hex digits and lower-case letters sort alike everywhere, so '.', '-', '+' cannot be skipped.
+    keys = [natural_sort_key(v) for v in ["1.0-1", "1.0+1", "1.0_1", "1.0.1"]]
+    assert all(set(key) <= set("0123456789abcdef") for key in keys)
+    assert sorted(keys) == sorted(keys, key=lambda k: bytes.fromhex(k))
+
+
+def test_a_published_version_keeps_its_model_and_version_string():
+    version = Version.objects.get(pk=VersionFactory(published=True, version="v1").pk)
+    version.version = "v2"
+    with pytest.raises(ImmutableError, match="cannot change"):
+        version.save()
+    draft = Version.objects.get(pk=VersionFactory(version="v3").pk)
+    draft.version = "v4"
+    draft.save()
+    assert Version.objects.filter(version="v4").exists()
+
+
+def test_a_draft_file_cannot_be_moved_into_a_published_version():
+    published = VersionFactory(published=True)
+    file = File.objects.get(pk=FileFactory().pk)
+    file.version = published
+    with pytest.raises(ImmutableError):
+        file.save()

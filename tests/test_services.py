@@ -24,7 +24,7 @@ def draft():
 
 
 def test_create_version_validates_and_refuses_duplicates(draft):
-    assert (draft.status, draft.model.slug, draft.sort_key) == ("draft", "index-tts", "v011")
+    assert (draft.status, draft.model.slug, bytes.fromhex(draft.sort_key)) == ("draft", "index-tts", b"v011")
     with pytest.raises(ReleaseError, match="already has version v1"):
         services.create_version(draft.model, "V1")
     with pytest.raises(ReleaseError, match="reserved"):
@@ -238,3 +238,61 @@ def test_release_local_files_input_checks(write_file, tmp_path):
         with pytest.raises(ReleaseError, match=message):
             services.release_local_files(*args)
     assert not Model.objects.exists()
+
+
+def test_a_refusal_never_deletes_an_object_owned_by_another_file(any_store, write_file):
+    any_store.upload("m/v1/model.pt", io.BytesIO(b"registered"), content_type="application/octet-stream")
+    v2 = services.create_version(services.get_or_create_model("m"), "v2")
+    services.register_object(v2, "model.pt", "m/v1/model.pt")  # v2 owns the object at v1's default key
+    with pytest.raises(ReleaseError, match="already belongs to another file"):
+        services.release_local_files("m", "v1", [LocalFile("model.pt", write_file("model.pt", b"new"))])
+    assert any_store.stat("m/v1/model.pt").size == len(b"registered")
+    assert not Version.objects.filter(version="v1").exists()
+
+
+def test_completing_a_draft_applies_notes_and_prerelease_and_names_every_file(sources):
+    services.release_local_files("index-tts", "v1", sources, draft=True)
+    with pytest.raises(ReleaseError, match="also has sub/config.yaml; name every file"):
+        services.release_local_files("index-tts", "v1", sources[:1])
+    outcome = services.release_local_files("index-tts", "v1", sources, notes="Notes", prerelease=True)
+    assert (outcome.version.notes, outcome.version.prerelease, outcome.version.status) == ("Notes", True, "published")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_publishing_waits_for_a_file_being_added(local_store):
+    import threading
+
+    from django.db import connection
+
+    draft = services.create_version(services.get_or_create_model("m"), "v1")
+    services.add_file(draft, "a.bin", io.BytesIO(b"a"))
+    reading, go_on = threading.Event(), threading.Event()
+
+    class SlowSource(io.BytesIO):
+        def read(self, size=-1):
+            reading.set()
+            go_on.wait(10)
+            return super().read(size)
+
+    def in_thread(work):
+        def run():
+            try:
+                work()
+            finally:
+                connection.close()
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    adder = in_thread(lambda: services.add_file(draft, "late.bin", SlowSource(b"late")))
+    assert reading.wait(10)
+    publisher = in_thread(lambda: services.publish_version(draft))
+    publisher.join(0.5)
+    assert publisher.is_alive()  # blocked on the draft's row lock while the upload runs
+    go_on.set()
+    adder.join(10)
+    publisher.join(10)
+    version = Version.objects.get()
+    assert version.status == "published"
+    assert sorted(version.files.values_list("path", flat=True)) == ["a.bin", "late.bin"]

@@ -128,3 +128,44 @@ def test_hashing_reader_admits_when_it_missed_bytes():
 def test_release_store_follows_settings(settings, s3_store, tmp_path):
     assert release_store().backend_name == "s3"
     assert storages["releases"].bucket_name.startswith("releases-")
+
+
+def test_hashing_reader_computes_s3_composite_checksums():
+    data = os.urandom(2500)
+    reader = HashingReader(io.BytesIO(data), part_size=1000)
+    while reader.read(333):
+        pass
+    parts = [hashlib.sha256(data[i : i + 1000]).digest() for i in range(0, 2500, 1000)]
+    import base64
+
+    assert reader.composite_for(2500) == (base64.b64encode(hashlib.sha256(b"".join(parts)).digest()).decode(), 3)
+
+
+def test_s3_multipart_upload_is_checked_against_the_composite_checksum(settings, s3_store, monkeypatch):
+    settings.RELEASE_MULTIPART_THRESHOLD = 5 * MIB
+    data = os.urandom(11 * MIB)
+    s3_store.upload("m/v1/good.pt", io.BytesIO(data), content_type="application/octet-stream")
+    stored = s3_store.stat("m/v1/good.pt")
+    assert stored.composite_sha256 and stored.sha256 is None
+
+    # The store answers with part checksums of other bytes: the upload is refused and removed.
+    real_stat = type(s3_store).stat
+    monkeypatch.setattr(
+        type(s3_store), "stat", lambda self, key: real_stat(self, "m/v1/good.pt") if key == "m/v1/bad.pt" else real_stat(self, key)
+    )
+    other = os.urandom(11 * MIB)
+    with pytest.raises(StorageError, match="different part checksums"):
+        s3_store.upload("m/v1/bad.pt", io.BytesIO(other), content_type="application/octet-stream")
+    monkeypatch.undo()
+    assert s3_store.stat("m/v1/bad.pt") is None
+
+
+def test_s3_upload_removes_the_object_when_the_check_after_it_fails(s3_store, monkeypatch):
+    def unreachable(self, key):
+        raise StorageError("Could not read the attributes: timeout.")
+
+    monkeypatch.setattr(type(s3_store), "stat", unreachable)
+    with pytest.raises(StorageError, match="timeout"):
+        s3_store.upload("m/v1/x.bin", io.BytesIO(b"abc"), content_type="application/octet-stream")
+    monkeypatch.undo()
+    assert s3_store.stat("m/v1/x.bin") is None
