@@ -25,6 +25,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.files.storage import FileSystemStorage, storages
@@ -270,6 +271,31 @@ def _remove_quietly(path: str) -> None:
         pass
 
 
+@dataclass(frozen=True)
+class S3Location:
+    """What signing.py needs to presign GETs without calling S3 (or boto3) per request."""
+
+    bucket: str
+    region: str
+    endpoint_url: str | None
+    addressing_style: str
+    access_key: str
+    secret_key: str
+    session_token: str | None = None
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.endpoint_url).scheme if self.endpoint_url else "https"
+
+    def host_and_path(self, key: str) -> tuple[str, str]:
+        if self.endpoint_url:
+            host = urlsplit(self.endpoint_url).netloc
+            if self.addressing_style == "virtual":
+                return f"{self.bucket}.{host}", f"/{key}"
+            return host, f"/{self.bucket}/{key}"
+        return f"{self.bucket}.s3.{self.region}.amazonaws.com", f"/{key}"
+
+
 class S3Store(ReleaseStore):
     backend_name = "s3"
 
@@ -280,6 +306,27 @@ class S3Store(ReleaseStore):
     @property
     def client(self):
         return self.storage.connection.meta.client
+
+    def location(self) -> S3Location:
+        if self.storage.access_key and self.storage.secret_key:
+            access_key, secret_key, token = self.storage.access_key, self.storage.secret_key, self.storage.security_token
+        else:  # the default credential chain (environment, profile, instance role)
+            import boto3
+
+            credentials = boto3.session.Session(profile_name=self.storage.session_profile).get_credentials()
+            if credentials is None:
+                raise StorageError("No AWS credentials found to sign download links with.")
+            frozen = credentials.get_frozen_credentials()
+            access_key, secret_key, token = frozen.access_key, frozen.secret_key, frozen.token
+        return S3Location(
+            bucket=self.bucket,
+            region=self.storage.region_name or "us-east-1",
+            endpoint_url=self.storage.endpoint_url,
+            addressing_style=self.storage.addressing_style or ("path" if self.storage.endpoint_url else "virtual"),
+            access_key=access_key,
+            secret_key=secret_key,
+            session_token=token,
+        )
 
     def _transfer_config(self):
         from boto3.s3.transfer import TransferConfig

@@ -1,8 +1,25 @@
-"""Public HTTP views. Thin: they call selectors and services."""
+"""Public pages, stable download URLs and the local file server. Thin: selectors read, signing signs."""
 
-from django.http import JsonResponse
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+
+import markdown
+import nh3
+from django.http import HttpResponse, HttpResponseRedirect, JsonResponse, StreamingHttpResponse
+from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
+
+from . import caching, selectors
+from .links import VersionLinks, site_url
+from .models import File, Version
+from .signing import LinkRefused, SignedLink, content_disposition, local_file_path, signer, verify_local_link
+from .storage import release_store
 
 
 @never_cache
@@ -10,3 +27,182 @@ from django.views.decorators.http import require_safe
 def healthz(request):
     """Liveness: the process answers. No I/O, so a slow database never restarts healthy web workers."""
     return JsonResponse({"status": "ok"})
+
+
+# --- pages -----------------------------------------------------------------------
+
+
+def _error_page(request, error: Exception):
+    status = 410 if isinstance(error, selectors.Gone) else 404
+    response = render(request, "releases/error.html", {"status": status, "message": str(error)}, status=status)
+    return caching.uncacheable(response)
+
+
+@require_safe
+def index(request):
+    models = selectors.models_for_index(request.user)
+    response = render(request, "releases/index.html", {"models": models})
+    return caching.cacheable(response, request, [caching.index_key()])
+
+
+@require_safe
+def model_page(request, model):
+    try:
+        found, versions, latest = selectors.model_with_versions(model, request.user)
+    except selectors.NotFound as error:
+        return _error_page(request, error)
+    response = render(request, "releases/model.html", {"model": found, "versions": versions, "latest": latest})
+    return caching.cacheable(response, request, [caching.model_key(model)])
+
+
+@dataclass(frozen=True)
+class FileRow:
+    file: File
+    stable_url: str
+    link: SignedLink | None  # None when nothing may be signed (never for a listed version)
+
+
+@require_safe
+def version_page(request, model, version):
+    try:
+        page = selectors.version_with_files(model, version, request.user)
+    except (selectors.NotFound, selectors.Gone) as error:
+        return _error_page(request, error)
+    resolved = page.version
+    links = VersionLinks(request, model, resolved.version)
+    sign, base = signer().link, site_url(request)
+    rows = [FileRow(file, links.file(file.path), sign(file.key, file.name, base_url=base)) for file in page.files]
+    context = {
+        "model": resolved.model,
+        "version": resolved,
+        "requested": version,
+        "rows": rows,
+        "notes_html": render_markdown(resolved.notes),
+        "links": links,
+        "is_latest": version == selectors.LATEST or _is_latest(resolved),
+        "total_size": sum(file.size for file in page.files),
+    }
+    response = render(request, "releases/version.html", context)
+    return caching.cacheable(
+        response, request, [caching.model_key(model), caching.version_key(model, resolved.version)]
+    )
+
+
+def _is_latest(version: Version) -> bool:
+    latest = Version.objects.latest_for(version.model_id)
+    return latest is not None and latest.pk == version.pk
+
+
+MARKDOWN_TAGS = {
+    "a", "abbr", "b", "blockquote", "br", "code", "dd", "del", "dl", "dt", "em", "h1", "h2", "h3", "h4", "h5",
+    "h6", "hr", "i", "img", "li", "ol", "p", "pre", "strong", "sub", "sup", "table", "tbody", "td", "th",
+    "thead", "tr", "ul",
+}  # fmt: skip
+
+
+@lru_cache(maxsize=512)
+def render_markdown(text: str) -> str:
+    """Release notes as HTML, sanitised: no scripts, no event handlers, no javascript: links."""
+    html = markdown.markdown(text, extensions=["fenced_code", "tables", "sane_lists"], output_format="html")
+    return nh3.clean(
+        html,
+        tags=MARKDOWN_TAGS,
+        attributes={"a": {"href", "title"}, "img": {"src", "alt", "title"}, "th": {"align"}, "td": {"align"}},
+        url_schemes={"http", "https", "mailto"},
+        link_rel="noopener noreferrer nofollow",
+    )
+
+
+# --- stable URLs -------------------------------------------------------------------
+
+
+def _plain_error(error: Exception):
+    status = 410 if isinstance(error, selectors.Gone) else 404
+    return caching.uncacheable(HttpResponse(f"{error}\n", status=status, content_type="text/plain; charset=utf-8"))
+
+
+@require_safe
+def download(request, model, version, path):
+    """302 to a freshly signed link; GET and HEAD alike, never cached."""
+    try:
+        file = selectors.resolve_file(model, version, path, request.user)
+    except (selectors.NotFound, selectors.Gone) as error:
+        return _plain_error(error)
+    link = signer().link(file.key, file.name, base_url=site_url(request))
+    response = HttpResponseRedirect(link.url)
+    response["X-Artifact-SHA256"] = file.sha256
+    response["X-Artifact-Size"] = str(file.size)
+    response["X-Artifact-Version"] = file.version.version
+    response["X-Artifact-Expires"] = link.expires_at_iso
+    return caching.uncacheable(response)
+
+
+# --- the local backend's file server ------------------------------------------------
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+@require_safe
+def local_file(request, key):
+    """Serve an object of the local backend to the holder of a valid signed link, with Range support."""
+    try:
+        verify_local_link(local_file_path(key), request.GET.get("expires"), request.GET.get("signature"))
+    except LinkRefused as error:
+        return caching.uncacheable(HttpResponse(f"{error}\n", status=403, content_type="text/plain; charset=utf-8"))
+    file = File.objects.select_related("version").filter(key=key).first()
+    if file is None:
+        return _plain_error(selectors.NotFound("This file no longer exists."))
+    if file.version.status == Version.Status.WITHDRAWN:
+        return _plain_error(selectors.Gone("This version was withdrawn."))
+    store = release_store()
+    if store.backend_name != "local":
+        return _plain_error(selectors.NotFound("Files are not served by this site."))
+    try:
+        handle = store.open(key)
+    except OSError:
+        return _plain_error(selectors.NotFound("The object is missing from storage."))
+    return _ranged_file_response(request, handle, file)
+
+
+def _ranged_file_response(request, handle, file: File):
+    size = os.fstat(handle.fileno()).st_size
+    start, end = 0, size - 1
+    status = 200
+    match = _RANGE.match(request.headers.get("Range", "").strip())
+    if match and (match.group(1) or match.group(2)):
+        first, last = match.groups()
+        if first:
+            start, end = int(first), min(int(last), size - 1) if last else size - 1
+        else:  # a suffix: the last N bytes
+            start, end = max(size - int(last), 0), size - 1
+        if start >= size or start > end:
+            handle.close()
+            response = HttpResponse(status=416)
+            response["Content-Range"] = f"bytes */{size}"
+            return response
+        status = 206
+    handle.seek(start)
+    length = end - start + 1
+    response = StreamingHttpResponse(_limited(handle, length), status=status, content_type=file.content_type)
+    response["Content-Length"] = str(length)
+    response["Accept-Ranges"] = "bytes"
+    response["Content-Disposition"] = content_disposition(file.name)
+    response["ETag"] = f'"{file.sha256}"'
+    response["X-Artifact-SHA256"] = file.sha256
+    if status == 206:
+        response["Content-Range"] = f"bytes {start}-{end}/{size}"
+    expires = int(request.GET["expires"])
+    response["Cache-Control"] = f"public, max-age={max(expires - int(time.time()), 0)}, immutable"
+    return response
+
+
+def _limited(handle, length: int, chunk_size: int = 1024 * 1024):
+    try:
+        while length > 0:
+            chunk = handle.read(min(chunk_size, length))
+            if not chunk:
+                break
+            length -= len(chunk)
+            yield chunk
+    finally:
+        handle.close()

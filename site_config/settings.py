@@ -88,12 +88,15 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "ninja",
     "releases",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "releases.middleware.JsonApiErrorsMiddleware",
+    "django.middleware.http.ConditionalGetMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -184,6 +187,29 @@ MEDIA_ROOT = DATA_DIR / "media"
 # Signed download links: valid for at least the TTL and at most twice it.
 # 302400 s (3.5 days) keeps twice the TTL inside SigV4's 7-day limit.
 SIGNED_URL_TTL = env_int("SIGNED_URL_TTL", 3600, minimum=1, maximum=302400)
+
+# --- CDN in front of downloads and pages ---
+CDN_BACKEND = env_choice("CDN_BACKEND", "none", ("none", "varnish", "fastly", "cloudfront"))
+CDN_BASE_URL = env_str("CDN_BASE_URL").rstrip("/")
+CDN_PURGE_URL = env_str("CDN_PURGE_URL").rstrip("/")
+# CloudFront signed URLs (optional): the key pair's id and a PEM private key file.
+CLOUDFRONT_KEY_ID = env_str("CLOUDFRONT_KEY_ID")
+CLOUDFRONT_PRIVATE_KEY = b""
+if CDN_BACKEND == "cloudfront":
+    if not CDN_BASE_URL:
+        raise ImproperlyConfigured("CDN_BACKEND=cloudfront needs CDN_BASE_URL (the distribution's https:// address).")
+    key_file = env_str("CLOUDFRONT_PRIVATE_KEY_FILE")
+    if bool(CLOUDFRONT_KEY_ID) != bool(key_file):
+        raise ImproperlyConfigured(
+            "CloudFront signed URLs need both CLOUDFRONT_KEY_ID and CLOUDFRONT_PRIVATE_KEY_FILE (or neither)."
+        )
+    if key_file:
+        try:
+            CLOUDFRONT_PRIVATE_KEY = Path(key_file).read_bytes()
+        except OSError as error:
+            raise ImproperlyConfigured(f"CLOUDFRONT_PRIVATE_KEY_FILE {key_file}: {error.strerror}.") from None
+if CDN_BACKEND == "varnish" and not CDN_PURGE_URL:
+    raise ImproperlyConfigured("CDN_BACKEND=varnish needs CDN_PURGE_URL (the cache's address for PURGE requests).")
 
 # Uploads of at least this size use S3 multipart transfer (in parts of this size).
 RELEASE_MULTIPART_THRESHOLD = 64 * 1024 * 1024

@@ -135,3 +135,41 @@ def manage(tmp_path):
 
     return run
 
+
+@pytest.fixture
+def publish(tmp_path):
+    """Publish real bytes through the services: publish("m", "v1", {"model.pt": b"..."}, prerelease=False)."""
+    from releases.services import LocalFile, release_local_files
+
+    def run(model: str, version: str, files: dict[str, bytes], **options):
+        root = tmp_path / "publish" / model / version
+        local = []
+        for path, content in files.items():
+            source = root / path
+            source.parent.mkdir(parents=True, exist_ok=True)
+            source.write_bytes(content)
+            local.append(LocalFile(path, source))
+        return release_local_files(model, version, local, **options).version
+
+    return run
+
+
+WEIGHTS = {"model.pt": b"\x00\x01weights" * 512, "sub/config.yaml": b"sample_rate: 24000\n"}
+
+
+@pytest.fixture
+def catalogue(publish):
+    """index-tts with one version in each state; latest is v10 (v9 < v10; v23 is a prerelease)."""
+    from releases import services
+    from releases.models import Version
+
+    versions = {
+        name: publish("index-tts", name, {path: content + name.encode() for path, content in WEIGHTS.items()})
+        for name in ["v9", "v10", "v11", "v12"]
+    }
+    versions["v23"] = publish("index-tts", "v23", {"model.pt": b"preview"}, prerelease=True)
+    versions["v13"] = publish("index-tts", "v13", {"model.pt": b"draft"}, draft=True)
+    versions["v11"] = services.yank_version(versions["v11"], "Corrupt vocoder; use v10.")
+    versions["v12"] = services.withdraw_version(versions["v12"])
+    publish("hidden-model", "v1", {"model.pt": b"x"}, draft=True)
+    return {name: Version.objects.get(pk=version.pk) for name, version in versions.items()}

@@ -53,6 +53,22 @@ def test_s3_backend_with_its_settings(tmp_path):
         ({"SIGNED_URL_TTL": "302401"}, "SIGNED_URL_TTL must be between 1 and 302400"),
         ({"SIGNED_URL_TTL": "1h"}, "SIGNED_URL_TTL must be a whole number"),
         ({"DJANGO_DEBUG": "maybe"}, "DJANGO_DEBUG must be a boolean"),
+        ({"CDN_BACKEND": "akamai"}, "CDN_BACKEND must be one of none, varnish, fastly, cloudfront"),
+        ({"CDN_BACKEND": "varnish"}, "CDN_BACKEND=varnish needs CDN_PURGE_URL"),
+        ({"CDN_BACKEND": "cloudfront"}, "CDN_BACKEND=cloudfront needs CDN_BASE_URL"),
+        (
+            {"CDN_BACKEND": "cloudfront", "CDN_BASE_URL": "https://d.example", "CLOUDFRONT_KEY_ID": "K1"},
+            "need both CLOUDFRONT_KEY_ID and CLOUDFRONT_PRIVATE_KEY_FILE",
+        ),
+        (
+            {
+                "CDN_BACKEND": "cloudfront",
+                "CDN_BASE_URL": "https://d.example",
+                "CLOUDFRONT_KEY_ID": "K1",
+                "CLOUDFRONT_PRIVATE_KEY_FILE": "/nonexistent/key.pem",
+            },
+            "CLOUDFRONT_PRIVATE_KEY_FILE /nonexistent/key.pem",
+        ),
     ],
 )
 def test_misconfiguration_fails_at_start_up(tmp_path, env, message):

@@ -1,0 +1,206 @@
+"""The JSON API for start scripts (django-ninja; the OpenAPI document is generated from this code)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.http import HttpRequest, HttpResponse
+from django.urls import reverse
+from ninja import NinjaAPI, Schema
+
+from . import caching, selectors
+from .links import VersionLinks, absolute, site_url
+from .signing import signer
+
+api = NinjaAPI(
+    title="Model Releases API",
+    version="1",
+    description=(
+        "Stable metadata and freshly signed download links for model versions. Wherever `{version}` "
+        "appears it may be `latest`: the highest published, non-prerelease version. Signed links are valid "
+        "for at least SIGNED_URL_TTL seconds (`expires_at`); the `stable_url` of a file never expires."
+    ),
+    urls_namespace="api-1",
+    docs_url="/docs",
+    openapi_url="/openapi.json",
+)
+
+
+class Error(Schema):
+    detail: str
+
+
+class FileOut(Schema):
+    path: str
+    size: int
+    sha256: str
+    url: str
+    expires_at: str
+    stable_url: str
+
+
+class VersionOut(Schema):
+    model: str
+    version: str
+    status: str
+    prerelease: bool
+    published_at: str | None
+    notes: str
+    yanked_reason: str
+    files: list[FileOut]
+
+
+class VersionSummary(Schema):
+    version: str
+    status: str
+    prerelease: bool
+    published_at: str | None
+    yanked_reason: str
+    url: str
+
+
+class ModelOut(Schema):
+    model: str
+    name: str
+    summary: str
+    description: str
+    latest: str | None
+    url: str
+    versions: list[VersionSummary]
+
+
+class ModelSummary(Schema):
+    model: str
+    name: str
+    summary: str
+    latest: str | None
+    url: str
+
+
+class ModelList(Schema):
+    models: list[ModelSummary]
+
+
+ERRORS = {404: Error, 410: Error}
+
+
+def iso(moment: datetime | None) -> str | None:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
+
+
+@api.exception_handler(selectors.NotFound)
+def not_found(request, error):
+    return caching.uncacheable(api.create_response(request, {"detail": str(error)}, status=404))
+
+
+@api.exception_handler(selectors.Gone)
+def gone(request, error):
+    return caching.uncacheable(api.create_response(request, {"detail": str(error)}, status=410))
+
+
+def model_api_url(request, slug: str) -> str:
+    return absolute(request, reverse("api-1:model", kwargs={"model": slug}))
+
+
+@api.get("/v1/models", response=ModelList, url_name="models", summary="List models")
+def list_models(request: HttpRequest, response: HttpResponse):
+    models = selectors.models_for_index(request.user)
+    caching.cacheable(response, request, [caching.index_key()])
+    return {
+        "models": [
+            {
+                "model": model.slug,
+                "name": model.name,
+                "summary": model.summary,
+                "latest": model.latest_version,
+                "url": model_api_url(request, model.slug),
+            }
+            for model in models
+        ]
+    }
+
+
+@api.get("/v1/models/{model}", response={200: ModelOut, **ERRORS}, url_name="model", summary="A model and its versions")
+def get_model(request: HttpRequest, response: HttpResponse, model: str):
+    found, versions, latest = selectors.model_with_versions(model, request.user)
+    base = model_api_url(request, found.slug)
+    caching.cacheable(response, request, [caching.model_key(found.slug)])
+    return {
+        "model": found.slug,
+        "name": found.name,
+        "summary": found.summary,
+        "description": found.description,
+        "latest": latest.version if latest else None,
+        "url": base,
+        "versions": [
+            {
+                "version": version.version,
+                "status": version.status,
+                "prerelease": version.prerelease,
+                "published_at": iso(version.published_at),
+                "yanked_reason": version.yanked_reason,
+                "url": f"{base}/versions/{version.version}",
+            }
+            for version in versions
+        ],
+    }
+
+
+@api.get(
+    "/v1/models/{model}/versions/{version}",
+    response={200: VersionOut, **ERRORS},
+    url_name="version",
+    summary="A version with signed download links",
+)
+def get_version(request: HttpRequest, response: HttpResponse, model: str, version: str):
+    page = selectors.version_with_files(model, version, request.user)
+    resolved = page.version
+    links = VersionLinks(request, model, resolved.version)
+    sign, base = signer().link, site_url(request)
+    files = []
+    for file in page.files:
+        link = sign(file.key, file.name, base_url=base)
+        files.append(
+            {
+                "path": file.path,
+                "size": file.size,
+                "sha256": file.sha256,
+                "url": link.url,
+                "expires_at": link.expires_at_iso,
+                "stable_url": links.file(file.path),
+            }
+        )
+    caching.cacheable(response, request, [caching.model_key(model), caching.version_key(model, resolved.version)])
+    response["X-Artifact-Version"] = resolved.version
+    return {
+        "model": resolved.model.slug,
+        "version": resolved.version,
+        "status": resolved.status,
+        "prerelease": resolved.prerelease,
+        "published_at": iso(resolved.published_at),
+        "notes": resolved.notes,
+        "yanked_reason": resolved.yanked_reason,
+        "files": files,
+    }
+
+
+@api.get(
+    "/v1/models/{model}/versions/{version}/sha256sums",
+    url_name="sha256sums",
+    summary="Checksums for sha256sum -c",
+    response={200: str, **ERRORS},
+    openapi_extra={
+        "responses": {
+            200: {
+                "description": "One `<sha256>  <path>` line per file; the resolved version is in X-Artifact-Version.",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        }
+    },
+)
+def get_sha256sums(request: HttpRequest, model: str, version: str):
+    page = selectors.version_with_files(model, version, request.user)
+    body = "".join(f"{file.sha256}  {file.path}\n" for file in page.files)
+    response = HttpResponse(body, content_type="text/plain; charset=utf-8")
+    response["X-Artifact-Version"] = page.version.version
+    return caching.cacheable(response, request, [caching.model_key(model), caching.version_key(model, page.version.version)])

@@ -1,0 +1,48 @@
+"""HTTP caching policy for pages and API responses, and the surrogate keys a CDN purges by.
+
+Responses that carry signed links may stay in shared caches for at most half
+of SIGNED_URL_TTL, so a cached copy never hands out a link with less than
+half its life left. Staff see drafts, so what they see is never shared.
+"""
+
+from django.conf import settings
+from django.utils.cache import patch_cache_control
+
+from .models import user_is_staff
+
+BROWSER_MAX_AGE = 60  # seconds; browsers cannot be purged, so keep it short
+
+
+def index_key() -> str:
+    return "models"
+
+
+def model_key(slug: str) -> str:
+    return f"model-{slug}"
+
+
+def version_key(slug: str, version: str) -> str:
+    return f"version-{slug}-{version}"
+
+
+def shared_max_age() -> int:
+    return max(settings.SIGNED_URL_TTL // 2, 0)
+
+
+def cacheable(response, request, keys: list[str]):
+    """Mark a page or API response cacheable by shared caches, tagged with surrogate keys."""
+    if user_is_staff(getattr(request, "user", None)):
+        patch_cache_control(response, private=True, no_cache=True)
+        return response
+    s_maxage = shared_max_age()
+    patch_cache_control(response, public=True, max_age=min(BROWSER_MAX_AGE, s_maxage), s_maxage=s_maxage)
+    tags = " ".join(keys)
+    response["xkey"] = tags  # Varnish xkey vmod
+    response["Surrogate-Key"] = tags  # Fastly
+    return response
+
+
+def uncacheable(response):
+    """Redirects to signed links and error responses for clients: never stored."""
+    patch_cache_control(response, no_store=True)
+    return response

@@ -1,0 +1,39 @@
+"""Absolute public URLs: built from SITE_URL when set, else from the request's host."""
+
+from urllib.parse import quote
+
+from django.conf import settings
+from django.urls import reverse
+
+
+def site_url(request) -> str:
+    """The site's public origin, without a trailing slash."""
+    return settings.SITE_URL or f"{request.scheme}://{request.get_host()}"
+
+
+def absolute(request, path: str) -> str:
+    return site_url(request) + path
+
+
+class VersionLinks:
+    """Stable URLs of one resolved version (never `latest`), cheap to build per file."""
+
+    def __init__(self, request, model_slug: str, version: str):
+        self.base = site_url(request)
+        self.model, self.version = model_slug, version
+        self._file_prefix = self.base + reverse("releases:version", args=[model_slug, version])
+
+    def page(self) -> str:
+        return self._file_prefix
+
+    def file(self, path: str) -> str:
+        return self._file_prefix + quote(path, safe="/")
+
+    def api(self) -> str:
+        return self.base + reverse("api-1:version", kwargs={"model": self.model, "version": self.version})
+
+    def sha256sums(self) -> str:
+        return self.base + reverse("api-1:sha256sums", kwargs={"model": self.model, "version": self.version})
+
+    def client(self) -> str:
+        return self.base + "/fetch-model.sh"

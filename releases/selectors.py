@@ -1,0 +1,131 @@
+"""Read paths for pages, the API and stable URLs.
+
+Each selector runs a fixed number of queries, whatever the number of
+versions and files. Visibility follows the querysets: drafts exist only for
+staff, withdrawn versions are known but gone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.core.exceptions import ValidationError
+from django.db.models import OuterRef, Subquery
+
+from .models import (
+    File,
+    Model,
+    Version,
+    user_is_staff,
+    validate_model_slug,
+    validate_relative_path,
+    validate_version_string,
+)
+
+LATEST = "latest"
+
+
+class NotFound(Exception):
+    """Unknown model, version or file, or a draft seen by someone who is not staff (404)."""
+
+
+class Gone(Exception):
+    """A withdrawn version (410)."""
+
+
+def _latest_version_subquery():
+    return Subquery(
+        Version.objects.filter(model=OuterRef("pk")).latest_candidates().values("version")[:1]
+    )
+
+
+def models_for_index(user) -> list[Model]:
+    """Models visible to `user`, each with `latest_version` (a version string or None). One query."""
+    return list(Model.objects.visible_to(user).annotate(latest_version=_latest_version_subquery()).order_by("slug"))
+
+
+def model_with_versions(slug: str, user) -> tuple[Model, list[Version], Version | None]:
+    """A model, its versions newest first, and its latest version. Two queries."""
+    if not _plausible(slug, LATEST):
+        raise NotFound(f"There is no model {slug!r}.")
+    model = (
+        Model.objects.visible_to(user)
+        .filter(slug=slug)
+        .annotate(latest_version=_latest_version_subquery())
+        .first()
+    )
+    if model is None:
+        raise NotFound(f"There is no model {slug!r}.")
+    versions = list(Version.objects.visible_to(user).filter(model=model).natural_order())
+    latest = next((v for v in versions if v.version == model.latest_version), None)
+    return model, versions, latest
+
+
+def _plausible(slug: str, version: str, path: str = "x") -> bool:
+    """Whether the names could exist at all; anything else is answered without a query."""
+    try:
+        validate_model_slug(slug)
+        if version != LATEST:
+            validate_version_string(version)
+        validate_relative_path(path)
+    except ValidationError:
+        return False
+    return True
+
+
+def resolve_version(slug: str, version: str, user) -> Version:
+    """The version named in a URL (`latest` resolves), with its model. One query.
+
+    Raises NotFound for an unknown model or version (or a draft, unless staff)
+    and Gone for a withdrawn version.
+    """
+    if not _plausible(slug, version):
+        raise NotFound(f"There is no model {slug!r} with a version {version!r}.")
+    versions = Version.objects.select_related("model").filter(model__slug=slug)
+    if version == LATEST:
+        found = versions.latest_candidates().first()
+        if found is None:
+            raise NotFound(f"{slug!r} has no published version." if _model_is_public(slug, user) else f"There is no model {slug!r}.")
+        return found
+    found = versions.filter(version=version).first()
+    if found is None or (found.is_draft and not user_is_staff(user)):
+        if not _model_is_public(slug, user):
+            raise NotFound(f"There is no model {slug!r}.")
+        raise NotFound(f"{slug} has no version {version!r}.")
+    if found.status == Version.Status.WITHDRAWN:
+        raise Gone(f"{slug} {found.version} was withdrawn; choose another version.")
+    return found
+
+
+def _model_is_public(slug: str, user) -> bool:
+    """Only asked on the error path, to word the 404."""
+    return Model.objects.visible_to(user).filter(slug=slug).exists()
+
+
+def files_of(version: Version) -> list[File]:
+    """The version's files by path. One query."""
+    files = list(File.objects.filter(version=version).order_by("path"))
+    for file in files:
+        file.version = version  # already loaded: no query per file
+    return files
+
+
+def resolve_file(slug: str, version: str, path: str, user) -> File:
+    """A file of a downloadable version by its path. Two queries."""
+    resolved = resolve_version(slug, version, user)
+    file = File.objects.filter(version=resolved, path=path).first() if _plausible(slug, version, path) else None
+    if file is None:
+        raise NotFound(f"{slug} {resolved.version} has no file {path!r}.")
+    file.version = resolved
+    return file
+
+
+@dataclass(frozen=True)
+class VersionPage:
+    version: Version
+    files: list[File]
+
+
+def version_with_files(slug: str, version: str, user) -> VersionPage:
+    resolved = resolve_version(slug, version, user)
+    return VersionPage(version=resolved, files=files_of(resolved))

@@ -1,0 +1,128 @@
+"""The JSON API: contract fields, expiry bounds, errors as JSON, sha256sums, OpenAPI."""
+
+import hashlib
+import time
+from datetime import UTC, datetime
+
+import pytest
+from openapi_spec_validator import validate
+
+from .conftest import WEIGHTS
+
+pytestmark = pytest.mark.django_db
+
+
+def test_version_object_has_the_contract_fields(client, catalogue, settings):
+    before = time.time()
+    response = client.get("/api/v1/models/index-tts/versions/latest")
+    assert response.status_code == 200 and response["X-Artifact-Version"] == "v10"
+    body = response.json()
+    assert set(body) == {"model", "version", "status", "prerelease", "published_at", "notes", "yanked_reason", "files"}
+    assert (body["model"], body["version"], body["status"], body["prerelease"]) == ("index-tts", "v10", "published", False)
+    assert body["published_at"].endswith("Z")
+    assert [f["path"] for f in body["files"]] == ["model.pt", "sub/config.yaml"]
+    ttl = settings.SIGNED_URL_TTL
+    for file in body["files"]:
+        assert set(file) == {"path", "size", "sha256", "url", "expires_at", "stable_url"}
+        content = WEIGHTS[file["path"]] + b"v10"
+        assert (file["size"], file["sha256"]) == (len(content), hashlib.sha256(content).hexdigest())
+        assert file["stable_url"] == f"http://testserver/models/index-tts/v10/{file['path']}"
+        assert file["url"].startswith("http://testserver/files/index-tts/v10/")
+        expires = datetime.strptime(file["expires_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+        assert before + ttl <= expires + 1 and expires <= time.time() + 2 * ttl
+        downloaded = client.get(file["url"])
+        assert hashlib.sha256(b"".join(downloaded.streaming_content)).hexdigest() == file["sha256"]
+
+
+def test_model_and_model_list(client, catalogue):
+    models = client.get("/api/v1/models").json()["models"]
+    assert [m["model"] for m in models] == ["index-tts"]
+    assert models[0]["latest"] == "v10" and models[0]["url"] == "http://testserver/api/v1/models/index-tts"
+    model = client.get("/api/v1/models/index-tts").json()
+    assert model["latest"] == "v10"
+    assert [v["version"] for v in model["versions"]] == ["v23", "v12", "v11", "v10", "v9"]
+    yanked = next(v for v in model["versions"] if v["version"] == "v11")
+    assert (yanked["status"], yanked["yanked_reason"]) == ("yanked", "Corrupt vocoder; use v10.")
+    assert yanked["url"] == "http://testserver/api/v1/models/index-tts/versions/v11"
+
+
+@pytest.mark.parametrize(
+    "url, status",
+    [
+        ("/api/v1/models/nope", 404),
+        ("/api/v1/models/hidden-model", 404),
+        ("/api/v1/models/index-tts/versions/v13", 404),
+        ("/api/v1/models/index-tts/versions/v99", 404),
+        ("/api/v1/models/index-tts/versions/v12", 410),
+        ("/api/v1/models/index-tts/versions/v12/sha256sums", 410),
+        ("/api/v1/models/hidden-model/versions/latest", 404),
+        ("/api/v2/models", 404),
+        ("/api/v1/models/index-tts/versions", 404),
+        ("/api/v1/models/%00/versions/%ff%fe", 404),
+        ("/api/v1/models/" + "x" * 5000, 404),
+        ("/api/v1/models/index-tts/versions/v9/sha256sums/extra", 404),
+    ],
+)
+def test_api_errors_are_json(client, catalogue, url, status):
+    response = client.get(url)
+    assert response.status_code == status
+    assert response["Content-Type"].startswith("application/json")
+    assert set(response.json()) == {"detail"} and response.json()["detail"]
+
+
+def test_withdrawn_detail_names_the_version(client, catalogue):
+    assert client.get("/api/v1/models/index-tts/versions/v12").json() == {
+        "detail": "index-tts v12 was withdrawn; choose another version."
+    }
+
+
+def test_wrong_methods_and_odd_queries_get_json_not_html(client, catalogue):
+    for response in (
+        client.post("/api/v1/models"),
+        client.delete("/api/v1/models/index-tts"),
+        client.put("/api/v1/models/index-tts/versions/v9"),
+    ):
+        assert response.status_code == 405 and response.json() == {"detail": "Method not allowed."}
+    response = client.get("/api/v1/models/index-tts/versions/v9", {"format": "xml", "x": "\x00"})
+    assert response.status_code == 200
+
+
+def test_staff_see_drafts_in_the_api(admin_client, catalogue):
+    assert admin_client.get("/api/v1/models/index-tts/versions/v13").json()["status"] == "draft"
+    assert "hidden-model" in [m["model"] for m in admin_client.get("/api/v1/models").json()["models"]]
+
+
+def test_sha256sums_pass_sha256sum_check(client, catalogue, tmp_path):
+    import subprocess
+
+    response = client.get("/api/v1/models/index-tts/versions/latest/sha256sums")
+    assert response["Content-Type"] == "text/plain; charset=utf-8" and response["X-Artifact-Version"] == "v10"
+    (tmp_path / "check" / "sub").mkdir(parents=True)
+    (tmp_path / "check" / "SHA256SUMS").write_bytes(response.content)
+    for path in ("model.pt", "sub/config.yaml"):
+        link = client.get(f"/models/index-tts/v10/{path}")["Location"]
+        (tmp_path / "check" / path).write_bytes(b"".join(client.get(link).streaming_content))
+    result = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=tmp_path / "check", capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines() == ["model.pt: OK", "sub/config.yaml: OK"]
+
+
+def test_openapi_document_is_valid_and_describes_the_contract(client):
+    document = client.get("/api/openapi.json").json()
+    validate(document)
+    paths = document["paths"]
+    assert set(paths) >= {
+        "/api/v1/models",
+        "/api/v1/models/{model}",
+        "/api/v1/models/{model}/versions/{version}",
+        "/api/v1/models/{model}/versions/{version}/sha256sums",
+    }
+    version = document["components"]["schemas"]["VersionOut"]["properties"]
+    assert set(version) == {"model", "version", "status", "prerelease", "published_at", "notes", "yanked_reason", "files"}
+    assert client.get("/api/docs").status_code == 200
+
+
+def test_api_responses_are_cacheable_and_conditional(client, catalogue):
+    response = client.get("/api/v1/models/index-tts/versions/v9")
+    assert response["xkey"] == "model-index-tts version-index-tts-v9" and "s-maxage" in response["Cache-Control"]
+    assert client.get("/api/v1/models/index-tts/versions/v9", HTTP_IF_NONE_MATCH=response["ETag"]).status_code == 304
