@@ -13,7 +13,7 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 PYTEST_ARGS ?=
 RUN_ADDR ?= 127.0.0.1:8000
 
-.PHONY: run test venv services freeze clean
+.PHONY: run test bench venv services freeze clean
 
 $(STAMP): $(REQUIREMENTS)
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ services:
 test: venv services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) DATA_DIR=$(CURDIR)/var/test \
 		$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Performance targets, printed as one table (not part of `make test`).
+bench: venv
+	$(BIN)/python bench/run.py
 
 # Re-pin every transitive dependency after changing a requirements file.
 freeze: venv

@@ -102,12 +102,24 @@ def _model_is_public(slug: str, user) -> bool:
     return Model.objects.visible_to(user).filter(slug=slug).exists()
 
 
-def files_of(version: Version) -> list[File]:
-    """The version's files by path. One query."""
-    files = list(File.objects.filter(version=version).order_by("path"))
-    for file in files:
-        file.version = version  # already loaded: no query per file
-    return files
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """What pages and the API show of a file; plain values, cheap to load by the hundred."""
+
+    path: str
+    key: str
+    size: int
+    sha256: str
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+
+def files_of(version: Version) -> list[FileInfo]:
+    """The version's files by path. One query, no model instances."""
+    rows = File.objects.filter(version=version).order_by("path").values_list("path", "key", "size", "sha256")
+    return [FileInfo(*row) for row in rows]
 
 
 def resolve_file(slug: str, version: str, path: str, user) -> File:
@@ -123,7 +135,7 @@ def resolve_file(slug: str, version: str, path: str, user) -> File:
 @dataclass(frozen=True)
 class VersionPage:
     version: Version
-    files: list[File]
+    files: list[FileInfo]
 
 
 def version_with_files(slug: str, version: str, user) -> VersionPage:

@@ -5,20 +5,20 @@ from __future__ import annotations
 import os
 import re
 import time
-from dataclasses import dataclass
 from functools import lru_cache
 
 import markdown
 import nh3
 from django.http import HttpResponse, HttpResponseRedirect, JsonResponse, StreamingHttpResponse
 from django.shortcuts import render
+from django.template.defaultfilters import filesizeformat
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
 from . import caching, selectors
 from .links import VersionLinks, site_url
 from .models import File, Version
-from .signing import LinkRefused, SignedLink, content_disposition, local_file_path, signer, verify_local_link
+from .signing import LinkRefused, content_disposition, local_file_path, signer, verify_local_link
 from .storage import release_store
 
 
@@ -55,13 +55,6 @@ def model_page(request, model):
     return caching.cacheable(response, request, [caching.model_key(model)])
 
 
-@dataclass(frozen=True)
-class FileRow:
-    file: File
-    stable_url: str
-    link: SignedLink | None  # None when nothing may be signed (never for a listed version)
-
-
 @require_safe
 def version_page(request, model, version):
     try:
@@ -70,13 +63,13 @@ def version_page(request, model, version):
         return _error_page(request, error)
     resolved = page.version
     links = VersionLinks(request, model, resolved.version)
-    sign, base = signer().link, site_url(request)
-    rows = [FileRow(file, links.file(file.path), sign(file.key, file.name, base_url=base)) for file in page.files]
+    rows = _file_rows(page.files, links, site_url(request))
     context = {
         "model": resolved.model,
         "version": resolved,
         "requested": version,
         "rows": rows,
+        "curl_commands": "".join(f"curl -fL --create-dirs -o {row['path']} {row['stable_url']}\n" for row in rows),
         "notes_html": render_markdown(resolved.notes),
         "links": links,
         "is_latest": version == selectors.LATEST or _is_latest(resolved),
@@ -86,6 +79,22 @@ def version_page(request, model, version):
     return caching.cacheable(
         response, request, [caching.model_key(model), caching.version_key(model, resolved.version)]
     )
+
+
+def _file_rows(files: list[selectors.FileInfo], links: VersionLinks, base_url: str) -> list[dict]:
+    """Everything a row shows, formatted here: rows are many, template lookups are not free."""
+    sign = signer().link
+    return [
+        {
+            "path": file.path,
+            "download_url": sign(file.key, file.name, base_url=base_url).url,
+            "stable_url": links.file(file.path),
+            "size": filesizeformat(file.size),
+            "bytes": f"{file.size:,}",
+            "sha256": file.sha256,
+        }
+        for file in files
+    ]
 
 
 def _is_latest(version: Version) -> bool:
