@@ -9,7 +9,7 @@ from django.urls import reverse
 from ninja import NinjaAPI, Schema
 
 from . import caching, selectors
-from .links import VersionLinks, absolute, site_url
+from .links import VersionLinks, absolute, download_base
 from .signing import signer
 
 api = NinjaAPI(
@@ -156,7 +156,7 @@ def get_version(request: HttpRequest, model: str, version: str):
     page = selectors.version_with_files(model, version, request.user)
     resolved = page.version
     links = VersionLinks(request, model, resolved.version)
-    sign, base = signer().link, site_url(request)
+    sign, base = signer().link, download_base(request)
     files = []
     for file in page.files:
         link = sign(file.key, file.name, base_url=base)

@@ -46,3 +46,26 @@ def uncacheable(response):
     """Redirects to signed links and error responses for clients: never stored."""
     patch_cache_control(response, no_store=True)
     return response
+
+
+def stale_after_change(model_slug: str, version: str | None = None) -> dict[str, list[str]]:
+    """What a change makes stale, as surrogate keys with the URL paths each one covers.
+
+    The one definition of staleness. Publishing a version of a model makes
+    stale the index and everything of the model: its page, its `latest` pages
+    and API responses, and every version page (they show which one is latest).
+    A change to one version (yank, restore, withdraw, new notes) adds that
+    version's own pages. Paths are for CDNs that purge by path (CloudFront);
+    stable URLs are never cached (no-store) but are listed for completeness.
+    """
+    stale = {
+        index_key(): ["/", "/api/v1/models"],
+        model_key(model_slug): [f"/models/{model_slug}/*", f"/api/v1/models/{model_slug}", f"/api/v1/models/{model_slug}/*"],
+    }
+    if version is not None:
+        stale[version_key(model_slug, version)] = [
+            f"/models/{model_slug}/{version}/*",
+            f"/api/v1/models/{model_slug}/versions/{version}",
+            f"/api/v1/models/{model_slug}/versions/{version}/*",
+        ]
+    return stale

@@ -11,6 +11,11 @@ def site_url(request) -> str:
     return settings.SITE_URL or f"{request.scheme}://{request.get_host()}"
 
 
+def download_base(request) -> str:
+    """Where signed links to the site's own files point: the CDN when there is one."""
+    return settings.CDN_BASE_URL or site_url(request)
+
+
 def absolute(request, path: str) -> str:
     return site_url(request) + path
 

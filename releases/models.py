@@ -202,7 +202,8 @@ class Version(models.Model):
     @classmethod
     def from_db(cls, db, field_names, values):
         instance = super().from_db(db, field_names, values)
-        instance._stored_identity = (instance.model_id, instance.version, instance.status)
+        if {"model_id", "version", "status"} <= instance.__dict__.keys():
+            instance._stored_identity = (instance.model_id, instance.version, instance.status)
         return instance
 
     def save(self, *args, **kwargs):
@@ -263,8 +264,12 @@ class File(models.Model):
     verification_status = models.CharField(
         max_length=16, choices=Verification.choices, default=Verification.UNVERIFIED, db_index=True
     )
-    verified_at = models.DateTimeField(null=True, blank=True)
+    verified_at = models.DateTimeField(null=True, blank=True, db_index=True)
     verification_detail = models.TextField(blank=True)
+    hashed_at = models.DateTimeField(
+        null=True, blank=True, db_index=True, help_text="Last time the whole object was read and re-hashed."
+    )
+    warmed_at = models.DateTimeField(null=True, blank=True, help_text="Last time the CDN fetched it.")
 
     objects = FileQuerySet.as_manager()
 
@@ -284,14 +289,15 @@ class File(models.Model):
     @classmethod
     def from_db(cls, db, field_names, values):
         instance = super().from_db(db, field_names, values)
-        instance._stored = {name: getattr(instance, name) for name in cls.IMMUTABLE_FIELDS}
+        # Only what was loaded: reading a deferred field here would load it, from here, forever.
+        instance._stored = {name: instance.__dict__[name] for name in cls.IMMUTABLE_FIELDS if name in instance.__dict__}
         return instance
 
     def changed_immutable_fields(self) -> list[str]:
         stored = getattr(self, "_stored", None)
         if self._state.adding or stored is None:
             return []
-        return [name for name in self.IMMUTABLE_FIELDS if getattr(self, name) != stored[name]]
+        return [name for name in stored if getattr(self, name) != stored[name]]
 
     def clean(self):
         validate_relative_path(self.path)
@@ -301,10 +307,10 @@ class File(models.Model):
 
     def check_mutable(self) -> None:
         changed = self.changed_immutable_fields()
-        involved = {self._stored["version_id"], self.version_id} if changed else set()
+        involved = {self._stored.get("version_id", self.version_id), self.version_id} if changed else set()
         if changed and Version.objects.filter(pk__in=involved, status="draft").count() != len(involved):
             raise ImmutableError(
-                f"File {self._stored['path']!r} belongs to a version that is no longer a draft; its "
+                f"File {self._stored.get('path', self.path)!r} belongs to a version that is no longer a draft; its "
                 f"{', '.join(name.removesuffix('_id') for name in changed)} cannot change. "
                 "Publish a new version instead.",
                 code="immutable_file",
@@ -327,6 +333,50 @@ class File(models.Model):
     @property
     def name(self) -> str:
         return self.path.rsplit("/", 1)[-1]
+
+
+class OutboxEntry(models.Model):
+    """CDN work caused by a change, written in the change's own transaction and drained after commit.
+
+    One pending row per (kind, key): recording the same key again bumps its
+    generation instead of adding a row, and a worker only marks a row done if
+    nothing bumped it while the work was in flight.
+    """
+
+    class Kind(models.TextChoices):
+        PURGE = "purge", "Purge"
+        WARM = "warm", "Warm"
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    key = models.CharField(max_length=400, help_text="Surrogate key to purge, or file-<id> to warm.")
+    paths = models.JSONField(default=list, blank=True, help_text="URL paths the key covers, for CDNs without keys.")
+    file = models.ForeignKey(File, null=True, blank=True, on_delete=models.CASCADE, related_name="outbox_entries")
+    state = models.CharField(max_length=8, choices=State.choices, default=State.PENDING, db_index=True)
+    generation = models.PositiveIntegerField(default=1)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now, db_index=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+    done_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "CDN outbox entry"
+        verbose_name_plural = "CDN outbox"
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["kind", "key"], condition=models.Q(state="pending"), name="one_pending_entry_per_key"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.key} ({self.state})"
 
 
 def user_is_staff(user) -> bool:

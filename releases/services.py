@@ -19,6 +19,7 @@ from django.core.exceptions import ValidationError
 from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
+from . import outbox
 from .models import (
     File,
     Model,
@@ -94,9 +95,13 @@ def publish_version(version: Version) -> Version:
         if version.is_draft:
             _check_files_ready(version)
             version.published_at = timezone.now()
+        first_time = version.is_draft
         version.status = Version.Status.PUBLISHED
         version.yanked_reason = ""
         version.save(update_fields=["status", "published_at", "yanked_reason", "updated_at"])
+        outbox.record_change(version.model.slug, None if first_time else version.version)
+        if first_time:
+            outbox.record_warming(version)
     logger.info("published %s %s", version.model.slug, version.version)
     return version
 
@@ -135,6 +140,7 @@ def yank_version(version: Version, reason: str) -> Version:
         version.status = Version.Status.YANKED
         version.yanked_reason = reason
         version.save(update_fields=["status", "yanked_reason", "updated_at"])
+        outbox.record_change(version.model.slug, version.version)
     logger.info("yanked %s %s: %s", version.model.slug, version.version, reason)
     return version
 
@@ -146,6 +152,7 @@ def withdraw_version(version: Version) -> Version:
         _require_transition(version, Version.Status.WITHDRAWN)
         version.status = Version.Status.WITHDRAWN
         version.save(update_fields=["status", "updated_at"])
+        outbox.record_change(version.model.slug, version.version)
     logger.info("withdrew %s %s", version.model.slug, version.version)
     return version
 
@@ -431,7 +438,10 @@ def save_model_details(model: Model) -> Model:
                 f"{model.slug}: the slug is part of its files' object keys and URLs, so it cannot change once "
                 "files were added."
             )
-    model.save()
+    with transaction.atomic():
+        model.save()
+        if model.versions.listed().exists():
+            outbox.record_change(model.slug)
     return model
 
 
@@ -441,6 +451,9 @@ def update_version_details(version: Version, *, notes: str, prerelease: bool) ->
         locked = _locked(version)
         if prerelease != locked.prerelease and not locked.is_draft:
             raise ReleaseError(f"{locked.model.slug} {locked.version} is {locked.status}; its prerelease flag is fixed.")
+        changed = (locked.notes, locked.prerelease) != (notes, prerelease)
         locked.notes, locked.prerelease = notes, prerelease
         locked.save(update_fields=["notes", "prerelease", "updated_at"])
+        if changed and not locked.is_draft:
+            outbox.record_change(locked.model.slug, locked.version)
     return locked

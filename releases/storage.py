@@ -480,3 +480,16 @@ def release_store() -> ReleaseStore:
     if isinstance(backend, S3Storage):
         return S3Store(backend)
     raise StorageError(f"Unsupported release storage backend {type(backend).__name__}.")
+
+
+def aws_client(service: str, *, endpoint_url: str | None = None):
+    """A boto3 client for another AWS service (CloudFront invalidations), with the site's credentials."""
+    import boto3
+
+    return boto3.client(
+        service,
+        endpoint_url=endpoint_url,
+        region_name=settings.AWS_REGION_NAME,
+        aws_access_key_id=settings.AWS_ACCESS_KEY_ID or None,
+        aws_secret_access_key=settings.AWS_SECRET_ACCESS_KEY or None,
+    )

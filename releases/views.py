@@ -16,7 +16,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
 from . import caching, selectors
-from .links import VersionLinks, site_url
+from .links import VersionLinks, download_base
 from .models import File, Version
 from .signing import LinkRefused, content_disposition, local_file_path, signer, verify_local_link
 from .storage import release_store
@@ -63,7 +63,7 @@ def version_page(request, model, version):
         return _error_page(request, error)
     resolved = page.version
     links = VersionLinks(request, model, resolved.version)
-    rows = _file_rows(page.files, links, site_url(request))
+    rows = _file_rows(page.files, links, download_base(request))
     context = {
         "model": resolved.model,
         "version": resolved,
@@ -90,7 +90,7 @@ def _file_rows(files: list[selectors.FileInfo], links: VersionLinks, base_url: s
             "download_url": sign(file.key, file.name, base_url=base_url).url,
             "stable_url": links.file(file.path),
             "size": filesizeformat(file.size),
-            "bytes": f"{file.size:,}",
+            "bytes": f"{file.size:,}" if file.size >= 1024 else "",  # small sizes already show bytes
             "sha256": file.sha256,
         }
         for file in files
@@ -137,7 +137,7 @@ def download(request, model, version, path):
         file = selectors.resolve_file(model, version, path, request.user)
     except (selectors.NotFound, selectors.Gone) as error:
         return _plain_error(error)
-    link = signer().link(file.key, file.name, base_url=site_url(request))
+    link = signer().link(file.key, file.name, base_url=download_base(request))
     response = HttpResponseRedirect(link.url)
     response["X-Artifact-SHA256"] = file.sha256
     response["X-Artifact-Size"] = str(file.size)

@@ -142,6 +142,12 @@ STATIC_ROOT = DATA_DIR / "static"
 
 # --- Object storage for release files: one storage alias for one purpose. ---
 STORAGE_BACKEND = env_choice("STORAGE_BACKEND", "local", ("local", "s3"))
+AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY = env_str("AWS_ACCESS_KEY_ID"), env_str("AWS_SECRET_ACCESS_KEY")
+if bool(AWS_ACCESS_KEY_ID) != bool(AWS_SECRET_ACCESS_KEY):
+    raise ImproperlyConfigured(
+        "Set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither (to use the instance's role)."
+    )
+AWS_REGION_NAME = env_str("AWS_S3_REGION_NAME", "us-east-1")
 
 
 def release_storage() -> dict:
@@ -153,19 +159,14 @@ def release_storage() -> dict:
     bucket = env_str("AWS_STORAGE_BUCKET_NAME")
     if not bucket:
         raise ImproperlyConfigured("STORAGE_BACKEND=s3 needs AWS_STORAGE_BUCKET_NAME.")
-    access_key, secret_key = env_str("AWS_ACCESS_KEY_ID"), env_str("AWS_SECRET_ACCESS_KEY")
-    if bool(access_key) != bool(secret_key):
-        raise ImproperlyConfigured(
-            "STORAGE_BACKEND=s3 needs both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither "
-            "(to use the instance's role)."
-        )
     endpoint_url = env_str("AWS_S3_ENDPOINT_URL") or None
+    access_key, secret_key = AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
     return {
         "BACKEND": "storages.backends.s3.S3Storage",
         "OPTIONS": {
             "bucket_name": bucket,
             "endpoint_url": endpoint_url,
-            "region_name": env_str("AWS_S3_REGION_NAME", "us-east-1"),
+            "region_name": AWS_REGION_NAME,
             "access_key": access_key or None,
             "secret_key": secret_key or None,
             "signature_version": "s3v4",
@@ -195,6 +196,7 @@ CDN_PURGE_URL = env_str("CDN_PURGE_URL").rstrip("/")
 # CloudFront signed URLs (optional): the key pair's id and a PEM private key file.
 CLOUDFRONT_KEY_ID = env_str("CLOUDFRONT_KEY_ID")
 CLOUDFRONT_PRIVATE_KEY = b""
+CLOUDFRONT_DISTRIBUTION_ID = ""
 if CDN_BACKEND == "cloudfront":
     if not CDN_BASE_URL:
         raise ImproperlyConfigured("CDN_BACKEND=cloudfront needs CDN_BASE_URL (the distribution's https:// address).")
@@ -208,8 +210,19 @@ if CDN_BACKEND == "cloudfront":
             CLOUDFRONT_PRIVATE_KEY = Path(key_file).read_bytes()
         except OSError as error:
             raise ImproperlyConfigured(f"CLOUDFRONT_PRIVATE_KEY_FILE {key_file}: {error.strerror}.") from None
+    CLOUDFRONT_DISTRIBUTION_ID = env_str("CLOUDFRONT_DISTRIBUTION_ID")
+    if not CLOUDFRONT_DISTRIBUTION_ID:
+        raise ImproperlyConfigured("CDN_BACKEND=cloudfront needs CLOUDFRONT_DISTRIBUTION_ID (to invalidate paths).")
+AWS_CLOUDFRONT_ENDPOINT_URL = env_str("AWS_CLOUDFRONT_ENDPOINT_URL") or None  # an emulator, in tests
 if CDN_BACKEND == "varnish" and not CDN_PURGE_URL:
     raise ImproperlyConfigured("CDN_BACKEND=varnish needs CDN_PURGE_URL (the cache's address for PURGE requests).")
+FASTLY_API_URL = env_str("FASTLY_API_URL", "https://api.fastly.com")
+FASTLY_SERVICE_ID, FASTLY_API_TOKEN = env_str("FASTLY_SERVICE_ID"), env_str("FASTLY_API_TOKEN")
+if CDN_BACKEND == "fastly" and not (FASTLY_SERVICE_ID and FASTLY_API_TOKEN):
+    raise ImproperlyConfigured("CDN_BACKEND=fastly needs FASTLY_SERVICE_ID and FASTLY_API_TOKEN.")
+CDN_TIMEOUT = env_int("CDN_TIMEOUT", 30, minimum=1, maximum=3600)
+WARM_CONCURRENCY = env_int("WARM_CONCURRENCY", 4, minimum=1, maximum=64)
+WARM_MAX_BYTES = env_int("WARM_MAX_BYTES", 20 * 1024**3, minimum=0, maximum=10**15)
 
 # Uploads of at least this size use S3 multipart transfer (in parts of this size).
 RELEASE_MULTIPART_THRESHOLD = 64 * 1024 * 1024
@@ -222,12 +235,53 @@ else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 CELERY_BROKER_URL = REDIS_URL or "memory://"
-CELERY_RESULT_BACKEND = REDIS_URL or None
-# With no broker configured, tasks run in the process that queued them.
+# With no broker configured, tasks run in the process that queued them (after commit).
 CELERY_TASK_ALWAYS_EAGER = not REDIS_URL
+CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "model-releases")
 CELERY_TASK_ACKS_LATE = True
-CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+# A message whose worker died unacknowledged is delivered again after this long.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=10, maximum=86400)}
+# Queueing must not hang a publish when the broker is down: fail fast, the beat job catches up.
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+
+# --- Beat jobs: every interval in seconds, from the environment ---
+CELERY_BEAT_SCHEDULE = {
+    "verify": {
+        "task": "releases.tasks.verify_files",
+        "schedule": env_int("VERIFY_INTERVAL", 3600, minimum=10, maximum=7 * 86400),
+    },
+    "drain-outbox": {
+        "task": "releases.tasks.drain_outbox",
+        "schedule": env_int("DRAIN_OUTBOX_INTERVAL", 60, minimum=1, maximum=86400),
+    },
+    "warm-pending": {
+        "task": "releases.tasks.warm_pending",
+        "schedule": env_int("WARM_INTERVAL", 300, minimum=1, maximum=86400),
+    },
+}
+VERIFY_BATCH_SIZE = env_int("VERIFY_BATCH_SIZE", 200, minimum=1, maximum=100_000)
+VERIFY_BYTE_BUDGET = env_int("VERIFY_BYTE_BUDGET", 2 * 1024**3, minimum=0, maximum=10**15)
+OUTBOX_BATCH_SIZE = env_int("OUTBOX_BATCH_SIZE", 200, minimum=1, maximum=10_000)
+OUTBOX_MAX_ATTEMPTS = env_int("OUTBOX_MAX_ATTEMPTS", 8, minimum=1, maximum=100)
+OUTBOX_BACKOFF_SECONDS = env_int("OUTBOX_BACKOFF_SECONDS", 30, minimum=1, maximum=3600)
+OUTBOX_LEASE_SECONDS = env_int("OUTBOX_LEASE_SECONDS", 600, minimum=10, maximum=86400)
+JOB_LOCK_SECONDS = env_int("JOB_LOCK_SECONDS", 3600, minimum=10, maximum=86400)
+
+# Who hears about verify failures and CDN work that keeps failing: "Name <a@b>, Name <c@d>".
+ADMINS = [
+    (entry.split("<")[0].strip() or entry, entry.split("<")[-1].rstrip(">").strip())
+    for entry in env_list("DJANGO_ADMINS", [])
+]
+SERVER_EMAIL = env_str("SERVER_EMAIL", "model-releases@localhost")
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1, maximum=65535)
 
 LOGGING = {
     "version": 1,

@@ -173,3 +173,16 @@ def catalogue(publish):
     versions["v12"] = services.withdraw_version(versions["v12"])
     publish("hidden-model", "v1", {"model.pt": b"x"}, draft=True)
     return {name: Version.objects.get(pk=version.pk) for name, version in versions.items()}
+
+
+@pytest.fixture(autouse=True)
+def tasks_run_in_process(settings):
+    """Tasks queued by a test run right after its commit, in-process, as in the embedded default.
+
+    Tests of the real worker on Redis (tests/test_tasks.py) start their own worker process.
+    """
+    from site_config.celery import app
+
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = settings.CELERY_TASK_ALWAYS_EAGER

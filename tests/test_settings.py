@@ -46,7 +46,7 @@ def test_s3_backend_with_its_settings(tmp_path):
         ({"STORAGE_BACKEND": "s3"}, "STORAGE_BACKEND=s3 needs AWS_STORAGE_BUCKET_NAME"),
         (
             {"STORAGE_BACKEND": "s3", "AWS_STORAGE_BUCKET_NAME": "b", "AWS_ACCESS_KEY_ID": "a"},
-            "needs both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+            "Set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither",
         ),
         ({"STORAGE_BACKEND": "ftp"}, "STORAGE_BACKEND must be one of local, s3"),
         ({"SIGNED_URL_TTL": "0"}, "SIGNED_URL_TTL must be between 1 and 302400"),
@@ -69,6 +69,9 @@ def test_s3_backend_with_its_settings(tmp_path):
             },
             "CLOUDFRONT_PRIVATE_KEY_FILE /nonexistent/key.pem",
         ),
+        ({"CDN_BACKEND": "cloudfront", "CDN_BASE_URL": "https://d.example"}, "needs CLOUDFRONT_DISTRIBUTION_ID"),
+        ({"CDN_BACKEND": "fastly"}, "CDN_BACKEND=fastly needs FASTLY_SERVICE_ID and FASTLY_API_TOKEN"),
+        ({"VERIFY_INTERVAL": "1"}, "VERIFY_INTERVAL must be between 10"),
     ],
 )
 def test_misconfiguration_fails_at_start_up(tmp_path, env, message):

@@ -1,0 +1,170 @@
+"""The only module that talks to a CDN: purge by surrogate key (or by path), and warm files.
+
+Backends, chosen by CDN_BACKEND:
+* ``none``: nothing to purge.
+* ``varnish``: one HTTP PURGE to CDN_PURGE_URL with the keys in `xkey-purge` (the shipped VCL).
+* ``fastly``: the purge-by-surrogate-key API, batched, soft purge.
+* ``cloudfront``: an invalidation of the paths the keys cover.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+from django.conf import settings
+
+from .models import File
+from .signing import signer
+from .storage import aws_client
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 1024 * 1024
+
+
+class CdnError(Exception):
+    """The CDN refused or could not be reached; str() says which and why."""
+
+
+class Cdn:
+    name = "none"
+    keys_per_request = 256
+
+    def purge(self, keys: list[str], paths: list[str]) -> int:
+        """Purge what the keys (or, for path-based CDNs, the paths) cover; returns requests sent."""
+        return 0
+
+
+def _http(method: str, url: str, headers: dict[str, str], body: bytes | None = None) -> bytes:
+    request = urllib.request.Request(url, data=body, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=settings.CDN_TIMEOUT) as response:
+            return response.read()
+    except urllib.error.HTTPError as error:
+        raise CdnError(f"{method} {url} answered {error.code} {error.reason}") from error
+    except (urllib.error.URLError, OSError) as error:
+        raise CdnError(f"{method} {url} failed: {getattr(error, 'reason', error)}") from error
+
+
+def _batches(items: list[str], size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class VarnishCdn(Cdn):
+    name = "varnish"
+    keys_per_request = 100
+
+    def __init__(self, purge_url: str):
+        self.purge_url = purge_url
+
+    def purge(self, keys, paths):
+        sent = 0
+        for batch in _batches(keys, self.keys_per_request):
+            _http("PURGE", self.purge_url + "/", {"xkey-purge": " ".join(batch)})
+            sent += 1
+        return sent
+
+
+class FastlyCdn(Cdn):
+    """POST /service/<id>/purge with a Surrogate-Key header of up to 256 keys (Fastly's batch purge)."""
+
+    name = "fastly"
+
+    def __init__(self, api_url: str, service_id: str, api_token: str, soft: bool = True):
+        self.api_url, self.service_id, self.api_token, self.soft = api_url.rstrip("/"), service_id, api_token, soft
+
+    def purge(self, keys, paths):
+        sent = 0
+        for batch in _batches(keys, self.keys_per_request):
+            headers = {"Fastly-Key": self.api_token, "Surrogate-Key": " ".join(batch), "Accept": "application/json"}
+            if self.soft:
+                headers["Fastly-Soft-Purge"] = "1"
+            answer = _http("POST", f"{self.api_url}/service/{self.service_id}/purge", headers)
+            try:
+                json.loads(answer or b"{}")
+            except ValueError as error:
+                raise CdnError(f"Fastly answered something that is not JSON: {answer[:80]!r}") from error
+            sent += 1
+        return sent
+
+
+class CloudFrontCdn(Cdn):
+    """One invalidation per purge, listing the paths the keys cover."""
+
+    name = "cloudfront"
+    paths_per_request = 3000  # CloudFront's limit per invalidation
+
+    def __init__(self, distribution_id: str):
+        self.distribution_id = distribution_id
+
+    def purge(self, keys, paths):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        client, sent = aws_client("cloudfront", endpoint_url=settings.AWS_CLOUDFRONT_ENDPOINT_URL), 0
+        for batch in _batches(paths, self.paths_per_request):
+            try:
+                client.create_invalidation(
+                    DistributionId=self.distribution_id,
+                    InvalidationBatch={
+                        "Paths": {"Quantity": len(batch), "Items": batch},
+                        "CallerReference": f"model-releases-{uuid.uuid4()}",
+                    },
+                )
+            except (BotoCoreError, ClientError) as error:
+                raise CdnError(f"CloudFront invalidation failed: {error}") from error
+            sent += 1
+        return sent
+
+
+def backend() -> Cdn:
+    if settings.CDN_BACKEND == "varnish":
+        return VarnishCdn(settings.CDN_PURGE_URL)
+    if settings.CDN_BACKEND == "fastly":
+        return FastlyCdn(settings.FASTLY_API_URL, settings.FASTLY_SERVICE_ID, settings.FASTLY_API_TOKEN)
+    if settings.CDN_BACKEND == "cloudfront":
+        return CloudFrontCdn(settings.CLOUDFRONT_DISTRIBUTION_ID)
+    return Cdn()
+
+
+# --- warming ------------------------------------------------------------------------------------
+
+
+def warming_enabled() -> bool:
+    """Only when downloads are served through the CDN: CDN_BASE_URL is set and links point at it."""
+    return bool(settings.CDN_BACKEND != "none" and settings.CDN_BASE_URL and signer().name in {"local", "cloudfront"})
+
+
+def warm_url(file: File) -> str:
+    """The link a downloader gets in this window, on the CDN: the very URL the CDN will cache."""
+    return signer().link(file.key, file.name, base_url=settings.CDN_BASE_URL).url
+
+
+def warm_one(file: File) -> str | None:
+    """Fetch the file through the CDN, streamed and discarded; returns an error or None."""
+    url = warm_url(file)
+    received = 0
+    try:
+        with urllib.request.urlopen(url, timeout=settings.CDN_TIMEOUT) as response:
+            while chunk := response.read(CHUNK):
+                received += len(chunk)
+    except urllib.error.HTTPError as error:
+        return f"GET {url.split('?')[0]} answered {error.code} {error.reason}"
+    except (urllib.error.URLError, OSError) as error:
+        return f"GET {url.split('?')[0]} failed: {getattr(error, 'reason', error)}"
+    if received != file.size:
+        return f"GET {url.split('?')[0]} gave {received} bytes, expected {file.size}"
+    return None
+
+
+def warm_files(files: list[File]) -> dict[int, str | None]:
+    """Warm files with bounded concurrency; {file id: error or None}."""
+    if not files:
+        return {}
+    with ThreadPoolExecutor(max_workers=settings.WARM_CONCURRENCY) as pool:
+        return dict(zip([f.pk for f in files], pool.map(warm_one, files), strict=True))

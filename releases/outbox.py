@@ -1,0 +1,211 @@
+"""The CDN outbox: work recorded in the same transaction as the change that causes it,
+drained after commit by a task and, for whatever is left (broker down, worker
+killed), by the `drain-outbox` and `warm-pending` beat jobs. Nothing is lost.
+
+Workers *claim* due rows for a lease (a short transaction with SKIP LOCKED),
+do the work outside any transaction, then settle each row: done, retried
+later with exponential backoff, or failed after OUTBOX_MAX_ATTEMPTS (the
+admins are mailed; the admin can retry it).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.mail import mail_admins
+from django.db import IntegrityError, transaction
+from django.db.models import Count, F
+from django.utils import timezone
+
+from . import caching, cdn
+from .models import File, OutboxEntry, Version
+
+logger = logging.getLogger(__name__)
+
+Kind, State = OutboxEntry.Kind, OutboxEntry.State
+
+
+# --- recording (inside the change's transaction) ---------------------------------------------
+
+
+def record_change(model_slug: str, version: str | None = None) -> None:
+    """Record the purges a change causes and queue their draining once the change commits."""
+    ids = [_record(Kind.PURGE, key, paths=paths) for key, paths in caching.stale_after_change(model_slug, version).items()]
+    queue_after_commit(ids)
+
+
+def record_warming(version: Version) -> None:
+    """Record the files of a newly published version for warming, when downloads go through a CDN
+    (files above WARM_MAX_BYTES are left to the first downloader)."""
+    if not cdn.warming_enabled():
+        return
+    ids = [_record(Kind.WARM, f"file-{file.pk}", file=file) for file in version.files.filter(size__lte=settings.WARM_MAX_BYTES)]
+    queue_after_commit(ids)
+
+
+def _record(kind: str, key: str, *, paths=(), file: File | None = None) -> int:
+    """Insert a pending row, or bump the pending row for the same key; returns its id."""
+    now = timezone.now()
+    bump = dict(generation=F("generation") + 1, next_attempt_at=now, paths=list(paths))
+    pending = OutboxEntry.objects.filter(kind=kind, key=key, state=State.PENDING)
+    for _ in range(2):
+        existing = pending.values_list("pk", flat=True).first()
+        if existing and pending.filter(pk=existing).update(**bump):
+            return existing  # coalesced: its generation says it must run again
+        try:
+            with transaction.atomic():
+                return OutboxEntry.objects.create(kind=kind, key=key, paths=list(paths), file=file, next_attempt_at=now).pk
+        except IntegrityError:  # a concurrent change created it first: bump that one
+            continue
+    raise RuntimeError(f"could not record outbox {kind} {key}")
+
+
+def queue_after_commit(ids: list[int]) -> None:
+    """Once the change commits, queue a task for its rows (the beat jobs catch any that never run)."""
+    if ids:
+        transaction.on_commit(lambda: _queue(ids), robust=True)
+
+
+def _queue(ids: list[int]) -> None:
+    from .tasks import process_outbox
+
+    try:
+        process_outbox.delay(ids)
+    except Exception as error:  # broker down: nothing is lost, the rows wait for the beat jobs
+        logger.warning("could not queue outbox rows %s (%s); the beat jobs will drain them", ids, error)
+
+
+# --- draining ---------------------------------------------------------------------------------
+
+
+@dataclass
+class DrainResult:
+    done: int = 0
+    retried: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Claim:
+    entry: OutboxEntry
+    generation: int
+
+
+def claim(kind: str, limit: int, ids: list[int] | None = None) -> list[Claim]:
+    """Take up to `limit` due pending rows for a lease; rows other workers hold are skipped."""
+    now = timezone.now()
+    lease = timedelta(seconds=settings.OUTBOX_LEASE_SECONDS)
+    with transaction.atomic():
+        due = OutboxEntry.objects.select_for_update(skip_locked=True).filter(
+            kind=kind, state=State.PENDING, next_attempt_at__lte=now
+        )
+        if ids is not None:
+            due = due.filter(pk__in=ids)
+        entries = list(due.order_by("next_attempt_at", "pk")[:limit])
+        OutboxEntry.objects.filter(pk__in=[e.pk for e in entries]).update(
+            attempts=F("attempts") + 1, next_attempt_at=now + lease
+        )
+    return [Claim(entry, entry.generation) for entry in entries]
+
+
+def drain(kind: str, *, limit: int | None = None, ids: list[int] | None = None) -> DrainResult:
+    """Claim due rows of one kind and do their work: one purge call for all keys, one fetch per file."""
+    limit = limit or settings.OUTBOX_BATCH_SIZE
+    claims = claim(kind, limit, ids)
+    result = DrainResult()
+    if not claims:
+        return result
+    if kind == Kind.PURGE:
+        _purge(claims, result)
+    else:
+        _warm(claims, result)
+    if result.failed:
+        _mail_failures(kind, result)
+    return result
+
+
+def _purge(claims: list[Claim], result: DrainResult) -> None:
+    keys = [c.entry.key for c in claims]
+    paths = sorted({path for c in claims for path in c.entry.paths})
+    try:
+        cdn.backend().purge(keys, paths)
+    except cdn.CdnError as error:
+        for item in claims:
+            _settle(item, result, error=str(error))
+        return
+    for item in claims:
+        _settle(item, result)
+
+
+def _warm(claims: list[Claim], result: DrainResult) -> None:
+    files = File.objects.select_related("version").in_bulk([c.entry.file_id for c in claims])
+    errors = cdn.warm_files([file for file in files.values() if file.version.is_downloadable])
+    for item in claims:
+        file = files.get(item.entry.file_id)
+        if file is None or not file.version.is_downloadable:  # withdrawn meanwhile: nothing to warm
+            _settle(item, result)
+            continue
+        error = errors.get(file.pk)
+        if error is None:
+            File.objects.filter(pk=file.pk).update(warmed_at=timezone.now())
+        _settle(item, result, error=error)
+
+
+def _settle(item: Claim, result: DrainResult, *, error: str | None = None) -> None:
+    entry, now = item.entry, timezone.now()
+    mine = OutboxEntry.objects.filter(pk=entry.pk, state=State.PENDING, generation=item.generation)
+    if error is None:
+        if mine.update(state=State.DONE, done_at=now, last_error=""):
+            result.done += 1
+        else:  # recorded again while in flight: run once more soon
+            OutboxEntry.objects.filter(pk=entry.pk, state=State.PENDING).update(next_attempt_at=now)
+        return
+    attempts = entry.attempts + 1
+    result.errors.append(f"{entry.kind} {entry.key}: {error}")
+    if attempts >= settings.OUTBOX_MAX_ATTEMPTS:
+        OutboxEntry.objects.filter(pk=entry.pk, state=State.PENDING).update(state=State.FAILED, last_error=error)
+        result.failed += 1
+        logger.error("outbox %s %s failed after %d attempts: %s", entry.kind, entry.key, attempts, error)
+    else:
+        backoff = min(settings.OUTBOX_BACKOFF_SECONDS * 2 ** (attempts - 1), 3600)
+        OutboxEntry.objects.filter(pk=entry.pk, state=State.PENDING).update(
+            next_attempt_at=now + timedelta(seconds=backoff), last_error=error
+        )
+        result.retried += 1
+        logger.warning("outbox %s %s: %s (retry in %ss)", entry.kind, entry.key, error, backoff)
+
+
+def _mail_failures(kind: str, result: DrainResult) -> None:
+    mail_admins(
+        f"CDN {kind} failed for {result.failed} entr{'y' if result.failed == 1 else 'ies'}",
+        "These outbox entries failed after every retry; retry them from the admin (CDN outbox) once the "
+        "CDN is reachable:\n\n" + "\n".join(result.errors),
+        fail_silently=True,
+    )
+
+
+def retry_failed(ids: list[int]) -> int:
+    """Put failed rows back in the queue (admin action); a pending row for the same key absorbs them."""
+    count = 0
+    for entry in OutboxEntry.objects.filter(pk__in=ids, state=State.FAILED):
+        try:
+            with transaction.atomic():
+                OutboxEntry.objects.filter(pk=entry.pk).update(
+                    state=State.PENDING, attempts=0, next_attempt_at=timezone.now()
+                )
+        except IntegrityError:  # the key is pending again already
+            OutboxEntry.objects.filter(pk=entry.pk).delete()
+        count += 1
+    queue_after_commit(list(ids))
+    return count
+
+
+def backlog() -> dict[str, int]:
+    counts = dict(
+        OutboxEntry.objects.exclude(state=State.DONE).values_list("state").annotate(n=Count("pk")).values_list("state", "n")
+    )
+    return {State.PENDING.value: counts.get(State.PENDING, 0), State.FAILED.value: counts.get(State.FAILED, 0)}

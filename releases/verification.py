@@ -1,0 +1,127 @@
+"""Keep the promise that every published file is in storage, whole and unchanged.
+
+A cheap check (size, and S3's own checksums when it has them) for the files
+verified longest ago, plus full re-hashes of the files hashed longest ago
+within a byte budget per run, so every file is fully re-read over time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.core.mail import mail_admins
+from django.db.models import F
+from django.utils import timezone
+
+from .models import File
+from .storage import ReleaseStore, StorageError, release_store, sha256_of_stream
+
+logger = logging.getLogger(__name__)
+
+Status = File.Verification
+FAILURES = (Status.MISSING, Status.MISMATCH, Status.ERROR)
+
+
+@dataclass
+class VerifyReport:
+    counts: Counter = field(default_factory=Counter)
+    bytes_hashed: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def files(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def failed(self) -> int:
+        return sum(self.counts[status] for status in FAILURES)
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{self.counts[s]} {s}" for s in (Status.OK, *FAILURES) if self.counts[s] or s == Status.OK)
+        return f"Verified {self.files} file{'s' if self.files != 1 else ''} ({self.bytes_hashed:,} bytes re-hashed): {parts}."
+
+
+def check_file(store: ReleaseStore, file: File, *, rehash: bool, progress: Callable[[int], None] | None = None):
+    """(status, detail, bytes hashed) for one file."""
+    try:
+        stored = store.stat(file.key)
+        if stored is None:
+            return Status.MISSING, f"object {file.key} is not in storage", 0
+        if stored.size != file.size:
+            return Status.MISMATCH, f"object has {stored.size} bytes, expected {file.size}", 0
+        if stored.sha256 is not None and stored.sha256 != file.sha256:
+            return Status.MISMATCH, f"storage's SHA-256 is {stored.sha256}, expected {file.sha256}", 0
+        if not rehash:
+            return Status.OK, "size matches" + (" and storage's SHA-256" if stored.sha256 else ""), 0
+        digest, size = sha256_of_stream(_counted(store.iter_bytes(file.key), progress))
+        if digest != file.sha256 or size != file.size:
+            return Status.MISMATCH, f"content hashes to {digest} ({size} bytes), expected {file.sha256}", size
+        return Status.OK, "re-hashed: SHA-256 matches", size
+    except StorageError as error:
+        return Status.ERROR, str(error), 0
+
+
+def _counted(chunks: Iterable[bytes], progress):
+    for chunk in chunks:
+        if progress:
+            progress(len(chunk))
+        yield chunk
+
+
+def record(file: File, status: str, detail: str, *, rehashed: bool) -> None:
+    now = timezone.now()
+    fields = {"verification_status": status, "verification_detail": detail[:2000], "verified_at": now}
+    if rehashed:
+        fields["hashed_at"] = now
+    File.objects.filter(pk=file.pk).update(**fields)
+    if status in FAILURES:
+        logger.error("verify %s (%s %s): %s: %s", file.path, file.version.model.slug, file.version.version, status, detail)
+
+
+def verify(files: Iterable[File], *, rehash: Callable[[File], bool], progress=None) -> VerifyReport:
+    store, report = release_store(), VerifyReport()
+    for file in files:
+        full = rehash(file)
+        status, detail, hashed = check_file(store, file, rehash=full, progress=progress)
+        record(file, status, detail, rehashed=full and status != Status.ERROR)
+        report.counts[status] += 1
+        report.bytes_hashed += hashed
+        if status in FAILURES:
+            report.failures.append(f"{file.version.model.slug} {file.version.version} {file.path}: {status}: {detail}")
+    if report.failures:
+        mail_admins(
+            f"Verify: {report.failed} published file(s) failed",
+            "\n".join(report.failures) + "\n\nThe admin lists them under Files, filtered by verification status.",
+            fail_silently=True,
+        )
+    return report
+
+
+def published_files():
+    return File.objects.published().select_related("version__model")
+
+
+def verify_batch(*, limit: int | None = None, byte_budget: int | None = None) -> VerifyReport:
+    """One rolling run: the files verified longest ago, re-hashing those hashed longest ago within the budget."""
+    limit = limit or settings.VERIFY_BATCH_SIZE
+    budget = settings.VERIFY_BYTE_BUDGET if byte_budget is None else byte_budget
+    to_hash, spent = set(), 0
+    for pk, size in published_files().order_by(F("hashed_at").asc(nulls_first=True), "pk").values_list("pk", "size"):
+        if spent + size > budget:
+            break
+        to_hash.add(pk)
+        spent += size
+    oldest = list(published_files().order_by(F("verified_at").asc(nulls_first=True), "pk")[:limit])
+    chosen = {file.pk: file for file in oldest}
+    for file in published_files().filter(pk__in=to_hash - set(chosen)):
+        chosen[file.pk] = file
+    return verify(chosen.values(), rehash=lambda file: file.pk in to_hash)
+
+
+def verify_everything(progress=None) -> VerifyReport:
+    """Every published file, fully re-hashed (the verify_artifacts command)."""
+    return verify(published_files().order_by("pk").iterator(chunk_size=500), rehash=lambda file: True, progress=progress)
