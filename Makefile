@@ -29,7 +29,10 @@ run: venv
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
 	$(BIN)/python manage.py seed_demo
 	@echo "Serving on http://$(RUN_ADDR) (admin: http://$(RUN_ADDR)/admin/, create a user with '$(BIN)/python manage.py createsuperuser')"
-	$(BIN)/python manage.py runserver --noreload $(RUN_ADDR)
+	@# Beat runs beside the site; with no REDIS_URL its jobs run inside the beat process itself.
+	$(BIN)/python -m celery -A site_config beat --loglevel INFO & beat=$$!; \
+		trap 'kill $$beat 2>/dev/null' EXIT INT TERM; \
+		$(BIN)/python manage.py runserver --noreload $(RUN_ADDR)
 
 services:
 	scripts/ensure-services.sh

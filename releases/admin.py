@@ -12,7 +12,8 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from . import services
-from .models import File, Model, Version, validate_relative_path
+from . import outbox
+from .models import File, Model, OutboxEntry, Version, validate_relative_path
 
 
 class VersionInline(admin.TabularInline):
@@ -323,7 +324,7 @@ class VersionAdmin(admin.ModelAdmin):
 
 @admin.register(File)
 class FileAdmin(admin.ModelAdmin):
-    list_display = ("path", "version", "size", "verification_status", "verified_at")
+    list_display = ("path", "version", "size", "verification_status", "verified_at", "hashed_at", "warmed_at")
     list_filter = ("verification_status", "version__status", "version__model")
     search_fields = ("path", "key", "sha256", "version__version", "version__model__slug")
     list_select_related = ("version__model",)
@@ -337,3 +338,25 @@ class FileAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(OutboxEntry)
+class OutboxEntryAdmin(admin.ModelAdmin):
+    """CDN work: what is pending, what failed after every retry (and a way to retry it)."""
+
+    list_display = ("kind", "key", "state", "attempts", "next_attempt_at", "last_error", "created_at", "done_at")
+    list_filter = ("state", "kind")
+    search_fields = ("key", "last_error")
+    readonly_fields = [field.name for field in OutboxEntry._meta.fields]
+    actions = ["retry_selected"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.action(description="Retry selected failed entries", permissions=["view"])
+    def retry_selected(self, request, queryset):
+        count = outbox.retry_failed(list(queryset.values_list("pk", flat=True)))
+        self.message_user(request, f"{count} entr{'y' if count == 1 else 'ies'} queued again.", messages.SUCCESS)

@@ -204,6 +204,16 @@ def retry_failed(ids: list[int]) -> int:
     return count
 
 
+def seconds_until_due(ids: list[int]) -> int | None:
+    """Seconds until the first of these rows that is still pending is due again, or None if none is."""
+    first = (
+        OutboxEntry.objects.filter(pk__in=ids, state=State.PENDING).order_by("next_attempt_at").values_list("next_attempt_at", flat=True).first()
+    )
+    if first is None:
+        return None
+    return max(1, int((first - timezone.now()).total_seconds()) + 1)
+
+
 def backlog() -> dict[str, int]:
     counts = dict(
         OutboxEntry.objects.exclude(state=State.DONE).values_list("state").annotate(n=Count("pk")).values_list("state", "n")

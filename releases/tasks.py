@@ -57,6 +57,10 @@ def process_outbox(self, entry_ids: list[int]):
     """Right after the commit that recorded them: purge and warm the given outbox rows."""
     purged = outbox.drain(outbox.Kind.PURGE, ids=entry_ids)
     warmed = outbox.drain(outbox.Kind.WARM, ids=entry_ids)
+    wait = outbox.seconds_until_due(entry_ids)
+    if wait is not None and not self.request.is_eager:
+        # Held by a worker that may have died, or backing off after a failure: come back when due.
+        raise self.retry(countdown=wait)
     return {"purge": _as_dict(purged), "warm": _as_dict(warmed)}
 
 

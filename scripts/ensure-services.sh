@@ -4,6 +4,18 @@
 # stopped; says clearly what is missing otherwise.
 set -euo pipefail
 
+# Debian packages the tests use: varnishd with the xkey vmod (CDN tests).
+need_packages=()
+command -v varnishd >/dev/null || need_packages+=(varnish)
+[ -e /usr/lib/x86_64-linux-gnu/varnish/vmods/libvmod_xkey.so ] || ls /usr/lib/*/varnish/vmods/libvmod_xkey.so >/dev/null 2>&1 \
+  || need_packages+=(varnish-modules)
+if [ ${#need_packages[@]} -gt 0 ]; then
+  echo "ensure-services: installing ${need_packages[*]}"
+  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_packages[@]}" >/dev/null
+fi
+
 pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
 redis_up() { redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; }
 

@@ -186,3 +186,23 @@ def tasks_run_in_process(settings):
     app.conf.task_always_eager = True
     yield
     app.conf.task_always_eager = settings.CELERY_TASK_ALWAYS_EAGER
+
+
+@pytest.fixture
+def varnish(live_server):
+    """varnishd with the shipped VCL on a free loopback port, in front of the live test server."""
+    from .servers import Varnish
+
+    port = int(live_server.url.rsplit(":", 1)[1])
+    cache = Varnish(port)
+    yield cache
+    cache.stop()
+
+
+@pytest.fixture
+def recording_server():
+    from .servers import RecordingServer
+
+    server = RecordingServer()
+    yield server
+    server.stop()

@@ -13,7 +13,7 @@ from django.core.management import call_command
 from releases.models import Model, Version
 
 from .conftest import REPO_ROOT
-from .test_storage import free_port
+from .servers import free_port, wait_until
 
 
 @pytest.mark.django_db
@@ -53,6 +53,7 @@ def test_make_run_serves_the_embedded_default_without_external_services(tmp_path
         if key not in {"DATABASE_URL", "REDIS_URL", "STORAGE_BACKEND", "DJANGO_SETTINGS_MODULE"}
     }
     env["DATA_DIR"] = str(tmp_path / "data")
+    env["DRAIN_OUTBOX_INTERVAL"] = "1"
     log = open(tmp_path / "make-run.log", "w+")
     process = subprocess.Popen(
         ["make", "run", f"RUN_ADDR={address}"], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -66,6 +67,9 @@ def test_make_run_serves_the_embedded_default_without_external_services(tmp_path
         css = page.split('href="/static/admin/css/base.', 1)[1].split('"', 1)[0]
         with urllib.request.urlopen(f"http://{address}/static/admin/css/base.{css}") as stylesheet:
             assert stylesheet.status == 200  # collected and served by WhiteNoise, hashed name
+        with urllib.request.urlopen(f"http://{address}/api/v1/models/demo-tts/versions/latest") as api:
+            assert b'"version":"v2"' in api.read()
+        wait_until(lambda: "drain-outbox: {" in (tmp_path / "make-run.log").read_text(), 60, what="a beat job in the log")
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)

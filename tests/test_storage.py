@@ -3,12 +3,13 @@
 import hashlib
 import io
 import os
-import socket
 
 import pytest
 from django.core.files.storage import storages
 
 from releases.storage import HashingReader, StorageError, release_store
+
+from .servers import free_port
 
 MIB = 1024 * 1024
 
@@ -66,12 +67,6 @@ def test_s3_stat_reads_an_object_uploaded_by_someone_else(s3_store, s3_client, s
     s3_client.put_object(Bucket=s3_bucket, Key="m/v1/plain.bin", Body=b"abc")
     found = s3_store.stat("m/v1/plain.bin")
     assert (found.size, found.sha256) == (3, None)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_unreachable_s3_gives_a_storage_error_naming_the_object(settings, s3_store):

@@ -1,0 +1,60 @@
+# Varnish in front of Model Releases (Varnish 7 with the xkey vmod from varnish-modules).
+#
+# - Caches what the site says it may: pages and API responses carry
+#   Cache-Control with s-maxage (at most half the signed-link TTL) and xkey
+#   surrogate keys; stable-URL redirects are no-store and pass through.
+# - PURGE with an `xkey-purge: key1 key2` header drops every object tagged
+#   with one of the keys, and is accepted only from the `purgers` ACL.
+# - site.vcl (one per deployment, found on vcl_path) defines the backend
+#   `default` and the ACL `purgers`.
+vcl 4.1;
+
+import xkey;
+
+include "site.vcl";
+
+sub vcl_recv {
+    if (req.method == "PURGE") {
+        if (client.ip !~ purgers) {
+            return (synth(403, "PURGE is not allowed from this address"));
+        }
+        if (req.http.xkey-purge) {
+            set req.http.n-gone = xkey.purge(req.http.xkey-purge);
+        } elsif (req.http.xkey-softpurge) {
+            set req.http.n-gone = xkey.softpurge(req.http.xkey-softpurge);
+        } else {
+            return (synth(400, "PURGE needs an xkey-purge or xkey-softpurge header"));
+        }
+        return (synth(200, "Purged " + req.http.n-gone + " objects"));
+    }
+    if (req.method != "GET" && req.method != "HEAD") {
+        return (pass);
+    }
+    # The admin, and anyone signed in (staff may see drafts), are never served from the cache.
+    if (req.url ~ "^/admin" || req.http.Cookie ~ "sessionid=") {
+        return (pass);
+    }
+    unset req.http.Cookie;
+    unset req.http.Authorization;
+    return (hash);
+}
+
+sub vcl_backend_response {
+    # The builtin logic follows Cache-Control (s-maxage first) and never stores
+    # no-store, no-cache or private responses; only make sure nothing sets a
+    # cookie into a shared object.
+    if (beresp.http.Set-Cookie) {
+        set beresp.uncacheable = true;
+        return (deliver);
+    }
+}
+
+sub vcl_deliver {
+    if (obj.hits > 0) {
+        set resp.http.X-Cache = "HIT";
+    } else {
+        set resp.http.X-Cache = "MISS";
+    }
+    unset resp.http.xkey;
+    unset resp.http.n-gone;
+}

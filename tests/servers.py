@@ -1,0 +1,227 @@
+"""Real servers on free loopback ports for tests: varnishd, redis-server, a Celery worker,
+and a small recording HTTP server that stands in for a CDN's API.
+
+Each one is started by a test or fixture and stopped by it, by its own process id.
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+VCL = REPO_ROOT / "docker" / "varnish" / "default.vcl"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(condition, timeout: float = 30, interval: float = 0.1, what: str = "condition"):
+    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.2)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def stop(process: subprocess.Popen, timeout: float = 15) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
+
+
+class Varnish:
+    """varnishd with the shipped VCL, in front of `backend_port`."""
+
+    def __init__(self, backend_port: int, purgers: tuple[str, ...] = ("127.0.0.1",)):
+        self.port = free_port()
+        self.workdir = Path(tempfile.mkdtemp(prefix="varnish-"))
+        self.workdir.chmod(0o755)  # the cache process runs as an unprivileged user
+        (self.workdir / "site.vcl").write_text(
+            f'backend default {{ .host = "127.0.0.1"; .port = "{backend_port}"; }}\n'
+            "acl purgers { " + " ".join(f'"{address}";' for address in purgers) + " }\n"
+        )
+        self.log = open(self.workdir / "varnishd.log", "w")
+        self.process = subprocess.Popen(
+            [
+                shutil.which("varnishd") or "/usr/sbin/varnishd",
+                "-F",
+                "-n", str(self.workdir / "instance"),
+                "-a", f"127.0.0.1:{self.port}",
+                "-T", "127.0.0.1:0",
+                "-f", str(VCL),
+                "-p", f"vcl_path={self.workdir}:{VCL.parent}",
+                "-s", "malloc,64m",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        wait_until(lambda: self.process.poll() is not None or port_open(self.port), 30, what="varnishd")
+        if self.process.poll() is not None:
+            raise RuntimeError(f"varnishd exited: {(self.workdir / 'varnishd.log').read_text()}")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        stop(self.process)
+        self.log.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class RedisServer:
+    """A redis-server of the test's own, which the test may stop and start again on the same port."""
+
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port()
+        self.process = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(lambda: port_open(self.port), 15, what="redis-server")
+        return self
+    def stop(self) -> None:
+        if self.process:
+            stop(self.process)
+            self.process = None
+
+
+def django_env(**overrides) -> dict:
+    """The environment for a subprocess of the site: this test database, DATA_DIR and queue."""
+    from django.conf import settings
+    from django.db import connection
+
+    database = connection.settings_dict
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("AWS_", "STORAGE_", "CDN_", "CELERY_", "OUTBOX_", "REDIS_URL", "FASTLY_"))
+    }
+    env.update(
+        DATABASE_URL=f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}",
+        REDIS_URL=settings.REDIS_URL,
+        DATA_DIR=str(settings.DATA_DIR),
+        CELERY_QUEUE=settings.CELERY_TASK_DEFAULT_QUEUE,
+    )
+    env.update({key: str(value) for key, value in overrides.items()})
+    return env
+
+
+class CeleryWorker:
+    """`celery worker` in a subprocess, one pool process, on the test's queue."""
+
+    def __init__(self, env: dict):
+        self.env = env
+        self.logfile = tempfile.NamedTemporaryFile("w+", prefix="celery-worker-", suffix=".log", delete=False)
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "celery", "-A", "site_config", "worker",
+                "--pool", "prefork", "--concurrency", "1", "--loglevel", "INFO",
+                "-Q", env["CELERY_QUEUE"], "--without-gossip", "--without-mingle", "--without-heartbeat",
+                "-n", f"test-{os.getpid()}-{free_port()}@%h",
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=self.logfile,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        wait_until(lambda: "ready." in self.log() or self.process.poll() is not None, 60, what="celery worker")
+        if self.process.poll() is not None:
+            raise RuntimeError(f"celery worker exited:\n{self.log()}")
+
+    def log(self) -> str:
+        return Path(self.logfile.name).read_text()
+
+    def pool_children(self) -> list[int]:
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+        return [int(pid) for pid in children]
+
+    def stop(self) -> None:
+        stop(self.process, timeout=30)
+        os.unlink(self.logfile.name)
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict
+
+
+@dataclass
+class RecordingServer:
+    """An HTTP server that records every request and answers with `respond(request) -> (status, body)`."""
+
+    respond: object = None
+    requests: list[Recorded] = field(default_factory=list)
+
+    def __post_init__(self):
+        recorder = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _handle(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                record = Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()})
+                recorder.requests.append(record)
+                status, body = recorder.respond(record) if recorder.respond else (200, b"{}")
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_PURGE = _handle
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,116 @@
+"""The outbox: rows written with the change, coalesced, leased, retried with backoff, failed loudly."""
+
+from datetime import timedelta
+
+import pytest
+from django.core import mail
+from django.db import transaction
+from django.urls import reverse
+from django.utils import timezone
+
+from releases import outbox, services
+from releases.models import OutboxEntry
+
+pytestmark = pytest.mark.django_db(transaction=True)  # on_commit runs the queued tasks
+
+
+@pytest.fixture
+def purge_log(settings, recording_server):
+    settings.CDN_BACKEND, settings.CDN_PURGE_URL = "varnish", recording_server.url
+    return recording_server
+
+
+def keys_of(requests):
+    return [set(r.headers["xkey-purge"].split()) for r in requests]
+
+
+def test_publish_records_its_purges_in_the_same_transaction(publish):
+    with pytest.raises(RuntimeError), transaction.atomic():
+        publish("m", "v1", {"a.bin": b"a"})
+        assert OutboxEntry.objects.filter(kind="purge").count() == 2
+        raise RuntimeError("the change rolls back")
+    assert not OutboxEntry.objects.exists()
+
+
+def test_changes_purge_the_keys_they_make_stale(purge_log, publish):
+    version = publish("m", "v1", {"a.bin": b"a"})
+    services.yank_version(version, "bad")
+    services.withdraw_version(version)
+    assert keys_of(purge_log.requests) == [
+        {"models", "model-m"},
+        {"models", "model-m", "version-m-v1"},
+        {"models", "model-m", "version-m-v1"},
+    ]
+    assert set(OutboxEntry.objects.values_list("state", flat=True)) == {"done"}
+
+
+def test_a_hundred_file_publish_sends_one_purge_request(purge_log, publish):
+    publish("m", "v1", {f"shard-{n:03d}.bin": b"x" for n in range(100)})
+    assert len(purge_log.requests) == 1
+
+
+def test_identical_pending_keys_coalesce():
+    with transaction.atomic():  # looked at before the commit drains them
+        outbox.record_change("m", "v1")
+        outbox.record_change("m", "v1")
+        outbox.record_change("m")
+        rows = OutboxEntry.objects.filter(state="pending")
+        assert sorted(rows.values_list("key", "generation")) == [("model-m", 3), ("models", 3), ("version-m-v1", 2)]
+
+
+def test_a_key_recorded_again_while_in_flight_stays_pending(purge_log):
+    entry = OutboxEntry.objects.create(kind="purge", key="model-m", paths=["/models/m/*"])
+    claims = outbox.claim("purge", 10)
+    outbox._record("purge", "model-m", paths=["/models/m/*"])  # a newer change commits meanwhile
+    result = outbox.DrainResult()
+    outbox._settle(claims[0], result)
+    entry.refresh_from_db()
+    assert (entry.state, entry.generation, result.done) == ("pending", 2, 0)
+    assert entry.next_attempt_at <= timezone.now()
+    assert outbox.drain("purge").done == 1
+
+
+def test_claimed_rows_are_leased_and_skipped_by_others():
+    OutboxEntry.objects.create(kind="purge", key="models")
+    assert len(outbox.claim("purge", 10)) == 1
+    assert outbox.claim("purge", 10) == []  # leased: not due until the lease ends
+    OutboxEntry.objects.update(next_attempt_at=timezone.now() - timedelta(seconds=1))
+    assert len(outbox.claim("purge", 10)) == 1  # a dead worker's lease ran out: picked up again
+
+
+def test_failures_back_off_then_fail_and_mail_the_admins(settings, recording_server):
+    settings.CDN_BACKEND, settings.CDN_PURGE_URL = "varnish", recording_server.url
+    settings.OUTBOX_MAX_ATTEMPTS, settings.OUTBOX_BACKOFF_SECONDS = 3, 30
+    settings.ADMINS = [("Ops", "ops@example.org")]
+    recording_server.respond = lambda request: (503, b"backend fetch failed")
+    entry = OutboxEntry.objects.create(kind="purge", key="models")
+    delays = []
+    for _ in range(3):
+        before = timezone.now()
+        outbox.drain("purge")
+        entry.refresh_from_db()
+        delays.append(round((entry.next_attempt_at - before).total_seconds() / 30))
+        OutboxEntry.objects.filter(pk=entry.pk).update(next_attempt_at=timezone.now())
+    entry.refresh_from_db()
+    assert delays[:2] == [1, 2]  # 30 s, then 60 s
+    assert (entry.state, entry.attempts) == ("failed", 3)
+    assert "503" in entry.last_error
+    assert len(mail.outbox) == 1 and "failed" in mail.outbox[0].subject and "models" in mail.outbox[0].body
+
+
+def test_failed_entries_are_visible_and_retryable_in_the_admin(admin_client, purge_log):
+    failed = OutboxEntry.objects.create(kind="purge", key="models", state="failed", attempts=8, last_error="timeout")
+    changelist = reverse("admin:releases_outboxentry_changelist")
+    page = admin_client.get(changelist, {"state__exact": "failed"})
+    assert b"timeout" in page.content
+    admin_client.post(changelist, {"action": "retry_selected", "_selected_action": [failed.pk]})
+    failed.refresh_from_db()
+    assert (failed.state, failed.attempts) == ("done", 1)
+    assert keys_of(purge_log.requests) == [{"models"}]
+
+
+def test_backlog_counts_pending_and_failed():
+    OutboxEntry.objects.create(kind="purge", key="a")
+    OutboxEntry.objects.create(kind="purge", key="b", state="failed")
+    OutboxEntry.objects.create(kind="purge", key="c", state="done")
+    assert outbox.backlog() == {"pending": 1, "failed": 1}

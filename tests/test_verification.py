@@ -1,0 +1,94 @@
+"""Verify finds what went wrong in storage: deleted objects, other bytes of the same size, wrong sizes."""
+
+import io
+
+import pytest
+from django.core import mail
+
+from releases import verification
+from releases.models import File
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def released(publish):
+    publish("m", "v1", {"model.pt": b"weights" * 1000, "config.yaml": b"a: 1\n", "vocoder.bin": b"v" * 3000})
+    return {file.path: file for file in File.objects.all()}
+
+
+def status_of(path: str) -> tuple[str, str]:
+    file = File.objects.get(path=path)
+    return file.verification_status, file.verification_detail
+
+
+def test_everything_fine(any_store, released):
+    report = verification.verify_batch(byte_budget=10**9)
+    assert (report.files, report.failed, report.bytes_hashed) == (3, 0, 7000 + 5 + 3000)
+    assert all(f.verification_status == "ok" and f.hashed_at for f in File.objects.all())
+
+
+def test_detects_a_deleted_object_and_other_bytes_of_the_same_size(any_store, released, settings):
+    settings.ADMINS = [("Ops", "ops@example.org")]
+    any_store.delete(released["config.yaml"].key)
+    any_store.upload(released["model.pt"].key, io.BytesIO(b"WEIGHTS" * 1000), content_type="application/octet-stream")
+    report = verification.verify_batch(byte_budget=10**9)
+    assert report.counts["missing"] == 1 and report.counts["mismatch"] == 1 and report.counts["ok"] == 1
+    assert status_of("config.yaml")[0] == "missing"
+    status, detail = status_of("model.pt")
+    assert status == "mismatch" and ("content hashes to" in detail or "storage's SHA-256 is" in detail)
+    assert len(mail.outbox) == 1 and "2 published file(s) failed" in mail.outbox[0].subject
+
+
+def test_a_cheap_check_finds_a_wrong_size_without_reading(any_store, released):
+    any_store.upload(released["vocoder.bin"].key, io.BytesIO(b"short"), content_type="application/octet-stream")
+    report = verification.verify_batch(byte_budget=0)
+    assert report.bytes_hashed == 0
+    assert status_of("vocoder.bin") == ("mismatch", "object has 5 bytes, expected 3000")
+
+
+def test_the_byte_budget_rolls_full_rehashes_over_runs(any_store, released):
+    first = verification.verify_batch(byte_budget=7000)
+    assert first.bytes_hashed == 7000  # only what fits: the oldest-hashed file
+    second = verification.verify_batch(byte_budget=7000)
+    assert second.bytes_hashed == 3005
+    assert File.objects.filter(hashed_at__isnull=True).count() == 0
+
+
+def test_the_batch_takes_the_files_verified_longest_ago(any_store, released):
+    verification.verify_batch(limit=2, byte_budget=0)
+    assert File.objects.filter(verified_at__isnull=True).count() == 1
+    verification.verify_batch(limit=2, byte_budget=0)
+    assert File.objects.filter(verified_at__isnull=True).count() == 0
+
+
+def test_storage_errors_are_recorded_as_errors(s3_store, released, settings, monkeypatch):
+    from releases.storage import S3Store, StorageError
+
+    def unreachable(self, key):
+        raise StorageError("Could not read object: connect timeout.")
+
+    monkeypatch.setattr(S3Store, "stat", unreachable)
+    report = verification.verify_batch(byte_budget=0)
+    assert report.counts["error"] == 3
+    assert status_of("model.pt") == ("error", "Could not read object: connect timeout.")
+
+
+def test_draft_and_withdrawn_files_are_not_verified(any_store, publish):
+    from releases import services
+
+    publish("m", "v1", {"a.bin": b"a"}, draft=True)
+    services.withdraw_version(publish("m", "v2", {"a.bin": b"b"}))
+    assert verification.verify_batch(byte_budget=10**9).files == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_verify_artifacts_command(manage, local_store, released):
+    ok = manage("verify_artifacts")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() == "Verified 3 files (10,005 bytes re-hashed): 3 ok."
+    local_store.upload(released["model.pt"].key, io.BytesIO(b"x" * 7000), content_type="application/octet-stream")
+    bad = manage("verify_artifacts")
+    assert bad.returncode == 1
+    assert bad.stdout.strip() == "Verified 3 files (10,005 bytes re-hashed): 2 ok, 1 mismatch."
+    assert "FAILED m v1 model.pt: mismatch" in bad.stderr
