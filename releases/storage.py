@@ -191,9 +191,18 @@ class ReleaseStore:
     def delete(self, key: str) -> None:
         raise NotImplementedError
 
-    def compute_sha256(self, key: str) -> tuple[str, int]:
+    def compute_sha256(self, key: str, progress: Progress | None = None) -> tuple[str, int]:
         """Stream the whole object and hash it: (hex digest, size)."""
-        return sha256_of_stream(self.iter_bytes(key))
+        chunks = self.iter_bytes(key)
+        if progress:
+            chunks = _reporting(chunks, progress)
+        return sha256_of_stream(chunks)
+
+
+def _reporting(chunks: Iterator[bytes], progress: Progress) -> Iterator[bytes]:
+    for chunk in chunks:
+        progress(len(chunk))
+        yield chunk
 
 
 class LocalStore(ReleaseStore):
@@ -305,7 +314,36 @@ class S3Store(ReleaseStore):
 
     @property
     def client(self):
-        return self.storage.connection.meta.client
+        """One boto3 client per configured storage (Django rebuilds the storage when settings change).
+
+        We hash what we read ourselves, so botocore is told not to validate response checksums too
+        (it would hash every byte a second time); uploads still send the checksums we ask for.
+        """
+        client = getattr(self.storage, "_releases_client", None)
+        if client is None:
+            import boto3
+            from botocore.config import Config
+
+            session = boto3.session.Session(
+                aws_access_key_id=self.storage.access_key,
+                aws_secret_access_key=self.storage.secret_key,
+                aws_session_token=self.storage.security_token,
+                profile_name=self.storage.session_profile,
+            )
+            options = {
+                "signature_version": "s3v4",
+                "s3": {"addressing_style": self.storage.addressing_style or "auto"},
+                "retries": {"mode": "standard", "max_attempts": 3},
+                "response_checksum_validation": "when_required",
+                "request_checksum_calculation": "when_required",
+                "max_pool_connections": 16,
+                **_config_overrides(self.storage.client_config),
+            }
+            client = session.client(
+                "s3", endpoint_url=self.storage.endpoint_url, region_name=self.storage.region_name, config=Config(**options)
+            )
+            self.storage._releases_client = client
+        return client
 
     def location(self) -> S3Location:
         if self.storage.access_key and self.storage.secret_key:
@@ -422,6 +460,55 @@ class S3Store(ReleaseStore):
             content_type=head.get("ContentType"),
         )
 
+    def compute_sha256(self, key, progress=None):
+        """Read into a ring of buffers in one thread while hashing in this one.
+
+        Socket reads and SHA-256 both release the GIL, so the two overlap; reusing
+        buffers (readinto) saves allocating a copy of every megabyte.
+        """
+        import queue
+        import threading
+
+        with _storage_errors(f"read object {key!r}"):
+            stream = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]._raw_stream
+        free, full = queue.Queue(), queue.Queue()
+        for _ in range(4):
+            free.put(bytearray(CHUNK_SIZE))
+
+        def read_ahead():
+            try:
+                while (buffer := free.get()) is not None:
+                    view, filled = memoryview(buffer), 0
+                    while filled < CHUNK_SIZE and (count := stream.readinto(view[filled:])):
+                        filled += count
+                    full.put((buffer, filled))
+                    if filled < CHUNK_SIZE:
+                        break
+            except BaseException as error:  # raised again in the hashing thread
+                full.put(error)
+            finally:
+                full.put(None)
+
+        reader = threading.Thread(target=read_ahead, daemon=True)
+        reader.start()
+        digest, size = hashlib.sha256(), 0
+        try:
+            while (item := full.get()) is not None:
+                if isinstance(item, BaseException):
+                    with _storage_errors(f"read object {key!r}"):
+                        raise item
+                buffer, filled = item
+                digest.update(memoryview(buffer)[:filled])
+                size += filled
+                if progress:
+                    progress(filled)
+                free.put(buffer)
+        finally:
+            free.put(None)
+            stream.release_conn()
+            reader.join(timeout=5)
+        return digest.hexdigest(), size
+
     def iter_bytes(self, key, chunk_size=CHUNK_SIZE):
         with _storage_errors(f"read object {key!r}"):
             body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
@@ -433,6 +520,17 @@ class S3Store(ReleaseStore):
     def delete(self, key):
         with _storage_errors(f"delete object {key!r}"):
             self.client.delete_object(Bucket=self.bucket, Key=key)
+
+
+def _config_overrides(config) -> dict:
+    """Timeouts and retries from a botocore Config given in the storage OPTIONS (tests use it)."""
+    if config is None:
+        return {}
+    names = ("connect_timeout", "read_timeout")
+    overrides = {name: getattr(config, name) for name in names if getattr(config, name, None) is not None}
+    if getattr(config, "retries", None):
+        overrides["retries"] = config.retries
+    return overrides
 
 
 def _full_object_sha256(value: str | None, checksum_type: str | None, multipart: bool) -> str | None:

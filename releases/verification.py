@@ -18,7 +18,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from .models import File
-from .storage import ReleaseStore, StorageError, release_store, sha256_of_stream
+from .storage import ReleaseStore, StorageError, release_store
 
 logger = logging.getLogger(__name__)
 
@@ -57,19 +57,12 @@ def check_file(store: ReleaseStore, file: File, *, rehash: bool, progress: Calla
             return Status.MISMATCH, f"storage's SHA-256 is {stored.sha256}, expected {file.sha256}", 0
         if not rehash:
             return Status.OK, "size matches" + (" and storage's SHA-256" if stored.sha256 else ""), 0
-        digest, size = sha256_of_stream(_counted(store.iter_bytes(file.key), progress))
+        digest, size = store.compute_sha256(file.key, progress)
         if digest != file.sha256 or size != file.size:
             return Status.MISMATCH, f"content hashes to {digest} ({size} bytes), expected {file.sha256}", size
         return Status.OK, "re-hashed: SHA-256 matches", size
     except StorageError as error:
         return Status.ERROR, str(error), 0
-
-
-def _counted(chunks: Iterable[bytes], progress):
-    for chunk in chunks:
-        if progress:
-            progress(len(chunk))
-        yield chunk
 
 
 def record(file: File, status: str, detail: str, *, rehashed: bool) -> None:

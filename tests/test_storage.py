@@ -164,3 +164,16 @@ def test_s3_upload_removes_the_object_when_the_check_after_it_fails(s3_store, mo
         s3_store.upload("m/v1/x.bin", io.BytesIO(b"abc"), content_type="application/octet-stream")
     monkeypatch.undo()
     assert s3_store.stat("m/v1/x.bin") is None
+
+
+def test_hashing_a_missing_object_is_a_storage_error(any_store):
+    with pytest.raises(StorageError, match="m/v1/none.bin"):
+        any_store.compute_sha256("m/v1/none.bin")
+
+
+def test_hashing_reports_progress_and_spans_many_buffers(any_store):
+    data = os.urandom(3 * MIB + 17)
+    any_store.upload("m/v1/big.bin", io.BytesIO(data), content_type="application/octet-stream")
+    seen = []
+    assert any_store.compute_sha256("m/v1/big.bin", progress=seen.append) == (sha256(data), len(data))
+    assert sum(seen) == len(data) and len(seen) >= 4
