@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from pathlib import Path
 from functools import lru_cache
 
 import markdown
@@ -16,7 +17,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
 from . import caching, selectors
-from .links import VersionLinks, download_base
+from .links import VersionLinks, download_base, site_url
 from .models import File, Version
 from .signing import LinkRefused, content_disposition, local_file_path, signer, verify_local_link
 from .storage import release_store
@@ -144,6 +145,28 @@ def download(request, model, version, path):
     response["X-Artifact-Version"] = file.version.version
     response["X-Artifact-Expires"] = link.expires_at_iso
     return caching.uncacheable(response)
+
+
+# --- the start-script client ----------------------------------------------------------------
+
+CLIENT_SOURCE = Path(__file__).resolve().parent / "client" / "fetch-model.sh"
+SITE_PLACEHOLDER = "__MODEL_SITE__"
+
+
+@lru_cache(maxsize=1)
+def _client_source() -> str:
+    return CLIENT_SOURCE.read_text()
+
+
+@require_safe
+def fetch_model_script(request):
+    """The POSIX sh client, with this site's address rendered in (MODEL_SITE overrides it)."""
+    site = site_url(request)
+    if "'" in site or "\n" in site:  # never true for a valid host; the script quotes it in single quotes
+        return HttpResponse("Invalid site address.\n", status=400, content_type="text/plain")
+    response = HttpResponse(_client_source().replace(SITE_PLACEHOLDER, site), content_type="text/x-shellscript; charset=utf-8")
+    response["Content-Disposition"] = 'inline; filename="fetch-model.sh"'
+    return caching.cacheable(response, request, ["client"])
 
 
 # --- the local backend's file server ------------------------------------------------

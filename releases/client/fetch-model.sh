@@ -1,0 +1,264 @@
+#!/bin/sh
+# fetch-model.sh: download a model version from Model Releases, verified.
+#
+#   curl -fsSL __MODEL_SITE__/fetch-model.sh | sh -s -- MODEL VERSION DEST_DIR
+#
+# VERSION may be "latest"; the version it resolves to is printed. Files land at
+# DEST_DIR/<path>. Choose a versioned DEST_DIR (e.g. models/index-tts/v23).
+#
+# For each file of the version it:
+#   - skips the file when DEST_DIR/<path> is already there with the right SHA-256;
+#   - downloads through the file's stable URL (which answers with a freshly signed
+#     link) into DEST_DIR/<dir>/.<name>.part, resuming after an interruption and
+#     asking the stable URL again for a fresh link when one has expired (403);
+#   - refuses a body that is not the file (an HTML page, an empty body, a size
+#     other than the published one);
+#   - checks the SHA-256, then moves the file into place atomically. On a mismatch
+#     it starts that file again once from zero, then gives up. A partial or wrong
+#     file never appears at DEST_DIR/<path>.
+# Two runs on the same DEST_DIR take turns (a lock directory in DEST_DIR).
+#
+# Needs: sh, curl, and sha256sum (or shasum -a 256).
+# Environment: MODEL_SITE overrides the site address; FETCH_MODEL_RETRIES (default 5)
+# is the number of attempts per file; FETCH_MODEL_CURL_OPTS adds options to every
+# download (e.g. "--limit-rate 10M").
+#
+# Exit codes: 0 done; 1 usage; 2 a required tool is missing; 3 unknown model or
+# version (404), or withdrawn (410); 4 the site or a download failed after every
+# retry; 5 a download is not the published file (checksum, size or content);
+# 6 DEST_DIR cannot be written or locked.
+
+set -u
+
+SITE=${MODEL_SITE:-'__MODEL_SITE__'}
+SITE=${SITE%/}
+RETRIES=${FETCH_MODEL_RETRIES:-5}
+CURL_OPTS=${FETCH_MODEL_CURL_OPTS:-}
+
+say() { printf '%s\n' "fetch-model: $*" >&2; }
+die() { code=$1; shift; say "$*"; exit "$code"; }
+
+usage() {
+  say "usage: fetch-model.sh MODEL VERSION DEST_DIR   (VERSION may be 'latest')"
+  exit 1
+}
+
+# curl with the caller's extra options (split into words on purpose).
+fetch() {
+  # shellcheck disable=SC2086
+  curl $CURL_OPTS "$@"
+}
+
+# Percent-encode a path for a URL, keeping '/' (POSIX: od, no bash-isms).
+urlencode() {
+  case $1 in
+    *[!A-Za-z0-9._~/-]*) ;;
+    *) printf '%s' "$1"; return ;;
+  esac
+  printf '%s' "$1" | od -An -v -tx1 | tr -s ' \n' '  ' | {
+    out=''
+    # shellcheck disable=SC2013 # od printed one hex byte per word
+    for byte in $(cat); do
+      case $byte in
+        2d|2e|2f|5f|7e|3[0-9]|4[1-9a-f]|5[0-9a]|6[1-9a-f]|7[0-9a])
+          # shellcheck disable=SC2059 # the format is the byte we just read
+          out=$out$(printf "\\$(printf '%03o' "0x$byte")") ;;
+        *) out=$out%$byte ;;
+      esac
+    done
+    printf '%s' "$out"
+  }
+}
+
+size_of() { wc -c <"$1" | tr -d ' '; }
+
+# download PATH SHA PART: fetch into PART through the stable URL; returns 0, or
+# 4 (network, after retries) / 5 (not the file).
+download() {
+  path=$1 expected=$2 part=$3
+  stable="$SITE/models/$(urlencode "$MODEL")/$(urlencode "$RESOLVED")/$(urlencode "$path")"
+  fetch -sS -I "$stable" 2>/dev/null | tr -d '\r' >"$TMP/head" || true
+  size=$(sed -n 's/^[Xx]-[Aa]rtifact-[Ss]ize: *//p' "$TMP/head" | tail -n 1)
+  published=$(sed -n 's/^[Xx]-[Aa]rtifact-[Ss][Hh][Aa]256: *//p' "$TMP/head" | tail -n 1)
+  if [ -n "$published" ] && [ "$published" != "$expected" ]; then
+    say "$path: the site lists SHA-256 $expected but serves $published"
+    return 5
+  fi
+  tries=1
+  while :; do
+    have=0
+    [ -f "$part" ] && have=$(size_of "$part")
+    if [ -n "$size" ] && [ "$have" -gt "$size" ]; then
+      rm -f "$part"
+      have=0
+    fi
+    if [ -n "$size" ] && [ "$have" -eq "$size" ]; then
+      return 0
+    fi
+    [ "$have" -gt 0 ] && say "$path: resuming at $have bytes"
+    # -L: each try asks the stable URL again, so an expired link is replaced by a fresh one.
+    : >"$TMP/error"
+    result=$(fetch -L -f $PROGRESS -S -C - -o "$part" -w '%{http_code} %{content_type}' "$stable" 2>"$CURL_ERRORS")
+    code=$?
+    why=$(tail -n 1 "$TMP/error")
+    why=${why:-curl exit $code}
+    case $code in
+      0)
+        case ${result#* } in
+          text/html*)
+            case $path in *.html|*.htm) ;; *)
+              rm -f "$part"
+              say "$path: the server sent an HTML page instead of the file"
+              return 5 ;;
+            esac ;;
+        esac
+        have=0
+        [ -f "$part" ] && have=$(size_of "$part")
+        if [ "$have" -eq 0 ] && [ "${size:-1}" != 0 ]; then
+          rm -f "$part"
+          say "$path: the server sent an empty body"
+          return 5
+        fi
+        if [ -n "$size" ] && [ "$have" -ne "$size" ]; then
+          rm -f "$part"
+          say "$path: got $have bytes, the site publishes $size"
+          return 5
+        fi
+        return 0 ;;
+      33|36) rm -f "$part" ;;  # the server cannot resume: start again from zero
+      22) say "$path: $why; asking the stable URL for a fresh link" ;;
+      *) say "$path: $why" ;;
+    esac
+    [ "$tries" -ge "$RETRIES" ] && { say "$path: giving up after $tries tries"; return 4; }
+    sleep "$tries"
+    tries=$((tries + 1))
+  done
+}
+
+main() {
+  [ $# -eq 3 ] || usage
+  MODEL=$1
+  VERSION=$2
+  DEST=$3
+  if [ -z "$MODEL" ] || [ -z "$VERSION" ] || [ -z "$DEST" ]; then usage; fi
+
+  command -v curl >/dev/null 2>&1 || die 2 "curl is required but not installed"
+  if command -v sha256sum >/dev/null 2>&1; then
+    sha256_of() { sha256sum "$1" | cut -d ' ' -f 1; }
+  elif command -v shasum >/dev/null 2>&1; then
+    sha256_of() { shasum -a 256 "$1" | cut -d ' ' -f 1; }
+  else
+    die 2 "sha256sum (or shasum) is required but not installed"
+  fi
+
+
+  TMP=$(mktemp -d 2>/dev/null || mktemp -d -t fetch-model) || die 6 "cannot create a temporary directory"
+  LOCK=''
+  cleanup() {
+    [ -n "$LOCK" ] && rm -rf "$LOCK"
+    rm -rf "$TMP"
+  }
+  trap cleanup EXIT
+  # A progress bar on a terminal; in logs, only our own one line per file or failure.
+  if [ -t 2 ]; then PROGRESS=--progress-bar; CURL_ERRORS=/dev/stderr; else PROGRESS=--silent; CURL_ERRORS=$TMP/error; fi
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+
+  # --- the version's checksums; the header tells the resolved version -------------
+  sums_url="$SITE/api/v1/models/$(urlencode "$MODEL")/versions/$(urlencode "$VERSION")/sha256sums"
+  attempt=1
+  while :; do
+    status=$(fetch -sS -L -D "$TMP/headers" -o "$TMP/sums" -w '%{http_code}' "$sums_url" 2>"$TMP/error") && break
+    [ "$attempt" -ge "$RETRIES" ] && die 4 "cannot reach $SITE: $(cat "$TMP/error")"
+    sleep "$attempt"
+    attempt=$((attempt + 1))
+  done
+  case $status in
+    200) ;;
+    404|410)
+      detail=$(sed -n 's/.*"detail": *"\(.*\)".*/\1/p' "$TMP/sums")
+      die 3 "${detail:-$MODEL $VERSION: not found ($status)}" ;;
+    *) die 4 "$sums_url answered HTTP $status" ;;
+  esac
+  RESOLVED=$(tr -d '\r' <"$TMP/headers" | sed -n 's/^[Xx]-[Aa]rtifact-[Vv]ersion: *//p' | tail -n 1)
+  [ -n "$RESOLVED" ] || die 4 "$sums_url did not name the version (is $SITE a Model Releases site?)"
+  if [ "$RESOLVED" = "$VERSION" ]; then
+    say "$MODEL $RESOLVED"
+  else
+    say "$MODEL $VERSION is $RESOLVED"
+  fi
+
+  mkdir -p "$DEST" 2>/dev/null || die 6 "cannot create $DEST"
+
+  # --- one run per DEST_DIR at a time ------------------------------------------------
+  LOCK_DIR="$DEST/.fetch-model.lock"
+  waited=0
+  until mkdir "$LOCK_DIR" 2>/dev/null; do
+    holder=$(cat "$LOCK_DIR/pid" 2>/dev/null || true)
+    if [ -n "$holder" ] && ! kill -0 "$holder" 2>/dev/null; then
+      rm -rf "$LOCK_DIR"  # left by a run that died
+      continue
+    fi
+    [ "$waited" -eq 0 ] && say "another fetch-model run is working in $DEST; waiting for it"
+    waited=$((waited + 1))
+    [ "$waited" -gt 3600 ] && die 6 "$DEST stayed locked for an hour ($LOCK_DIR); remove it if no run is active"
+    sleep 1
+  done
+  LOCK=$LOCK_DIR
+  echo $$ >"$LOCK_DIR/pid"
+
+  failed=0
+  downloaded=0
+  kept=0
+  while IFS= read -r line || [ -n "$line" ]; do
+    [ -n "$line" ] || continue
+    expected=${line%%  *}
+    path=${line#*  }
+    case $path in
+      /*|../*|*/../*|*/..|..) die 5 "refusing the unsafe path '$path' from the site" ;;
+    esac
+    target="$DEST/$path"
+    dir=$(dirname "$target")
+    part="$dir/.$(basename "$target").part"
+    if [ -f "$target" ] && [ "$(sha256_of "$target")" = "$expected" ]; then
+      kept=$((kept + 1))
+      say "$path: already there, verified"
+      continue
+    fi
+    mkdir -p "$dir" 2>/dev/null || die 6 "cannot create $dir"
+    verified=0
+    for round in 1 2; do
+      download "$path" "$expected" "$part"
+      status=$?
+      [ "$status" -eq 0 ] || break
+      actual=$(sha256_of "$part")
+      if [ "$actual" = "$expected" ]; then
+        verified=1
+        break
+      fi
+      rm -f "$part"
+      if [ "$round" -eq 1 ]; then
+        say "$path: SHA-256 mismatch (got $actual); downloading again from zero"
+      else
+        say "$path: SHA-256 mismatch again (got $actual, expected $expected)"
+        status=5
+      fi
+    done
+    if [ "$verified" -eq 1 ]; then
+      mv -f "$part" "$target" || die 6 "cannot move $path into place"
+      downloaded=$((downloaded + 1))
+      say "$path: downloaded, SHA-256 verified"
+    else
+      failed=$status
+      say "$path: FAILED"
+    fi
+  done <"$TMP/sums"
+
+  if [ "$failed" -ne 0 ]; then
+    die "$failed" "$MODEL $RESOLVED: not every file could be fetched; run again to resume"
+  fi
+  say "$MODEL $RESOLVED: $downloaded downloaded, $kept already there, in $DEST"
+}
+
+# The whole script is read before it runs (it may arrive on stdin: curl ... | sh).
+main "$@"

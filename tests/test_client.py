@@ -1,0 +1,232 @@
+"""The served start-script client, run for real: `curl <site>/fetch-model.sh | sh -s -- ...`
+under dash and bash against the live test server."""
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+from releases import views
+
+from .servers import wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+FAST_LINK = views._limited
+SHELLS = ["dash", "bash"]  # make test installs dash
+FILES = {
+    "model.pt": os.urandom(3 * 1024 * 1024),
+    "config.yaml": b"sample_rate: 24000\n",
+    "checkpoints/vocoder.bin": os.urandom(200_000),
+}
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def served(monkeypatch):
+    """Every file response the site sends: (path, Range header, bytes), and a way to replace them."""
+    log, real = [], views._ranged_file_response
+
+    def recording(request, handle, file):
+        response = real(request, handle, file)
+        log.append({"path": file.path, "range": request.headers.get("Range"), "bytes": int(response["Content-Length"])})
+        return response
+
+    monkeypatch.setattr(views, "_ranged_file_response", recording)
+    return log
+
+
+@pytest.fixture
+def slow_link(monkeypatch):
+    """The site sends file bytes at about 1 MB/s, like a slow link (curl --limit-rate does not
+    slow a loopback transfer that fits in the socket buffers)."""
+    real = views._limited
+
+    def slowly(handle, length, chunk_size=64 * 1024):
+        for chunk in real(handle, length, chunk_size):
+            time.sleep(0.05)  # the link's pace, not a wait for a condition
+            yield chunk
+
+    monkeypatch.setattr(views, "_limited", slowly)
+
+
+@pytest.fixture
+def site(live_server, publish):
+    publish("index-tts", "v1", {"model.pt": b"old weights"})
+    publish("index-tts", "v2", FILES)
+    return live_server.url
+
+
+def run_client(site, shell, *args, env=None, wait=True):
+    command = f'curl -fsSL "{site}/fetch-model.sh" | {shell} -s -- ' + " ".join(f'"{a}"' for a in args)
+    process = subprocess.Popen(
+        ["sh", "-c", command],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    if not wait:
+        return process
+    out, err = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def tree(root):
+    return {
+        str(path.relative_to(root)): path.read_bytes()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_fresh_download_then_nothing_to_do(site, shell, tmp_path, served):
+    dest = tmp_path / "models" / "index tts" / "v2"  # a space in DEST_DIR
+    first = run_client(site, shell, "index-tts", "latest", dest)
+    assert first.returncode == 0, first.stderr
+    assert "fetch-model: index-tts latest is v2" in first.stderr
+    assert tree(dest) == FILES
+    assert sum(entry["bytes"] for entry in served) == sum(len(c) for c in FILES.values())
+    served.clear()
+    second = run_client(site, shell, "index-tts", "v2", dest)
+    assert second.returncode == 0, second.stderr
+    assert second.stderr.count("already there, verified") == 3
+    assert served == []  # not one file byte sent again
+    assert tree(dest) == FILES
+
+
+def test_a_corrupted_local_file_is_replaced(site, tmp_path):
+    dest = tmp_path / "v2"
+    assert run_client(site, "sh", "index-tts", "v2", dest).returncode == 0
+    (dest / "checkpoints" / "vocoder.bin").write_bytes(b"bitrot" * 10)
+    again = run_client(site, "sh", "index-tts", "v2", dest)
+    assert again.returncode == 0 and "checkpoints/vocoder.bin: downloaded, SHA-256 verified" in again.stderr
+    assert tree(dest) == FILES
+
+
+def test_an_interrupted_download_resumes_with_range(site, tmp_path, slow_link, served, monkeypatch):
+    dest = tmp_path / "v2"
+    part = dest / ".model.pt.part"
+    slow = run_client(site, "sh", "index-tts", "v2", dest, wait=False)
+    try:
+        wait_until(lambda: part.exists() and part.stat().st_size > 300_000, 60, what="half a download")
+    except AssertionError:
+        os.killpg(slow.pid, signal.SIGKILL)
+        raise AssertionError(slow.communicate()) from None
+    os.killpg(slow.pid, signal.SIGKILL)  # the connection drops mid-file
+    slow.wait(10)
+    cut_at = part.stat().st_size
+    assert 0 < cut_at < len(FILES["model.pt"]) and not (dest / "model.pt").exists()
+    monkeypatch.setattr(views, "_limited", FAST_LINK)  # the link is fast again
+    served.clear()
+    resumed = run_client(site, "sh", "index-tts", "v2", dest)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"model.pt: resuming at {cut_at} bytes" in resumed.stderr
+    model = [entry for entry in served if entry["path"] == "model.pt"]
+    assert model == [{"path": "model.pt", "range": f"bytes={cut_at}-", "bytes": len(FILES["model.pt"]) - cut_at}]
+    assert tree(dest) == FILES
+
+
+def test_an_expired_link_is_replaced_by_a_fresh_one(site, tmp_path, monkeypatch):
+    from releases import signing
+
+    real_link, calls = signing.Signer.link, []
+
+    def first_link_already_expired(self, key, filename, **kwargs):
+        calls.append(key)
+        if len(calls) <= 2:  # the first file's HEAD and its first GET
+            kwargs["now"] = time.time() - 10 * self.ttl  # minted long ago: expired on arrival
+        return real_link(self, key, filename, **kwargs)
+
+    monkeypatch.setattr(signing.Signer, "link", first_link_already_expired)
+    result = run_client(site, "sh", "index-tts", "v2", tmp_path / "v2")
+    assert result.returncode == 0, result.stderr
+    assert "asking the stable URL for a fresh link" in result.stderr
+    assert tree(tmp_path / "v2") == FILES
+
+
+@pytest.mark.parametrize(
+    "body, content_type, message",
+    [
+        (b"<!doctype html><title>Sign in to the Wi-Fi</title>", "text/html", "the server sent an HTML page instead of the file"),
+        (b"", "application/octet-stream", "the server sent an empty body"),
+        (b"truncated", "application/octet-stream", "got 9 bytes, the site publishes"),
+    ],
+)
+def test_bodies_that_are_not_the_file_are_refused(site, tmp_path, monkeypatch, body, content_type, message):
+    from django.http import HttpResponse
+
+    monkeypatch.setattr(views, "_ranged_file_response", lambda request, handle, file: HttpResponse(body, content_type=content_type))
+    result = run_client(site, "sh", "index-tts", "v2", tmp_path / "v2", env={"FETCH_MODEL_RETRIES": "1"})
+    assert result.returncode == 5
+    assert message in result.stderr
+    assert not any(p.is_file() and not p.name.startswith(".") for p in (tmp_path / "v2").rglob("*"))
+
+
+def test_an_object_corrupted_in_storage_fails_and_leaves_nothing(site, tmp_path, local_store):
+    import io
+
+    local_store.upload("index-tts/v2/model.pt", io.BytesIO(os.urandom(len(FILES["model.pt"]))), content_type="application/octet-stream")
+    result = run_client(site, "sh", "index-tts", "v2", tmp_path / "v2")
+    assert result.returncode == 5
+    assert "model.pt: SHA-256 mismatch" in result.stderr and "downloading again from zero" in result.stderr
+    assert "model.pt: FAILED" in result.stderr
+    assert not (tmp_path / "v2" / "model.pt").exists() and not (tmp_path / "v2" / ".model.pt.part").exists()
+    assert (tmp_path / "v2" / "config.yaml").read_bytes() == FILES["config.yaml"]  # the others are fine
+
+
+@pytest.mark.parametrize("model, version, status", [("nope", "v1", 3), ("index-tts", "v9", 3), ("Bad Name", "v1", 3)])
+def test_unknown_model_or_version_exits_with_one_line_and_writes_nothing(site, tmp_path, model, version, status):
+    result = run_client(site, "sh", model, version, tmp_path / "dest")
+    assert result.returncode == status
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "dest").exists()
+
+
+def test_usage_and_an_unreachable_site(tmp_path):
+    from .servers import free_port
+
+    script = views.CLIENT_SOURCE.read_text()
+    usage = subprocess.run(["sh", "-s", "--", "only-one-arg"], input=script, capture_output=True, text=True)
+    assert usage.returncode == 1 and "usage: fetch-model.sh MODEL VERSION DEST_DIR" in usage.stderr
+    down = subprocess.run(
+        ["sh", "-s", "--", "m", "v1", str(tmp_path / "d")],
+        input=script, capture_output=True, text=True,
+        env={**os.environ, "MODEL_SITE": f"http://127.0.0.1:{free_port()}", "FETCH_MODEL_RETRIES": "1"},
+    )  # fmt: skip
+    assert down.returncode == 4 and "cannot reach" in down.stderr
+
+
+def test_two_runs_on_one_dest_take_turns(site, tmp_path, slow_link):
+    dest = tmp_path / "v2"
+    runs = [run_client(site, "sh", "index-tts", "v2", dest, wait=False) for _ in range(2)]
+    results = [process.communicate(timeout=120) for process in runs]
+    assert [process.returncode for process in runs] == [0, 0], results
+    assert any("another fetch-model run is working" in err for _, err in results)
+    assert tree(dest) == FILES
+    assert not (dest / ".fetch-model.lock").exists()
+
+
+def test_the_script_is_served_with_the_site_address_and_is_cacheable(client, settings):
+    response = client.get("/fetch-model.sh")
+    assert response["Content-Type"] == "text/x-shellscript; charset=utf-8"
+    assert "public" in response["Cache-Control"]
+    assert "SITE=${MODEL_SITE:-'http://testserver'}" in response.content.decode()
+    settings.SITE_URL = "https://models.example.org"
+    assert "SITE=${MODEL_SITE:-'https://models.example.org'}" in client.get("/fetch-model.sh").content.decode()
+
+
+def test_the_script_is_shellcheck_clean():
+    assert shutil.which("shellcheck"), "make test installs shellcheck (scripts/ensure-services.sh)"
+    result = subprocess.run(["shellcheck", "-s", "sh", str(views.CLIENT_SOURCE)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
