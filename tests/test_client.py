@@ -230,3 +230,23 @@ def test_the_script_is_shellcheck_clean():
     assert shutil.which("shellcheck"), "make test installs shellcheck (scripts/ensure-services.sh)"
     result = subprocess.run(["shellcheck", "-s", "sh", str(views.CLIENT_SOURCE)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize("hasher", ["sha256sum", "shasum"])
+def test_needs_only_curl_a_sha256_tool_and_posix_utilities(site, tmp_path, hasher):
+    """A PATH with curl, one hashing tool and the POSIX basics: no openssl, python or jq."""
+    tools = ["sh", "dash", "curl", hasher, "cut", "tr", "sed", "awk", "od", "tee", "cat", "mkdir", "rm", "mv",
+             "mktemp", "dirname", "basename", "wc", "tail", "sleep"]  # fmt: skip
+    if hasher == "shasum" and not shutil.which("shasum"):
+        pytest.fail("shasum (Debian: perl) is expected on this machine")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in tools:
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    script = subprocess.run(["curl", "-fsSL", f"{site}/fetch-model.sh"], capture_output=True, check=True).stdout
+    result = subprocess.run(
+        [str(bin_dir / "sh"), "-s", "--", "index-tts", "v2", str(tmp_path / "v2")],
+        input=script, capture_output=True, env={"PATH": str(bin_dir), "HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()
+    assert tree(tmp_path / "v2") == FILES

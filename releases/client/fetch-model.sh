@@ -18,7 +18,7 @@
 #     file never appears at DEST_DIR/<path>.
 # Two runs on the same DEST_DIR take turns (a lock directory in DEST_DIR).
 #
-# Needs: sh, curl, and sha256sum (or shasum -a 256).
+# Needs: sh, curl, and sha256sum (or shasum -a 256); uses openssl for hashing when present.
 # Environment: MODEL_SITE overrides the site address; FETCH_MODEL_RETRIES (default 5)
 # is the number of attempts per file; FETCH_MODEL_CURL_OPTS adds options to every
 # download (e.g. "--limit-rate 10M").
@@ -72,10 +72,36 @@ urlencode() {
 
 size_of() { wc -c <"$1" | tr -d ' '; }
 
-# download PATH SHA PART: fetch into PART through the stable URL; returns 0, or
-# 4 (network, after retries) / 5 (not the file).
+# Fetch the stable URL (-L: every try asks it again, so an expired link is replaced
+# by a fresh one) into PART. A fresh download is hashed while it arrives (into
+# $TMP/sum); a resumed one is hashed afterwards. Sets CODE (curl's exit status).
+fetch_to() {
+  stable=$1 part=$2
+  : >"$TMP/error"
+  : >"$TMP/sum"
+  if [ -s "$part" ]; then
+    fetch -L -f $PROGRESS -S -C - -D "$TMP/got" -o "$part" "$stable" 2>"$CURL_ERRORS"
+    CODE=$?
+  else
+    { fetch -L -f $PROGRESS -S -D "$TMP/got" "$stable" 2>"$CURL_ERRORS"; echo $? >"$TMP/code"; } \
+      | tee "$part" | sha256_stdin >"$TMP/sum"
+    CODE=$(cat "$TMP/code")
+  fi
+}
+
+# The content type of the last response curl saw (after redirects).
+last_content_type() {
+  tr -d '\r' <"$TMP/got" | awk '
+    tolower($1) ~ /^http\// { type = "" }
+    tolower($1) == "content-type:" { type = tolower($2) }
+    END { print type }'
+}
+
+# download PATH SHA PART: fetch into PART; sets GOT_SHA when it hashed on the way.
+# Returns 0, 4 (network, after every retry) or 5 (not the file).
 download() {
   path=$1 expected=$2 part=$3
+  GOT_SHA=''
   stable="$SITE/models/$(urlencode "$MODEL")/$(urlencode "$RESOLVED")/$(urlencode "$path")"
   fetch -sS -I "$stable" 2>/dev/null | tr -d '\r' >"$TMP/head" || true
   size=$(sed -n 's/^[Xx]-[Aa]rtifact-[Ss]ize: *//p' "$TMP/head" | tail -n 1)
@@ -96,15 +122,12 @@ download() {
       return 0
     fi
     [ "$have" -gt 0 ] && say "$path: resuming at $have bytes"
-    # -L: each try asks the stable URL again, so an expired link is replaced by a fresh one.
-    : >"$TMP/error"
-    result=$(fetch -L -f $PROGRESS -S -C - -o "$part" -w '%{http_code} %{content_type}' "$stable" 2>"$CURL_ERRORS")
-    code=$?
+    fetch_to "$stable" "$part"
     why=$(tail -n 1 "$TMP/error")
-    why=${why:-curl exit $code}
-    case $code in
+    why=${why:-curl exit $CODE}
+    case $CODE in
       0)
-        case ${result#* } in
+        case $(last_content_type) in
           text/html*)
             case $path in *.html|*.htm) ;; *)
               rm -f "$part"
@@ -124,6 +147,7 @@ download() {
           say "$path: got $have bytes, the site publishes $size"
           return 5
         fi
+        GOT_SHA=$(cut -d ' ' -f 1 "$TMP/sum")
         return 0 ;;
       33|36) rm -f "$part" ;;  # the server cannot resume: start again from zero
       22) say "$path: $why; asking the stable URL for a fresh link" ;;
@@ -143,10 +167,13 @@ main() {
   if [ -z "$MODEL" ] || [ -z "$VERSION" ] || [ -z "$DEST" ]; then usage; fi
 
   command -v curl >/dev/null 2>&1 || die 2 "curl is required but not installed"
-  if command -v sha256sum >/dev/null 2>&1; then
-    sha256_of() { sha256sum "$1" | cut -d ' ' -f 1; }
+  # OpenSSL when it is there (several times faster), else sha256sum, else shasum.
+  if command -v openssl >/dev/null 2>&1 && openssl dgst -sha256 -r </dev/null >/dev/null 2>&1; then
+    sha256_stdin() { openssl dgst -sha256 -r | cut -d ' ' -f 1; }
+  elif command -v sha256sum >/dev/null 2>&1; then
+    sha256_stdin() { sha256sum | cut -d ' ' -f 1; }
   elif command -v shasum >/dev/null 2>&1; then
-    sha256_of() { shasum -a 256 "$1" | cut -d ' ' -f 1; }
+    sha256_stdin() { shasum -a 256 | cut -d ' ' -f 1; }
   else
     die 2 "sha256sum (or shasum) is required but not installed"
   fi
@@ -220,7 +247,7 @@ main() {
     target="$DEST/$path"
     dir=$(dirname "$target")
     part="$dir/.$(basename "$target").part"
-    if [ -f "$target" ] && [ "$(sha256_of "$target")" = "$expected" ]; then
+    if [ -f "$target" ] && [ "$(sha256_stdin <"$target")" = "$expected" ]; then
       kept=$((kept + 1))
       say "$path: already there, verified"
       continue
@@ -231,7 +258,7 @@ main() {
       download "$path" "$expected" "$part"
       status=$?
       [ "$status" -eq 0 ] || break
-      actual=$(sha256_of "$part")
+      actual=${GOT_SHA:-$(sha256_stdin <"$part")}
       if [ "$actual" = "$expected" ]; then
         verified=1
         break
