@@ -296,6 +296,116 @@ def bench_verify() -> list[tuple]:
     ]
 
 
+def bench_client() -> list[tuple]:
+    """The start-script client against plain curl on one 200 MB file from a live gunicorn on loopback."""
+    import signal
+    import socket
+    import subprocess
+    import urllib.request
+
+    size = int(os.environ.get("BENCH_CLIENT_MB", "200")) * 1000 * 1000
+    python = sys.executable
+    with tempfile.TemporaryDirectory(prefix="model-releases-client-") as work:
+        work = Path(work)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "STORAGE_", "DATABASE_URL", "REDIS_URL"))}
+        env.update(DATA_DIR=str(work / "data"), DJANGO_SETTINGS_MODULE="site_config.settings")
+        manage = [python, str(REPO / "manage.py")]
+        subprocess.run([*manage, "migrate", "-v0"], env=env, check=True)
+        subprocess.run([*manage, "collectstatic", "--noinput", "-v0"], env=env, check=True)
+        (work / "src").mkdir()
+        with open(work / "src" / "model.pt", "wb") as out:
+            for _ in range(size // 1_000_000):
+                out.write(os.urandom(1_000_000))
+        subprocess.run([*manage, "publish_release", "bench", "v1", str(work / "src" / "model.pt")], env=env, check=True, capture_output=True)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        access_log = work / "access.log"
+        server = subprocess.Popen(
+            [str(Path(python).parent / "gunicorn"), "site_config.wsgi", "-b", f"127.0.0.1:{port}", "-w", "2",
+             "--access-logfile", str(access_log), "--access-logformat", '%(r)s %(s)s %({content-length}o)s "%({range}i)s"'],
+            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        site = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    urllib.request.urlopen(f"{site}/healthz", timeout=1)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+            script = work / "fetch-model.sh"
+            subprocess.run(["curl", "-fsSL", "-o", str(script), f"{site}/fetch-model.sh"], check=True)
+            stable = f"{site}/models/bench/v1/model.pt"
+
+            def plain_curl(rate):
+                limit = ["--limit-rate", rate] if rate else []
+                subprocess.run(["curl", "-fsSL", *limit, "-o", str(work / "plain.bin"), stable], check=True)
+
+            def client(rate):
+                subprocess.run(["rm", "-rf", str(work / "dest")], check=True)
+                options = {"FETCH_MODEL_CURL_OPTS": f"--limit-rate {rate}"} if rate else {}
+                subprocess.run(
+                    ["sh", str(script), "bench", "v1", str(work / "dest")],
+                    env={**os.environ, **options}, check=True, capture_output=True,
+                )
+
+            ratios = {}
+            for rate in ("", "100M"):  # loopback as fast as it goes, and a 100 MB/s link
+                times = {"curl": [], "client": []}
+                for _ in range(3):
+                    for name, run in (("curl", plain_curl), ("client", client)):
+                        start = time.perf_counter()
+                        run(rate)
+                        times[name].append(time.perf_counter() - start)
+                ratios[rate] = (statistics.median(times["curl"]), statistics.median(times["client"]))
+
+            # Cut a download at about half way, then resume and count what the server sends.
+            subprocess.run(["rm", "-rf", str(work / "dest")], check=True)
+            part = work / "dest" / ".model.pt.part"
+            cut = subprocess.Popen(
+                ["sh", str(script), "bench", "v1", str(work / "dest")],
+                env={**os.environ, "FETCH_MODEL_CURL_OPTS": "--limit-rate 100M"},
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+            while not (part.exists() and part.stat().st_size >= size // 2):
+                time.sleep(0.002)
+            os.killpg(cut.pid, signal.SIGKILL)
+            cut.wait()
+            have = part.stat().st_size
+            logged = len(access_log.read_text().splitlines())
+            subprocess.run(["sh", str(script), "bench", "v1", str(work / "dest")], check=True, capture_output=True)
+            # The resumed request is the one with a Range header (the cut one may be logged late).
+            resumed = [line for line in access_log.read_text().splitlines()[logged:] if " /files/" in line and '"bytes=' in line]
+            sent = sum(int(line.rsplit('"', 2)[0].split()[-1]) for line in resumed)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(15)
+    mb = 1000 * 1000
+    rows = []
+    for rate, label in (("", "loopback, unthrottled"), ("100M", "both limited to 100 MB/s")):
+        curl_s, client_s = ratios[rate]
+        rows.append(
+            (
+                f"client vs curl -o, one {size // mb} MB file (gunicorn, {label}, median of 3)",
+                f"client {client_s:.2f} s vs curl {curl_s:.2f} s = {curl_s / client_s:.2f}x",
+                ">= 0.9x",
+                curl_s / client_s >= 0.9,
+            )
+        )
+    return rows + [
+        (
+            f"resume after a cut at {have / size:.0%}",
+            f"server sent {sent:,} bytes; remaining {size - have:,}",
+            "<= remaining + 1 MiB",
+            sent <= size - have + 1024 * 1024,
+        ),
+    ]
+
+
 def print_table(rows: list[tuple]) -> bool:
     print("| measure | result | target | met |")
     print("| --- | --- | --- | --- |")
@@ -314,6 +424,7 @@ def main() -> int:
             configure(data_dir, endpoint)
             publish_fixtures(data_dir)
             rows = bench_signing() + bench_latency() + bench_queries() + bench_purges() + bench_verify()
+        rows += bench_client()
     finally:
         server.stop()
     print(f"\nModel Releases benchmarks ({os.cpu_count()} CPUs, Python {sys.version.split()[0]})\n")

@@ -10,7 +10,7 @@ from functools import lru_cache
 
 import markdown
 import nh3
-from django.http import HttpResponse, HttpResponseRedirect, JsonResponse, StreamingHttpResponse
+from django.http import FileResponse, HttpResponse, HttpResponseRedirect, JsonResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.template.defaultfilters import filesizeformat
 from django.views.decorators.cache import never_cache
@@ -215,7 +215,11 @@ def _ranged_file_response(request, handle, file: File):
         status = 206
     handle.seek(start)
     length = end - start + 1
-    response = StreamingHttpResponse(_limited(handle, length), status=status, content_type=file.content_type)
+    if end == size - 1:
+        # To the end of the file: a file response, which WSGI servers send with sendfile(2).
+        response = FileResponse(handle, status=status, content_type=file.content_type)
+    else:
+        response = StreamingHttpResponse(_limited(handle, length), status=status, content_type=file.content_type)
     response["Content-Length"] = str(length)
     response["Accept-Ranges"] = "bytes"
     response["Content-Disposition"] = content_disposition(file.name)

@@ -17,7 +17,6 @@ from .servers import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-FAST_LINK = views._limited
 SHELLS = ["dash", "bash"]  # make test installs dash
 FILES = {
     "model.pt": os.urandom(3 * 1024 * 1024),
@@ -48,14 +47,26 @@ def served(monkeypatch):
 def slow_link(monkeypatch):
     """The site sends file bytes at about 1 MB/s, like a slow link (curl --limit-rate does not
     slow a loopback transfer that fits in the socket buffers)."""
-    real = views._limited
+    real, pace = views._ranged_file_response, {"slow": True}
 
-    def slowly(handle, length, chunk_size=64 * 1024):
-        for chunk in real(handle, length, chunk_size):
-            time.sleep(0.05)  # the link's pace, not a wait for a condition
-            yield chunk
+    def slowly(request, handle, file):
+        response = real(request, handle, file)
+        if not pace["slow"]:
+            return response
+        chunks = response.streaming_content
+        response.file_to_stream = None  # no sendfile: through the slow iterator below
 
-    monkeypatch.setattr(views, "_limited", slowly)
+        def paced():
+            for chunk in chunks:
+                for start in range(0, len(chunk), 64 * 1024):
+                    time.sleep(0.05)  # the link's pace, not a wait for a condition
+                    yield chunk[start : start + 64 * 1024]
+
+        response.streaming_content = paced()
+        return response
+
+    monkeypatch.setattr(views, "_ranged_file_response", slowly)
+    return pace
 
 
 @pytest.fixture
@@ -114,7 +125,7 @@ def test_a_corrupted_local_file_is_replaced(site, tmp_path):
     assert tree(dest) == FILES
 
 
-def test_an_interrupted_download_resumes_with_range(site, tmp_path, slow_link, served, monkeypatch):
+def test_an_interrupted_download_resumes_with_range(site, tmp_path, slow_link, served):
     dest = tmp_path / "v2"
     part = dest / ".model.pt.part"
     slow = run_client(site, "sh", "index-tts", "v2", dest, wait=False)
@@ -127,7 +138,7 @@ def test_an_interrupted_download_resumes_with_range(site, tmp_path, slow_link, s
     slow.wait(10)
     cut_at = part.stat().st_size
     assert 0 < cut_at < len(FILES["model.pt"]) and not (dest / "model.pt").exists()
-    monkeypatch.setattr(views, "_limited", FAST_LINK)  # the link is fast again
+    slow_link["slow"] = False  # the link is fast again
     served.clear()
     resumed = run_client(site, "sh", "index-tts", "v2", dest)
     assert resumed.returncode == 0, resumed.stderr
