@@ -3,6 +3,8 @@
 import json
 from http import HTTPStatus
 
+from django.conf import settings
+
 API_PREFIX = "/api/"
 
 
@@ -31,4 +33,17 @@ class JsonApiErrorsMiddleware:
         response.content = json.dumps({"detail": detail}).encode()
         response["Content-Type"] = "application/json"
         response["Content-Length"] = str(len(response.content))
+        return response
+
+
+class ContentSecurityPolicyMiddleware:
+    """Send settings.CONTENT_SECURITY_POLICY on every response that does not set its own."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if settings.CONTENT_SECURITY_POLICY:
+            response.headers.setdefault("Content-Security-Policy", settings.CONTENT_SECURITY_POLICY)
         return response

@@ -191,6 +191,10 @@ class ReleaseStore:
     def delete(self, key: str) -> None:
         raise NotImplementedError
 
+    def check(self) -> None:
+        """Raise StorageError unless the store answers (for /readyz)."""
+        raise NotImplementedError
+
     def compute_sha256(self, key: str, progress: Progress | None = None) -> tuple[str, int]:
         """Stream the whole object and hash it: (hex digest, size)."""
         chunks = self.iter_bytes(key)
@@ -249,6 +253,14 @@ class LocalStore(ReleaseStore):
                     yield chunk
         except FileNotFoundError as error:
             raise StorageError(f"Object {key!r} does not exist.") from error
+
+    def check(self):
+        root = self.storage.location
+        if not os.path.isdir(root) and os.path.exists(root):
+            raise StorageError(f"{root} is not a directory.")
+        os.makedirs(root, exist_ok=True)
+        if not os.access(root, os.W_OK):
+            raise StorageError(f"{root} is not writable.")
 
     def open(self, key: str) -> BinaryIO:
         """A local file handle, for serving byte ranges directly."""
@@ -516,6 +528,10 @@ class S3Store(ReleaseStore):
                 yield from body.iter_chunks(chunk_size)
             finally:
                 body.close()
+
+    def check(self):
+        with _storage_errors(f"reach bucket {self.bucket!r}"):
+            self.client.head_bucket(Bucket=self.bucket)
 
     def delete(self, key):
         with _storage_errors(f"delete object {key!r}"):

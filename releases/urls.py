@@ -7,6 +7,7 @@ app_name = "releases"
 urlpatterns = [
     path("", views.index, name="index"),
     path("healthz", views.healthz, name="healthz"),
+    path("readyz", views.readyz, name="readyz"),
     path("fetch-model.sh", views.fetch_model_script, name="fetch-model"),
     path("models/<str:model>/", views.model_page, name="model"),
     path("models/<str:model>/<str:version>/", views.version_page, name="version"),

@@ -16,7 +16,7 @@ from django.template.defaultfilters import filesizeformat
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
-from . import caching, selectors
+from . import caching, health, selectors
 from .links import VersionLinks, download_base, site_url
 from .models import File, Version
 from .signing import LinkRefused, content_disposition, local_file_path, signer, verify_local_link
@@ -28,6 +28,26 @@ from .storage import release_store
 def healthz(request):
     """Liveness: the process answers. No I/O, so a slow database never restarts healthy web workers."""
     return JsonResponse({"status": "ok"})
+
+
+@never_cache
+@require_safe
+def readyz(request):
+    """Readiness: the database, the broker and the object store answer; 503 naming what does not."""
+    checks = {name: _probe(check) for name, check in health.CHECKS.items()}
+    down = {name: problem for name, problem in checks.items() if problem != "ok"}
+    body = {"status": "unavailable" if down else "ok", "checks": checks}
+    if down:
+        body["detail"] = "; ".join(f"{name}: {problem}" for name, problem in down.items())
+    return JsonResponse(body, status=503 if down else 200)
+
+
+def _probe(check) -> str:
+    try:
+        check()
+    except Exception as error:  # any failure is the answer, not a 500
+        return str(error) or type(error).__name__
+    return "ok"
 
 
 # --- pages -----------------------------------------------------------------------

@@ -1,0 +1,29 @@
+#!/bin/sh
+# Container entrypoint: wait for what the role needs, then become that role.
+#   web      gunicorn (waits for the database, the broker and the object store)
+#   worker   a Celery worker
+#   beat     the Celery beat scheduler (run exactly one)
+#   migrate  apply database migrations once, then exit (the compose stack runs it before the others)
+#   *        anything else runs as a manage.py command
+set -eu
+
+WAIT_TIMEOUT=${WAIT_TIMEOUT:-90}
+role=${1:-web}
+[ $# -gt 0 ] && shift
+
+case $role in
+  web)
+    python manage.py wait_for_services --timeout "$WAIT_TIMEOUT"
+    exec gunicorn -c site_config/gunicorn.py site_config.wsgi "$@" ;;
+  worker)
+    python manage.py wait_for_services --timeout "$WAIT_TIMEOUT"
+    exec celery -A site_config worker --loglevel "${LOG_LEVEL:-INFO}" "$@" ;;
+  beat)
+    python manage.py wait_for_services --timeout "$WAIT_TIMEOUT" --only database --only broker
+    exec celery -A site_config beat --loglevel "${LOG_LEVEL:-INFO}" "$@" ;;
+  migrate)
+    python manage.py wait_for_services --timeout "$WAIT_TIMEOUT" --only database
+    exec python manage.py migrate --noinput "$@" ;;
+  *)
+    exec python manage.py "$role" "$@" ;;
+esac

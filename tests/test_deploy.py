@@ -1,0 +1,138 @@
+"""The production stack as far as it can be checked without a Docker engine: the files parse,
+every service and setting is wired, the entrypoint runs here against the local services,
+and `check --deploy` is clean with the shipped production environment."""
+
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+import yaml
+
+from .servers import REPO_ROOT, free_port, stop, wait_until
+
+DOCKER = REPO_ROOT / "docker"
+VENV_PATH = f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}"  # as /opt/venv/bin in the image
+
+
+def example_env() -> dict:
+    pairs = (line.split("=", 1) for line in (REPO_ROOT / ".env.example").read_text().splitlines())
+    return {key: value for key, value in (p for p in pairs if len(p) == 2) if not key.startswith("#")}
+
+
+def settings_variables() -> set[str]:
+    source = (REPO_ROOT / "site_config" / "settings.py").read_text()
+    return set(re.findall(r'env_(?:str|bool|int|choice|list)\(\s*"([A-Z0-9_]+)"', source))
+
+
+def test_env_example_lists_every_setting_and_gunicorn_option():
+    listed = set(example_env())
+    assert settings_variables() - listed == set()
+    gunicorn = set(re.findall(r'os\.environ\.get\("([A-Z_]+)"', (REPO_ROOT / "site_config" / "gunicorn.py").read_text()))
+    assert gunicorn - listed == set()
+    assert "WAIT_TIMEOUT" in listed  # the entrypoint's
+
+
+def test_compose_file_wires_every_service():
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    services = compose["services"]
+    assert {"web", "worker", "beat", "postgres", "redis", "s3", "create-bucket", "migrate", "varnish"} <= set(services)
+    for role in ("web", "worker", "beat", "migrate"):
+        service = services[role]
+        assert service["command"] == [role]
+        assert service["env_file"] == "../.env"
+        assert service["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+        assert service["environment"]["DATABASE_URL"].endswith("@postgres:5432/releases")
+    for role in ("web", "worker", "beat"):
+        assert services[role]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert services["beat"]["deploy"]["replicas"] == 1
+    assert "mc mb --ignore-existing" in services["create-bucket"]["command"][0]
+    varnish = services["varnish"]
+    assert "./varnish/default.vcl:/etc/varnish/default.vcl:ro" in varnish["volumes"]
+    site_vcl = (DOCKER / "varnish" / "site.vcl").read_text()
+    assert '.host = "web"' in site_vcl and '.port = "8000"' in site_vcl
+    assert services["web"]["environment"]["CDN_PURGE_URL"] == "http://varnish:80"
+
+
+def test_dockerfile_is_multi_stage_non_root_and_collects_static_files():
+    lines = [line.strip() for line in (DOCKER / "Dockerfile").read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert [line for line in lines if line.startswith("FROM")] == ["FROM python:3.11-slim AS build", "FROM python:3.11-slim"]
+    assert "USER app" in lines
+    assert any("requirements/prod.txt -c /tmp/requirements/constraints.txt" in line for line in lines)
+    assert any("collectstatic --noinput" in line for line in lines)
+    assert lines[-2:] == ['ENTRYPOINT ["docker/entrypoint.sh"]', 'CMD ["web"]']
+    copied = [line.split()[-2] for line in lines if line.startswith("COPY --chown")]
+    for path in copied:
+        assert (REPO_ROOT / path).exists(), path
+
+
+def test_shell_files_are_shellcheck_clean():
+    result = subprocess.run(["shellcheck", "-s", "sh", str(DOCKER / "entrypoint.sh")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+def production_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "STORAGE_", "CDN_", "DJANGO_", "SITE_URL"))}
+    env.update(example_env())
+    env.update(DJANGO_SECRET_KEY="x7" * 30 + "kQ9", STORAGE_BACKEND="local", CDN_BACKEND="none", **extra)
+    return env
+
+
+def test_check_deploy_is_clean_with_the_production_environment(tmp_path):
+    env = production_env(DATA_DIR=str(tmp_path), STATIC_ROOT=str(tmp_path / "static"), DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite3")
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"DJANGO_SECRET_KEY": ""}, "DJANGO_ENV=production needs DJANGO_SECRET_KEY"),
+        ({"DJANGO_ALLOWED_HOSTS": ""}, "DJANGO_ENV=production needs DJANGO_ALLOWED_HOSTS"),
+        ({"DJANGO_DEBUG": "1"}, "DJANGO_DEBUG must be off with DJANGO_ENV=production"),
+    ],
+)
+def test_production_fails_fast_without_its_secrets(tmp_path, change, message):
+    env = {**production_env(DATA_DIR=str(tmp_path)), **change}
+    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode != 0 and message in result.stderr
+
+
+@pytest.mark.django_db(transaction=True)
+def test_entrypoint_migrates_then_serves_with_gunicorn(tmp_path):
+    from .servers import django_env
+
+    env = {**django_env(), "DJANGO_ENV": "development", "WAIT_TIMEOUT": "20", "GUNICORN_BIND": f"127.0.0.1:{free_port()}",
+           "WEB_CONCURRENCY": "1", "STATIC_ROOT": str(tmp_path / "static"), "PATH": VENV_PATH}  # fmt: skip
+    migrate = subprocess.run([str(DOCKER / "entrypoint.sh"), "migrate"], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert migrate.returncode == 0, migrate.stderr
+    assert "database: up" in migrate.stdout and "No migrations to apply." in migrate.stdout
+    web = subprocess.Popen([str(DOCKER / "entrypoint.sh"), "web"], cwd=REPO_ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        url = f"http://{env['GUNICORN_BIND']}"
+
+        def ready():
+            try:
+                return urllib.request.urlopen(f"{url}/readyz", timeout=2).status == 200
+            except OSError:
+                return False
+
+        wait_until(ready, 60, what="gunicorn behind the entrypoint")
+    finally:
+        stop(web)
+    assert b"Booting worker" in web.stdout.read()
+
+
+def test_entrypoint_gives_up_clearly_when_a_service_never_comes(tmp_path):
+    env = {**os.environ, "DATABASE_URL": f"postgres://nobody@127.0.0.1:{free_port()}/none", "WAIT_TIMEOUT": "2",
+           "DATA_DIR": str(tmp_path), "PATH": VENV_PATH}  # fmt: skip
+    result = subprocess.run([str(DOCKER / "entrypoint.sh"), "migrate"], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "database is not reachable" in result.stderr
