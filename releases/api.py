@@ -8,7 +8,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
 from ninja import NinjaAPI, Schema
 
-from . import caching, selectors
+from . import caching, observability, selectors
 from .links import VersionLinks, absolute, download_base
 from .signing import signer
 
@@ -156,7 +156,8 @@ def get_version(request: HttpRequest, model: str, version: str):
     page = selectors.version_with_files(model, version, request.user)
     resolved = page.version
     links = VersionLinks(request, model, resolved.version)
-    sign, base = signer().link, download_base(request)
+    counter = observability.SigningCounter(signer())
+    sign, base = counter.signer.link, download_base(request)
     files = []
     for file in page.files:
         link = sign(file.key, file.name, base_url=base)
@@ -170,6 +171,7 @@ def get_version(request: HttpRequest, model: str, version: str):
                 "stable_url": links.file(file.path),
             }
         )
+    counter.report()
     body = {
         "model": resolved.model.slug,
         "version": resolved.version,

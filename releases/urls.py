@@ -8,6 +8,7 @@ urlpatterns = [
     path("", views.index, name="index"),
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
+    path("metrics", views.metrics, name="metrics"),
     path("fetch-model.sh", views.fetch_model_script, name="fetch-model"),
     path("models/<str:model>/", views.model_page, name="model"),
     path("models/<str:model>/<str:version>/", views.version_page, name="version"),

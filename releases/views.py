@@ -5,18 +5,20 @@ from __future__ import annotations
 import os
 import re
 import time
-from pathlib import Path
 from functools import lru_cache
+from pathlib import Path
 
 import markdown
 import nh3
+from django.conf import settings
 from django.http import FileResponse, HttpResponse, HttpResponseRedirect, JsonResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.template.defaultfilters import filesizeformat
+from django.utils.crypto import constant_time_compare
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
-from . import caching, health, selectors
+from . import caching, health, observability, selectors
 from .links import VersionLinks, download_base, site_url
 from .models import File, Version
 from .signing import LinkRefused, content_disposition, local_file_path, signer, verify_local_link
@@ -84,7 +86,9 @@ def version_page(request, model, version):
         return _error_page(request, error)
     resolved = page.version
     links = VersionLinks(request, model, resolved.version)
+    counter = observability.SigningCounter(signer())
     rows = _file_rows(page.files, links, download_base(request))
+    counter.report()
     context = {
         "model": resolved.model,
         "version": resolved,
@@ -158,13 +162,30 @@ def download(request, model, version, path):
         file = selectors.resolve_file(model, version, path, request.user)
     except (selectors.NotFound, selectors.Gone) as error:
         return _plain_error(error)
-    link = signer().link(file.key, file.name, base_url=download_base(request))
+    counter = observability.SigningCounter(signer())
+    link = counter.signer.link(file.key, file.name, base_url=download_base(request))
+    counter.report(**{f"redirects:{file.version.model.slug}": 1})
     response = HttpResponseRedirect(link.url)
     response["X-Artifact-SHA256"] = file.sha256
     response["X-Artifact-Size"] = str(file.size)
     response["X-Artifact-Version"] = file.version.version
     response["X-Artifact-Expires"] = link.expires_at_iso
     return caching.uncacheable(response)
+
+
+@never_cache
+@require_safe
+def metrics(request):
+    """Prometheus text format, for the holder of METRICS_TOKEN only (and invisible without one)."""
+    token = settings.METRICS_TOKEN
+    if not token:
+        return HttpResponse(status=404)
+    offered = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if not constant_time_compare(offered, token):
+        response = HttpResponse("A valid bearer token is required.\n", status=401, content_type="text/plain")
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    return HttpResponse(observability.prometheus_text(), content_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 # --- the start-script client ----------------------------------------------------------------

@@ -126,6 +126,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "releases.observability.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "releases.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -318,11 +319,21 @@ SERVER_EMAIL = env_str("SERVER_EMAIL", "model-releases@localhost")
 EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
 EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1, maximum=65535)
 
+# Logs: JSON lines in production (plain text in development), each with the request id
+# that also follows a request into the tasks it queued.
+LOG_FORMAT = env_choice("DJANGO_LOG_FORMAT", "json" if PRODUCTION else "plain", ("json", "plain"))
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"request_id": {"()": "releases.observability.RequestIdFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        "json": {"()": "releases.observability.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id"]}},
     "root": {"handlers": ["console"], "level": "INFO"},
     "loggers": {"django": {"level": env_str("DJANGO_LOG_LEVEL", "INFO")}},
 }
+
+# /metrics (Prometheus text format) answers only with this bearer token; unset, it does not exist.
+METRICS_TOKEN = env_str("METRICS_TOKEN")

@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from releases import tasks
+from releases import observability, tasks
 from releases.models import OutboxEntry
 from site_config.celery import app
 
@@ -55,8 +55,13 @@ def x_cache(url: str) -> tuple[str, bytes]:
 def test_a_publish_purges_varnish_through_a_real_worker(settings, varnish, publish, queued_for_real, start_worker):
     settings.CDN_BACKEND, settings.CDN_PURGE_URL = "varnish", varnish.url
     worker = start_worker(CDN_BACKEND="varnish", CDN_PURGE_URL=varnish.url)
-    publish("index-tts", "v1", {"model.pt": b"one"})
+    token = observability.request_id_var.set("req-publish-v1")  # as if an admin request published it
+    try:
+        publish("index-tts", "v1", {"model.pt": b"one"})
+    finally:
+        observability.request_id_var.reset(token)
     wait_until(all_done, 30, what="the worker to drain the outbox")
+    wait_until(lambda: "[req-publish-v1]" in worker.log(), 10, what="the request id in the worker's log")
     page = f"{varnish.url}/models/index-tts/latest/"
     x_cache(page)
     assert x_cache(page)[0] == "HIT"

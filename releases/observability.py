@@ -1,0 +1,174 @@
+"""Request ids that follow a request into the tasks it queues, JSON log lines, and metrics.
+
+Metrics live in Redis when REDIS_URL is set (shared by every web process and
+worker), in this process otherwise. Counting never breaks a request: a
+failure to count is logged and forgotten.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import threading
+import uuid
+from collections import Counter
+
+from django.conf import settings
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+_VALID_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+logger = logging.getLogger(__name__)
+
+
+def new_request_id(offered: str | None) -> str:
+    """Keep a sane X-Request-ID from the proxy in front, or make one."""
+    return offered if offered and _VALID_ID.match(offered) else uuid.uuid4().hex
+
+
+class RequestIdMiddleware:
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        token = request_id_var.set(new_request_id(request.headers.get("X-Request-ID")))
+        try:
+            response = self.get_response(request)
+            response["X-Request-ID"] = request_id_var.get()
+            return response
+        finally:
+            request_id_var.reset(token)
+
+
+class RequestIdFilter(logging.Filter):
+    def filter(self, record):
+        record.request_id = request_id_var.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request_id (and the exception)."""
+
+    def format(self, record):
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": getattr(record, "request_id", ""),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+JsonFormatter.converter = __import__("time").gmtime
+
+
+# --- Celery: the request id travels in the task's headers -------------------------------------
+
+
+def connect_celery_signals() -> None:
+    from celery.signals import before_task_publish, task_postrun, task_prerun
+
+    @before_task_publish.connect(weak=False)
+    def add_request_id(headers=None, **kwargs):
+        if headers is not None and request_id_var.get():
+            headers["request_id"] = request_id_var.get()
+
+    tokens = {}
+
+    @task_prerun.connect(weak=False)
+    def take_request_id(task_id=None, task=None, **kwargs):
+        headers = getattr(task.request, "headers", None) or {}
+        offered = getattr(task.request, "request_id", None) or headers.get("request_id") or request_id_var.get()
+        tokens[task_id] = request_id_var.set(offered or f"task-{task_id}")
+
+    @task_postrun.connect(weak=False)
+    def drop_request_id(task_id=None, **kwargs):
+        token = tokens.pop(task_id, None)
+        if token is not None:
+            request_id_var.reset(token)
+
+
+# --- metrics ------------------------------------------------------------------------------------
+
+_local = Counter()
+_local_lock = threading.Lock()
+_redis = None
+KEY = "model-releases:metrics"
+
+
+def _client():
+    global _redis
+    if _redis is None:
+        import redis
+
+        _redis = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=0.5, socket_timeout=0.5)
+    return _redis
+
+
+def count(**fields: int) -> None:
+    """Add to named counters, e.g. count(**{"redirects:index-tts": 1, "signing_hits": 50})."""
+    fields = {name: value for name, value in fields.items() if value}
+    if not fields:
+        return
+    if not settings.REDIS_URL:
+        with _local_lock:
+            _local.update(fields)
+        return
+    try:
+        pipeline = _client().pipeline(transaction=False)
+        for name, value in fields.items():
+            pipeline.hincrby(KEY, name, value)
+        pipeline.execute()
+    except Exception as error:  # metrics must never fail a download
+        logger.debug("could not count metrics: %s", error)
+
+
+def counters() -> dict[str, int]:
+    if not settings.REDIS_URL:
+        with _local_lock:
+            return dict(_local)
+    raw = _client().hgetall(KEY)
+    return {name.decode(): int(value) for name, value in raw.items()}
+
+
+class SigningCounter:
+    """Counts a signer's cache hits and misses during one request and reports the difference."""
+
+    def __init__(self, signer):
+        self.signer, self.hits, self.misses = signer, signer.hits, signer.misses
+
+    def report(self, **more: int) -> None:
+        count(signing_hits=self.signer.hits - self.hits, signing_misses=self.signer.misses - self.misses, **more)
+
+
+def prometheus_text() -> str:
+    from . import outbox, verification
+    from .models import File
+
+    values = counters()
+    lines = []
+
+    def metric(name, kind, help_text, samples):
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            label_text = "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else ""
+            lines.append(f"{name}{label_text} {value}")
+
+    redirects = sorted((name.split(":", 1)[1], value) for name, value in values.items() if name.startswith("redirects:"))
+    metric("model_releases_redirects_total", "counter", "Stable-URL redirects served, by model.",
+           [({"model": model}, value) for model, value in redirects])  # fmt: skip
+    metric("model_releases_signing_cache_hits_total", "counter", "Signed links served from the windowed cache.",
+           [({}, values.get("signing_hits", 0))])  # fmt: skip
+    metric("model_releases_signing_cache_misses_total", "counter", "Signed links computed.",
+           [({}, values.get("signing_misses", 0))])  # fmt: skip
+    backlog = outbox.backlog()
+    metric("model_releases_outbox_entries", "gauge", "CDN outbox entries by state (pending, failed).",
+           [({"state": state}, n) for state, n in backlog.items()])  # fmt: skip
+    failures = File.objects.published().filter(verification_status__in=verification.FAILURES).count()
+    metric("model_releases_verify_failures", "gauge", "Published files whose last verification failed.", [({}, failures)])
+    return "\n".join(lines) + "\n"
