@@ -9,6 +9,7 @@ Backends, chosen by CDN_BACKEND:
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import uuid
@@ -47,8 +48,8 @@ def _http(method: str, url: str, headers: dict[str, str], body: bytes | None = N
             return response.read()
     except urllib.error.HTTPError as error:
         raise CdnError(f"{method} {url} answered {error.code} {error.reason}") from error
-    except (urllib.error.URLError, OSError) as error:
-        raise CdnError(f"{method} {url} failed: {getattr(error, 'reason', error)}") from error
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as error:
+        raise CdnError(f"{method} {url} failed: {getattr(error, 'reason', error)!s}") from error
 
 
 def _batches(items: list[str], size: int):
@@ -155,8 +156,8 @@ def warm_one(file: File) -> str | None:
                 received += len(chunk)
     except urllib.error.HTTPError as error:
         return f"GET {url.split('?')[0]} answered {error.code} {error.reason}"
-    except (urllib.error.URLError, OSError) as error:
-        return f"GET {url.split('?')[0]} failed: {getattr(error, 'reason', error)}"
+    except Exception as error:  # a dropped stream, a bad address: an error to retry, never a crash
+        return f"GET {url.split('?')[0]} failed: {getattr(error, 'reason', None) or error!s}"
     if received != file.size:
         return f"GET {url.split('?')[0]} gave {received} bytes, expected {file.size}"
     return None

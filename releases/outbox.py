@@ -49,7 +49,7 @@ def record_warming(version: Version) -> None:
 def _record(kind: str, key: str, *, paths=(), file: File | None = None) -> int:
     """Insert a pending row, or bump the pending row for the same key; returns its id."""
     now = timezone.now()
-    bump = dict(generation=F("generation") + 1, next_attempt_at=now, paths=list(paths))
+    bump = dict(generation=F("generation") + 1, next_attempt_at=now, paths=list(paths), attempts=0)
     pending = OutboxEntry.objects.filter(kind=kind, key=key, state=State.PENDING)
     for _ in range(2):
         existing = pending.values_list("pk", flat=True).first()
@@ -87,6 +87,7 @@ class DrainResult:
     retried: int = 0
     failed: int = 0
     errors: list[str] = field(default_factory=list)
+    settled: list = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -119,10 +120,15 @@ def drain(kind: str, *, limit: int | None = None, ids: list[int] | None = None) 
     result = DrainResult()
     if not claims:
         return result
-    if kind == Kind.PURGE:
-        _purge(claims, result)
-    else:
-        _warm(claims, result)
+    try:
+        if kind == Kind.PURGE:
+            _purge(claims, result)
+        else:
+            _warm(claims, result)
+    except Exception as error:  # anything unforeseen still settles every claimed row
+        logger.exception("outbox %s drain failed", kind)
+        for item in claims:
+            _settle(item, result, error=f"{type(error).__name__}: {error}", only_if_unsettled=True)
     if result.failed:
         _mail_failures(kind, result)
     return result
@@ -155,8 +161,11 @@ def _warm(claims: list[Claim], result: DrainResult) -> None:
         _settle(item, result, error=error)
 
 
-def _settle(item: Claim, result: DrainResult, *, error: str | None = None) -> None:
+def _settle(item: Claim, result: DrainResult, *, error: str | None = None, only_if_unsettled: bool = False) -> None:
     entry, now = item.entry, timezone.now()
+    if only_if_unsettled and item in result.settled:
+        return
+    result.settled.append(item)
     mine = OutboxEntry.objects.filter(pk=entry.pk, state=State.PENDING, generation=item.generation)
     if error is None:
         if mine.update(state=State.DONE, done_at=now, last_error=""):
@@ -166,11 +175,10 @@ def _settle(item: Claim, result: DrainResult, *, error: str | None = None) -> No
         return
     attempts = entry.attempts + 1
     result.errors.append(f"{entry.kind} {entry.key}: {error}")
-    if attempts >= settings.OUTBOX_MAX_ATTEMPTS:
-        OutboxEntry.objects.filter(pk=entry.pk, state=State.PENDING).update(state=State.FAILED, last_error=error)
+    if attempts >= settings.OUTBOX_MAX_ATTEMPTS and mine.update(state=State.FAILED, last_error=error):
         result.failed += 1
         logger.error("outbox %s %s failed after %d attempts: %s", entry.kind, entry.key, attempts, error)
-    else:
+    else:  # retry later (also when a newer change bumped the row: it starts its attempts afresh)
         backoff = min(settings.OUTBOX_BACKOFF_SECONDS * 2 ** (attempts - 1), 3600)
         OutboxEntry.objects.filter(pk=entry.pk, state=State.PENDING).update(
             next_attempt_at=now + timedelta(seconds=backoff), last_error=error

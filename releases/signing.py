@@ -157,17 +157,26 @@ def verify_local_link(path: str, expires: str, signature: str, *, now: float | N
 
 
 class S3Signer(Signer):
-    """SigV4 presigned GET URLs, computed here so that they can be signed as of the window's start."""
+    """SigV4 presigned GET URLs, computed here so that they can be signed as of the window's start.
+
+    With credentials from a role or STS, which rotate, the location (with its
+    credentials) is fetched again for each window.
+    """
 
     name = "s3"
 
-    def __init__(self, ttl: int, location: S3Location):
+    def __init__(self, ttl: int, location: S3Location, refresh=None):
         super().__init__(ttl)
-        self.location = location
+        self.location, self._refresh, self._location_window = location, refresh, None
+
+    def _location_for(self, window: Window) -> S3Location:
+        if self._refresh is not None and self._location_window != window.start:
+            self.location, self._location_window = self._refresh(), window.start
+        return self.location
 
     def _sign(self, key, filename, base_url, window):
         return presign_s3_get(
-            self.location,
+            self._location_for(window),
             key,
             signed_at=window.start,
             expires_in=window.lifetime,
@@ -273,7 +282,9 @@ def _build_signer() -> Signer:
         return CloudFrontSigner(ttl, settings.CDN_BASE_URL, settings.CLOUDFRONT_KEY_ID, settings.CLOUDFRONT_PRIVATE_KEY)
     store = release_store()
     if store.backend_name == "s3":
-        return S3Signer(ttl, store.location())
+        location = store.location()
+        static = bool(store.storage.access_key and store.storage.secret_key)
+        return S3Signer(ttl, location, refresh=None if static else (lambda: release_store().location()))
     return LocalSigner(ttl)
 
 

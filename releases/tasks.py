@@ -76,7 +76,9 @@ def warm_pending(self):
     return _periodic("warm-pending", lambda: _as_dict(outbox.drain(outbox.Kind.WARM)))
 
 
-@shared_task(bind=True, acks_late=True, soft_time_limit=3 * 3600, time_limit=3 * 3600 + 60)
+# Well under JOB_LOCK_SECONDS and the broker's visibility timeout (both an hour by default), so a
+# run is never redelivered, or overlapped, while it is still going; batches and the byte budget keep it short.
+@shared_task(bind=True, acks_late=True, soft_time_limit=45 * 60, time_limit=50 * 60)
 def verify_files(self):
     """Beat: the rolling verification run."""
 

@@ -104,8 +104,8 @@ def verify_batch(*, limit: int | None = None, byte_budget: int | None = None) ->
     budget = settings.VERIFY_BYTE_BUDGET if byte_budget is None else byte_budget
     to_hash, spent = set(), 0
     for pk, size in published_files().order_by(F("hashed_at").asc(nulls_first=True), "pk").values_list("pk", "size"):
-        if spent + size > budget:
-            break
+        if spent + size > budget and (to_hash or budget == 0):
+            break  # (a file larger than the whole budget still gets its turn, alone)
         to_hash.add(pk)
         spent += size
     oldest = list(published_files().order_by(F("verified_at").asc(nulls_first=True), "pk")[:limit])

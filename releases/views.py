@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -94,7 +95,7 @@ def version_page(request, model, version):
         "version": resolved,
         "requested": version,
         "rows": rows,
-        "curl_commands": "".join(f"curl -fL --create-dirs -o {row['path']} {row['stable_url']}\n" for row in rows),
+        "curl_commands": "".join(f"curl -fL --create-dirs -o {shlex.quote(row['path'])} {row['stable_url']}\n" for row in rows),
         "notes_html": render_markdown(resolved.notes),
         "links": links,
         "is_latest": version == selectors.LATEST or _is_latest(resolved),
@@ -212,7 +213,7 @@ def fetch_model_script(request):
 
 # --- the local backend's file server ------------------------------------------------
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$")
 
 
 @require_safe
@@ -248,17 +249,21 @@ def _ranged_file_response(request, handle, file: File):
             start, end = int(first), min(int(last), size - 1) if last else size - 1
         else:  # a suffix: the last N bytes
             start, end = max(size - int(last), 0), size - 1
-        if start >= size or start > end:
+        if start > end and first and last:  # an invalid range is ignored (RFC 9110): the whole file
+            start, end = 0, size - 1
+        elif start >= size:
             handle.close()
             response = HttpResponse(status=416)
             response["Content-Range"] = f"bytes */{size}"
             return response
-        status = 206
+        else:
+            status = 206
     handle.seek(start)
     length = end - start + 1
     if end == size - 1:
         # To the end of the file: a file response, which WSGI servers send with sendfile(2).
         response = FileResponse(handle, status=status, content_type=file.content_type)
+        response.block_size = 1024 * 1024  # for servers without sendfile (runserver): fewer, larger reads
     else:
         response = StreamingHttpResponse(_limited(handle, length), status=status, content_type=file.content_type)
     response["Content-Length"] = str(length)

@@ -98,6 +98,21 @@ def test_failures_back_off_then_fail_and_mail_the_admins(settings, recording_ser
     assert len(mail.outbox) == 1 and "failed" in mail.outbox[0].subject and "models" in mail.outbox[0].body
 
 
+def test_an_unexpected_error_still_settles_every_claimed_row(monkeypatch, settings):
+    from releases import cdn
+
+    def broken():
+        raise RuntimeError("bad CDN_BASE_URL")
+
+    monkeypatch.setattr(cdn, "backend", broken)
+    OutboxEntry.objects.create(kind="purge", key="models")
+    result = outbox.drain("purge")
+    entry = OutboxEntry.objects.get()
+    assert (result.retried, entry.state, entry.attempts) == (1, "pending", 1)
+    assert "RuntimeError: bad CDN_BASE_URL" in entry.last_error
+    assert entry.next_attempt_at > timezone.now()  # backing off, not leased forever
+
+
 def test_failed_entries_are_visible_and_retryable_in_the_admin(admin_client, purge_log):
     failed = OutboxEntry.objects.create(kind="purge", key="models", state="failed", attempts=8, last_error="timeout")
     changelist = reverse("admin:releases_outboxentry_changelist")

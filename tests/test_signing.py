@@ -98,6 +98,21 @@ def test_sigv4_links_match_botocores_signature(location, key, monkeypatch):
     same_url(ours, botocore_presigned_url(location, key, filename, window, monkeypatch))
 
 
+def test_rotating_credentials_are_fetched_again_each_window():
+    fetched = []
+
+    def refresh():
+        fetched.append(1)
+        return S3Location("models", "us-east-1", None, "virtual", f"ASIA{len(fetched)}", "s", session_token="t")
+
+    signer = S3Signer(TTL, refresh(), refresh=refresh)
+    start = 1_800_000_000 - 1_800_000_000 % TTL
+    first = signer.link("k", "k", now=start + 1)
+    signer.link("other", "other", now=start + 2)  # same window: same credentials
+    later = signer.link("k", "k", now=start + TTL)
+    assert "ASIA2" in first.url and "ASIA3" in later.url and len(fetched) == 3
+
+
 def test_sigv4_refuses_lifetimes_beyond_seven_days():
     location = S3Location("models", "us-east-1", None, "virtual", "a", "b")
     with pytest.raises(ValueError, match="7 days"):

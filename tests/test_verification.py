@@ -55,6 +55,12 @@ def test_the_byte_budget_rolls_full_rehashes_over_runs(any_store, released):
     assert File.objects.filter(hashed_at__isnull=True).count() == 0
 
 
+def test_a_file_larger_than_the_budget_still_gets_its_turn(any_store, released):
+    first = verification.verify_batch(byte_budget=100)
+    assert first.bytes_hashed == 7000  # the oldest-hashed file, alone, rather than none ever again
+    assert verification.verify_batch(byte_budget=100).bytes_hashed > 0
+
+
 def test_the_batch_takes_the_files_verified_longest_ago(any_store, released):
     verification.verify_batch(limit=2, byte_budget=0)
     assert File.objects.filter(verified_at__isnull=True).count() == 1

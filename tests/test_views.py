@@ -113,6 +113,10 @@ def test_range_requests_resume_downloads(client, catalogue):
     assert (beyond.status_code, beyond["Content-Range"]) == (416, f"bytes */{len(content)}")
     whole = client.get(link, HTTP_RANGE="lines=1-2")
     assert whole.status_code == 200 and int(whole["Content-Length"]) == len(content)
+    reversed_range = client.get(link, HTTP_RANGE="bytes=5-3")  # invalid: ignored, as RFC 9110 says
+    assert reversed_range.status_code == 200 and int(reversed_range["Content-Length"]) == len(content)
+    absurd = client.get(link, HTTP_RANGE="bytes=" + "9" * 5000 + "-")
+    assert absurd.status_code == 200
 
 
 def test_tampered_and_expired_local_links_are_refused(client, catalogue, settings):
@@ -185,6 +189,12 @@ def test_version_page_has_checksums_stable_urls_and_commands(client, catalogue):
     assert "curl -fsSL http://testserver/api/v1/models/index-tts/versions/v10/sha256sums -o SHA256SUMS" in page
     assert "curl -fL --create-dirs -o sub/config.yaml http://testserver/models/index-tts/v10/sub/config.yaml" in page
     assert "http://testserver/files/index-tts/v10/model.pt?expires=" in page  # direct download link
+
+
+def test_copy_paste_commands_quote_paths(client, publish):
+    publish("m", "v1", {"sub dir/it's.bin": b"x"})
+    page = client.get("/models/m/v1/").content.decode()
+    assert "curl -fL --create-dirs -o &#x27;sub dir/it&#x27;&quot;&#x27;&quot;&#x27;s.bin&#x27; http://testserver/models/m/v1/sub%20dir/it%27s.bin" in page
 
 
 def test_yanked_version_page_carries_a_banner(client, catalogue):

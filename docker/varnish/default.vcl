@@ -47,6 +47,8 @@ sub vcl_backend_response {
         set beresp.uncacheable = true;
         return (deliver);
     }
+    # No grace: past s-maxage a page may carry links with less than half their life left.
+    set beresp.grace = 0s;
 }
 
 sub vcl_deliver {

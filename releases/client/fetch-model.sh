@@ -43,10 +43,11 @@ usage() {
   exit 1
 }
 
-# curl with the caller's extra options (split into words on purpose).
+# curl with the caller's extra options (split into words on purpose); a link that stalls
+# (under 1 KB/s for a minute) counts as failed and is retried.
 fetch() {
   # shellcheck disable=SC2086
-  curl $CURL_OPTS "$@"
+  curl --connect-timeout 30 --speed-limit 1024 --speed-time 60 $CURL_OPTS "$@"
 }
 
 # Percent-encode a path for a URL, keeping '/' (POSIX: od, no bash-isms).
@@ -83,9 +84,14 @@ fetch_to() {
     fetch -L -f $PROGRESS -S -C - -D "$TMP/got" -o "$part" "$stable" 2>"$CURL_ERRORS"
     CODE=$?
   else
+    : >"$TMP/tee"
     { fetch -L -f $PROGRESS -S -D "$TMP/got" "$stable" 2>"$CURL_ERRORS"; echo $? >"$TMP/code"; } \
-      | tee "$part" | sha256_stdin >"$TMP/sum"
+      | { tee "$part" || echo failed >"$TMP/tee"; } | sha256_stdin >"$TMP/sum"
     CODE=$(cat "$TMP/code")
+    if [ -s "$TMP/tee" ]; then  # the hash covers what curl sent, not what reached the disk
+      : >"$TMP/sum"
+      [ "$CODE" -eq 0 ] && CODE=23
+    fi
   fi
 }
 
@@ -119,9 +125,11 @@ download() {
       have=0
     fi
     if [ -n "$size" ] && [ "$have" -eq "$size" ]; then
+      [ -f "$part" ] || : >"$part"  # an empty file is complete before it starts
       return 0
     fi
     [ "$have" -gt 0 ] && say "$path: resuming at $have bytes"
+    before=$have
     fetch_to "$stable" "$part"
     why=$(tail -n 1 "$TMP/error")
     why=${why:-curl exit $CODE}
@@ -147,15 +155,22 @@ download() {
           say "$path: got $have bytes, the site publishes $size"
           return 5
         fi
-        GOT_SHA=$(cut -d ' ' -f 1 "$TMP/sum")
+        # Trust the hash taken on the way only when the size is known to match.
+        [ -n "$size" ] && GOT_SHA=$(cut -d ' ' -f 1 "$TMP/sum")
         return 0 ;;
       33|36) rm -f "$part" ;;  # the server cannot resume: start again from zero
       22) say "$path: $why; asking the stable URL for a fresh link" ;;
       *) say "$path: $why" ;;
     esac
-    [ "$tries" -ge "$RETRIES" ] && { say "$path: giving up after $tries tries"; return 4; }
-    sleep "$tries"
-    tries=$((tries + 1))
+    now=0
+    [ -f "$part" ] && now=$(size_of "$part")
+    if [ "$now" -gt "$before" ]; then
+      tries=1  # it made progress: a flaky link gets its retries afresh
+    else
+      [ "$tries" -ge "$RETRIES" ] && { say "$path: giving up after $tries tries"; return 4; }
+      sleep "$tries"
+      tries=$((tries + 1))
+    fi
   done
 }
 
@@ -195,8 +210,13 @@ main() {
   sums_url="$SITE/api/v1/models/$(urlencode "$MODEL")/versions/$(urlencode "$VERSION")/sha256sums"
   attempt=1
   while :; do
-    status=$(fetch -sS -L -D "$TMP/headers" -o "$TMP/sums" -w '%{http_code}' "$sums_url" 2>"$TMP/error") && break
-    [ "$attempt" -ge "$RETRIES" ] && die 4 "cannot reach $SITE: $(cat "$TMP/error")"
+    if status=$(fetch -sS -L -D "$TMP/headers" -o "$TMP/sums" -w '%{http_code}' "$sums_url" 2>"$TMP/error"); then
+      case $status in 5??) ;; *) break ;; esac  # a proxy's 502/503: try again
+      problem="$sums_url answered HTTP $status"
+    else
+      problem="cannot reach $SITE: $(cat "$TMP/error")"
+    fi
+    [ "$attempt" -ge "$RETRIES" ] && die 4 "$problem"
     sleep "$attempt"
     attempt=$((attempt + 1))
   done
@@ -223,7 +243,9 @@ main() {
   until mkdir "$LOCK_DIR" 2>/dev/null; do
     holder=$(cat "$LOCK_DIR/pid" 2>/dev/null || true)
     if [ -n "$holder" ] && ! kill -0 "$holder" 2>/dev/null; then
-      rm -rf "$LOCK_DIR"  # left by a run that died
+      # Left by a run that died. Move it aside under a name of our own before removing it, so
+      # two runs taking over at once cannot remove each other's fresh lock.
+      mv "$LOCK_DIR" "$LOCK_DIR.stale.$$" 2>/dev/null && rm -rf "$LOCK_DIR.stale.$$"
       continue
     fi
     [ "$waited" -eq 0 ] && say "another fetch-model run is working in $DEST; waiting for it"
@@ -253,6 +275,7 @@ main() {
       continue
     fi
     mkdir -p "$dir" 2>/dev/null || die 6 "cannot create $dir"
+    rm -f "$target"  # present but wrong: never leave it there
     verified=0
     for round in 1 2; do
       download "$path" "$expected" "$part"
