@@ -406,18 +406,36 @@ def bench_client() -> list[tuple]:
     ]
 
 
-def print_table(rows: list[tuple]) -> bool:
-    print("| measure | result | target | met |")
-    print("| --- | --- | --- | --- |")
+def table(rows: list[tuple]) -> tuple[str, bool]:
+    lines = ["| measure | result | target | met |", "| --- | --- | --- | --- |"]
     ok = True
     for name, result, target, met in rows:
         mark = "" if met == "" else ("yes" if met else "NO")
         ok = ok and met is not False
-        print(f"| {name} | {result} | {target} | {mark} |")
-    return ok
+        lines.append(f"| {name} | {result} | {target} | {mark} |")
+    return "\n".join(lines), ok
+
+
+def machine() -> str:
+    import platform
+
+    cpu = "unknown CPU"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    memory = ""
+    try:
+        kib = int(next(line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemTotal")))
+        memory = f", {kib / 1024 / 1024:.0f} GiB RAM"
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} CPUs{memory}, {platform.system()}, Python {sys.version.split()[0]}"
 
 
 def main() -> int:
+    import datetime
+
     server, endpoint = start_moto()
     try:
         with tempfile.TemporaryDirectory(prefix="model-releases-bench-") as data_dir:
@@ -427,8 +445,17 @@ def main() -> int:
         rows += bench_client()
     finally:
         server.stop()
-    print(f"\nModel Releases benchmarks ({os.cpu_count()} CPUs, Python {sys.version.split()[0]})\n")
-    return 0 if print_table(rows) else 1
+    text, ok = table(rows)
+    header = f"Model Releases benchmarks, {datetime.date.today().isoformat()}, on {machine()}"
+    print(f"\n{header}\n\n{text}")
+    report = REPO / "docs" / "benchmarks.md"
+    report.write_text(
+        "# Benchmarks\n\n"
+        f"{header}. Written by `make bench` (bench/run.py); S3 is moto in server mode in its own process, "
+        "the site runs on SQLite (and gunicorn for the client rows), all on loopback.\n\n"
+        f"{text}\n"
+    )
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
