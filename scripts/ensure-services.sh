@@ -5,12 +5,13 @@
 set -euo pipefail
 
 # Debian packages the tests use: varnishd with the xkey vmod (CDN tests), and shellcheck,
-# dash and curl for the start-script client.
+# dash and curl for the start-script client, and chromium for the browser tests.
 need_packages=()
 command -v varnishd >/dev/null || need_packages+=(varnish)
 command -v shellcheck >/dev/null || need_packages+=(shellcheck)
 command -v dash >/dev/null || need_packages+=(dash)
 command -v curl >/dev/null || need_packages+=(curl)
+[ -x /usr/bin/chromium ] || need_packages+=(chromium)  # browser tests (Playwright drives Debian's build)
 [ -e /usr/lib/x86_64-linux-gnu/varnish/vmods/libvmod_xkey.so ] || ls /usr/lib/*/varnish/vmods/libvmod_xkey.so >/dev/null 2>&1 \
   || need_packages+=(varnish-modules)
 if [ ${#need_packages[@]} -gt 0 ]; then

@@ -1,0 +1,115 @@
+"""Browser journeys with Playwright driving Debian's Chromium against the live test server.
+
+Screenshots of each public page go to test-artifacts/ (current ones are kept in docs/screenshots/).
+"""
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from releases.models import Version
+
+from .conftest import REPO_ROOT, WEIGHTS
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+@pytest.fixture
+def browser_page(live_server, monkeypatch):
+    # Playwright's sync API runs an event loop in this thread; the ORM calls the tests make
+    # between browser steps are ordinary blocking calls all the same.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "make test installs Debian's chromium"
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        context = browser.new_context(accept_downloads=True, viewport={"width": 1200, "height": 900})
+        context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        yield page
+        context.close()
+        browser.close()
+        from django.db import connections
+
+        connections.close_all()  # the ORM calls made beside the event loop opened their own
+
+
+def test_a_visitor_browses_copies_a_command_and_downloads_the_right_bytes(live_server, browser_page, catalogue):
+    page = browser_page
+    page.goto(live_server.url + "/")
+    page.screenshot(path=str(ARTIFACTS / "index.png"), full_page=True)
+    page.get_by_role("link", name="index-tts", exact=True).click()
+    assert page.locator("h1").inner_text() == "index-tts"
+    page.screenshot(path=str(ARTIFACTS / "model.png"), full_page=True)
+    page.get_by_role("link", name="v10", exact=True).first.click()
+    page.wait_for_url("**/models/index-tts/v10/")
+    page.screenshot(path=str(ARTIFACTS / "version.png"), full_page=True)
+    content = WEIGHTS["model.pt"] + b"v10"
+    assert hashlib.sha256(content).hexdigest() in page.content()
+
+    page.locator('button.copy[data-copy="cmd-start"]').click()
+    copied = page.evaluate("navigator.clipboard.readText()")
+    assert f"curl -fsSL {live_server.url}/fetch-model.sh | sh -s -- index-tts v10" in copied
+
+    with page.expect_download() as download_info:
+        page.get_by_role("link", name="model.pt", exact=True).click()
+    download = download_info.value
+    assert download.suggested_filename == "model.pt"
+    assert Path(download.path()).read_bytes() == content
+
+
+def test_the_yanked_page_shows_its_banner(live_server, browser_page, catalogue):
+    page = browser_page
+    page.goto(live_server.url + "/models/index-tts/v11/")
+    banner = page.locator(".banner.yanked")
+    assert banner.is_visible() and "Corrupt vocoder; use v10." in banner.inner_text()
+    page.screenshot(path=str(ARTIFACTS / "version-yanked.png"), full_page=True)
+
+
+def test_staff_create_upload_publish_then_yank(live_server, browser_page, django_user_model, tmp_path, publish):
+    publish("index-tts", "v1", {"model.pt": b"v1 weights"})
+    django_user_model.objects.create_superuser("maintainer", "m@example.org", "correct horse battery")
+    page = browser_page
+    page.goto(live_server.url + "/admin/")
+    page.fill("#id_username", "maintainer")
+    page.fill("#id_password", "correct horse battery")
+    page.click("input[type=submit]")
+    page.goto(live_server.url + "/admin/releases/version/add/")
+    page.select_option("#id_model", label="index-tts")
+    page.fill("#id_version", "v2")
+    page.fill("#id_notes", "Faster vocoder.")
+    page.click("input[name=_continue]")
+    assert Version.objects.get(version="v2").status == "draft"
+
+    weights = tmp_path / "model.pt"
+    weights.write_bytes(b"v2 weights " * 1000)
+    page.set_input_files("#id_files-0-upload", str(weights))
+    page.click("input[name=_continue]")
+    assert Version.objects.get(version="v2").files.get().size == weights.stat().st_size
+
+    page.get_by_role("link", name="Publish").click()
+    page.click("input[type=submit][value='Yes, publish']")
+    assert Version.objects.get(version="v2").status == "published"
+    page.goto(live_server.url + "/models/index-tts/")
+    assert page.locator(".badge.latest").count() == 1 and "v2" in page.locator("tbody tr").first.inner_text()
+
+    page.goto(live_server.url + "/admin/releases/version/")
+    page.get_by_role("link", name="index-tts v2").click()
+    page.get_by_role("link", name="Yank").click()
+    page.fill("textarea[name=reason]", "Clipping at high volume; use v1.")
+    page.click("input[type=submit][value='Yes, yank']")
+    page.goto(live_server.url + "/models/index-tts/v2/")
+    assert "Clipping at high volume; use v1." in page.locator(".banner.yanked").inner_text()
+    assert os.path.exists(ARTIFACTS)
