@@ -13,7 +13,7 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 PYTEST_ARGS ?=
 RUN_ADDR ?= 127.0.0.1:8000
 
-.PHONY: run test bench venv services freeze clean
+.PHONY: run test bench load venv services freeze clean
 
 $(STAMP): $(REQUIREMENTS)
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ test: venv services
 # Performance targets, printed as one table (not part of `make test`).
 bench: venv
 	$(BIN)/python bench/run.py
+
+# gunicorn under wrk for 60 s per endpoint (about 4 minutes; not part of `make test`).
+load: venv
+	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
+	$(BIN)/python bench/load.py
 
 # Re-pin every transitive dependency after changing a requirements file.
 freeze: venv

@@ -449,11 +449,14 @@ def main() -> int:
     header = f"Model Releases benchmarks, {datetime.date.today().isoformat()}, on {machine()}"
     print(f"\n{header}\n\n{text}")
     report = REPO / "docs" / "benchmarks.md"
+    load = ""
+    if report.exists() and "\n## Load\n" in report.read_text():  # written by `make load`; kept
+        load = "\n## Load\n" + report.read_text().split("\n## Load\n", 1)[1]
     report.write_text(
         "# Benchmarks\n\n"
         f"{header}. Written by `make bench` (bench/run.py); S3 is moto in server mode in its own process, "
         "the site runs on SQLite (and gunicorn for the client rows), all on loopback.\n\n"
-        f"{text}\n"
+        f"{text}\n{load}"
     )
     return 0 if ok else 1
 
