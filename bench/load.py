@@ -12,33 +12,24 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+
+from common import free_port, manage, start_gunicorn, wait_for_http  # noqa: E402
+
 SECONDS = int(os.environ.get("LOAD_SECONDS", "60"))
 CONNECTIONS = int(os.environ.get("LOAD_CONNECTIONS", "32"))
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def prepare(env: dict, work: Path) -> None:
-    manage = [sys.executable, str(REPO / "manage.py")]
-    for command in (["migrate", "-v0"], ["collectstatic", "--noinput", "-v0"], ["seed_demo"]):
-        subprocess.run([*manage, *command], env=env, check=True, capture_output=True)
+    manage(env, ["migrate", "-v0"], ["collectstatic", "--noinput", "-v0"], ["seed_demo"])
     source = work / "fifty"
     source.mkdir()
     for index in range(50):
         (source / f"shard-{index:02d}.safetensors").write_bytes(os.urandom(1024))
-    files = [str(path) for path in sorted(source.iterdir())]
-    subprocess.run([*manage, "publish_release", "fifty-files", "v1", *files], env=env, check=True, capture_output=True)
+    manage(env, ["publish_release", "fifty-files", "v1", *[str(path) for path in sorted(source.iterdir())]])
 
 
 def rss_kib(master_pid: int) -> list[int]:
@@ -84,22 +75,10 @@ def main() -> int:
             "DJANGO_LOG_LEVEL": "WARNING",
         }
         prepare(env, work)
-        server = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", str(REPO / "site_config" / "gunicorn.py"), "--access-logfile",
-             "/dev/null", "site_config.wsgi"],
-            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        server = start_gunicorn(env, port, "-c", str(REPO / "site_config" / "gunicorn.py"), "--access-logfile", "/dev/null")
         site = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    urllib.request.urlopen(f"{site}/api/v1/models/demo-tts/versions/latest", timeout=2)
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.2)
+            wait_for_http(f"{site}/api/v1/models/demo-tts/versions/latest", server)
             before = rss_kib(server.pid)
             targets = {
                 "/healthz": f"{site}/healthz",

@@ -14,6 +14,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from common import free_port, manage, start_gunicorn, wait_for_http  # noqa: E402
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "200"))
 
@@ -22,27 +25,15 @@ class MotoProcess:
     """moto in server mode in its own process, like a remote S3 (not sharing our interpreter)."""
 
     def __init__(self):
-        import socket
         import subprocess
-        import urllib.request
 
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.process = subprocess.Popen(
             [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/moto-api/", timeout=1)
-                break
-            except OSError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError("moto_server did not start") from None
-                time.sleep(0.1)
+        wait_for_http(f"http://127.0.0.1:{self.port}/moto-api/", self.process, timeout=30)
 
     def stop(self):
         self.process.terminate()
@@ -299,44 +290,25 @@ def bench_verify() -> list[tuple]:
 def bench_client() -> list[tuple]:
     """The start-script client against plain curl on one 200 MB file from a live gunicorn on loopback."""
     import signal
-    import socket
     import subprocess
-    import urllib.request
 
     size = int(os.environ.get("BENCH_CLIENT_MB", "200")) * 1000 * 1000
-    python = sys.executable
     with tempfile.TemporaryDirectory(prefix="model-releases-client-") as work:
         work = Path(work)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "STORAGE_", "DATABASE_URL", "REDIS_URL"))}
         env.update(DATA_DIR=str(work / "data"), DJANGO_SETTINGS_MODULE="site_config.settings")
-        manage = [python, str(REPO / "manage.py")]
-        subprocess.run([*manage, "migrate", "-v0"], env=env, check=True)
-        subprocess.run([*manage, "collectstatic", "--noinput", "-v0"], env=env, check=True)
         (work / "src").mkdir()
         with open(work / "src" / "model.pt", "wb") as out:
             for _ in range(size // 1_000_000):
                 out.write(os.urandom(1_000_000))
-        subprocess.run([*manage, "publish_release", "bench", "v1", str(work / "src" / "model.pt")], env=env, check=True, capture_output=True)
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        access_log = work / "access.log"
-        server = subprocess.Popen(
-            [str(Path(python).parent / "gunicorn"), "site_config.wsgi", "-b", f"127.0.0.1:{port}", "-w", "2",
-             "--access-logfile", str(access_log), "--access-logformat", '%(r)s %(s)s %({content-length}o)s "%({range}i)s"'],
-            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        manage(env, ["migrate", "-v0"], ["collectstatic", "--noinput", "-v0"],
+               ["publish_release", "bench", "v1", str(work / "src" / "model.pt")])  # fmt: skip
+        port, access_log = free_port(), work / "access.log"
+        server = start_gunicorn(env, port, "-w", "2", "--access-logfile", str(access_log),
+                                "--access-logformat", '%(r)s %(s)s %({content-length}o)s "%({range}i)s"')  # fmt: skip
         site = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    urllib.request.urlopen(f"{site}/healthz", timeout=1)
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
+            wait_for_http(f"{site}/healthz", server, timeout=30)
             script = work / "fetch-model.sh"
             subprocess.run(["curl", "-fsSL", "-o", str(script), f"{site}/fetch-model.sh"], check=True)
             stable = f"{site}/models/bench/v1/model.pt"
