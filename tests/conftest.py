@@ -6,7 +6,6 @@ running in server mode on a free loopback port.
 """
 
 import logging
-import os
 import subprocess
 import sys
 import uuid
@@ -109,21 +108,10 @@ def write_file(tmp_path):
 @pytest.fixture
 def manage(tmp_path):
     """Run manage.py in a subprocess against this test's database and DATA_DIR."""
-    from django.db import connection
+    from .servers import django_env
 
     def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-        database = connection.settings_dict
-        url = (
-            f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}"
-            if connection.vendor == "postgresql"
-            else f"sqlite:///{database['NAME']}"
-        )
-        environment = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "STORAGE_"))},
-            "DATABASE_URL": url,
-            "DATA_DIR": str(tmp_path),
-            **(env or {}),
-        }
+        environment = {**django_env(DATA_DIR=tmp_path), **(env or {})}
         return subprocess.run(
             [sys.executable, "manage.py", *args],
             cwd=REPO_ROOT,

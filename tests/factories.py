@@ -8,6 +8,10 @@ from releases.models import File, Model, Version, default_object_key
 CONTENT = b"model weights\n"
 
 
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 class ModelFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = Model

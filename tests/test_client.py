@@ -1,12 +1,10 @@
 """The served start-script client, run for real: `curl <site>/fetch-model.sh | sh -s -- ...`
 under dash and bash against the live test server."""
 
-import hashlib
 import os
 import shutil
 import signal
 import subprocess
-import threading
 import time
 
 import pytest
@@ -25,9 +23,6 @@ FILES = {
     "empty.txt": b"",  # an empty file is a file too
 }
 
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 @pytest.fixture

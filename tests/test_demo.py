@@ -3,7 +3,6 @@
 import os
 import signal
 import subprocess
-import time
 import urllib.request
 from io import StringIO
 
@@ -33,16 +32,16 @@ def test_seed_demo_publishes_two_versions_once(local_store):
 
 
 def wait_for_http(url: str, process: subprocess.Popen, deadline_seconds: float) -> int:
-    deadline = time.monotonic() + deadline_seconds
-    while time.monotonic() < deadline:
+    def answer():
         if process.poll() is not None:
             raise AssertionError(f"make run exited early with {process.returncode}")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 return response.status
         except OSError:
-            time.sleep(0.25)
-    raise AssertionError(f"{url} did not answer within {deadline_seconds} s")
+            return None
+
+    return wait_until(answer, deadline_seconds, interval=0.25, what=url)
 
 
 def test_make_run_serves_the_embedded_default_without_external_services(tmp_path):

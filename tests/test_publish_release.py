@@ -1,17 +1,14 @@
 """publish_release, in-process on both backends and as a real subprocess for exit codes and stderr."""
 
-import hashlib
 
 import pytest
 from django.core.management import CommandError, call_command
 
 from releases.models import File, Model, Version
 
+from .factories import sha256
 from .conftest import S3_TEST_CREDENTIALS
 
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 @pytest.fixture

@@ -1,6 +1,5 @@
 """Services: the only writers. Each refusal is one clear sentence and leaves nothing behind."""
 
-import hashlib
 import io
 
 import pytest
@@ -9,13 +8,10 @@ from releases import services
 from releases.models import File, Model, Version
 from releases.services import LocalFile, ReleaseError
 
-from .factories import FileFactory, ModelFactory, VersionFactory
+from .factories import FileFactory, VersionFactory, sha256
 
 pytestmark = pytest.mark.django_db
 
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 @pytest.fixture

@@ -9,13 +9,11 @@ from django.core.files.storage import storages
 
 from releases.storage import HashingReader, StorageError, release_store
 
+from .factories import sha256
 from .servers import free_port
 
 MIB = 1024 * 1024
 
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def test_upload_stat_read_back_and_delete(any_store):

@@ -1,6 +1,5 @@
 """Public pages, stable URLs and the local file server, through Django's test client."""
 
-import hashlib
 from urllib.parse import urlsplit
 
 import pytest
@@ -8,13 +7,11 @@ from django.urls import reverse
 
 from releases.views import render_markdown
 
+from .factories import sha256
 from .conftest import WEIGHTS
 
 pytestmark = pytest.mark.django_db
 
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 # --- stable URLs ----------------------------------------------------------------------------
