@@ -21,7 +21,9 @@ import hashlib
 import logging
 import mimetypes
 import os
+import queue
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -33,11 +35,16 @@ from django.core.files.storage import FileSystemStorage, storages
 logger = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1024 * 1024
+_client_lock = threading.Lock()
 Progress = Callable[[int], None]  # called with the number of bytes just transferred
 
 
 class StorageError(Exception):
     """Storage refused or could not be reached; the message says which object and why."""
+
+
+class MissingObject(StorageError):
+    """Storage answered that the object does not exist."""
 
 
 @dataclass(frozen=True)
@@ -252,7 +259,7 @@ class LocalStore(ReleaseStore):
                 while chunk := source.read(chunk_size):
                     yield chunk
         except FileNotFoundError as error:
-            raise StorageError(f"Object {key!r} does not exist.") from error
+            raise MissingObject(f"Object {key!r} does not exist.") from error
 
     def check(self):
         root = self.storage.location
@@ -333,29 +340,33 @@ class S3Store(ReleaseStore):
         """
         client = getattr(self.storage, "_releases_client", None)
         if client is None:
-            import boto3
-            from botocore.config import Config
-
-            session = boto3.session.Session(
-                aws_access_key_id=self.storage.access_key,
-                aws_secret_access_key=self.storage.secret_key,
-                aws_session_token=self.storage.security_token,
-                profile_name=self.storage.session_profile,
-            )
-            options = {
-                "signature_version": "s3v4",
-                "s3": {"addressing_style": self.storage.addressing_style or "auto"},
-                "retries": {"mode": "standard", "max_attempts": 3},
-                "response_checksum_validation": "when_required",
-                "request_checksum_calculation": "when_required",
-                "max_pool_connections": 16,
-                **_config_overrides(self.storage.client_config),
-            }
-            client = session.client(
-                "s3", endpoint_url=self.storage.endpoint_url, region_name=self.storage.region_name, config=Config(**options)
-            )
-            self.storage._releases_client = client
+            with _client_lock:  # verify reads on several threads; build one client, not one each
+                client = getattr(self.storage, "_releases_client", None) or self._new_client()
+                self.storage._releases_client = client
         return client
+
+    def _new_client(self):
+        import boto3
+        from botocore.config import Config
+
+        session = boto3.session.Session(
+            aws_access_key_id=self.storage.access_key,
+            aws_secret_access_key=self.storage.secret_key,
+            aws_session_token=self.storage.security_token,
+            profile_name=self.storage.session_profile,
+        )
+        options = {
+            "signature_version": "s3v4",
+            "s3": {"addressing_style": self.storage.addressing_style or "auto"},
+            "retries": {"mode": "standard", "max_attempts": 3},
+            "response_checksum_validation": "when_required",
+            "request_checksum_calculation": "when_required",
+            "max_pool_connections": 16,
+            **_config_overrides(self.storage.client_config),
+        }
+        return session.client(
+            "s3", endpoint_url=self.storage.endpoint_url, region_name=self.storage.region_name, config=Config(**options)
+        )
 
     def location(self) -> S3Location:
         if self.storage.access_key and self.storage.secret_key:
@@ -435,10 +446,10 @@ class S3Store(ReleaseStore):
                 attributes = self.client.get_object_attributes(
                     Bucket=self.bucket, Key=key, ObjectAttributes=["ObjectSize", "Checksum", "ObjectParts"]
                 )
+        except MissingObject:
+            return None
         except StorageError as error:
             cause = error.__cause__
-            if isinstance(cause, ClientError) and _error_code(cause) in {"NoSuchKey", "404", "NotFound"}:
-                return None
             if isinstance(cause, ClientError) and _error_code(cause) in {"NotImplemented", "501", "MethodNotAllowed"}:
                 return self._stat_by_head(key)
             raise
@@ -456,15 +467,11 @@ class S3Store(ReleaseStore):
 
     def _stat_by_head(self, key):
         """For S3-compatible stores without GetObjectAttributes."""
-        from botocore.exceptions import ClientError
-
         try:
             with _storage_errors(f"read object {key!r}"):
                 head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
-        except StorageError as error:
-            if isinstance(error.__cause__, ClientError) and _error_code(error.__cause__) in {"404", "NoSuchKey"}:
-                return None
-            raise
+        except MissingObject:
+            return None
         return StoredObject(
             key=key,
             size=head["ContentLength"],
@@ -478,9 +485,6 @@ class S3Store(ReleaseStore):
         Socket reads and SHA-256 both release the GIL, so the two overlap; reusing
         buffers (readinto) saves allocating a copy of every megabyte.
         """
-        import queue
-        import threading
-
         with _storage_errors(f"read object {key!r}"):
             stream = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]._raw_stream
         free, full = queue.Queue(), queue.Queue()
@@ -578,7 +582,8 @@ class _storage_errors:
 
         if isinstance(error, ClientError):
             message = error.response.get("Error", {}).get("Message") or _error_code(error)
-            raise StorageError(f"Could not {self.action}: {message}.") from error
+            kind = MissingObject if _error_code(error) in {"NoSuchKey", "404", "NotFound"} else StorageError
+            raise kind(f"Could not {self.action}: {message}.") from error
         if isinstance(error, BotoCoreError):
             raise StorageError(f"Could not {self.action}: {error}.") from error
         return False

@@ -8,8 +8,10 @@ within a byte budget per run, so every file is fully re-read over time.
 from __future__ import annotations
 
 import logging
-from collections import Counter
-from collections.abc import Callable, Iterable
+import threading
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -18,7 +20,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from .models import File
-from .storage import ReleaseStore, StorageError, release_store
+from .storage import MissingObject, ReleaseStore, StorageError, release_store
 
 logger = logging.getLogger(__name__)
 
@@ -47,20 +49,25 @@ class VerifyReport:
 
 def check_file(store: ReleaseStore, file: File, *, rehash: bool, progress: Callable[[int], None] | None = None):
     """(status, detail, bytes hashed) for one file."""
+    missing = Status.MISSING, f"object {file.key} is not in storage", 0
     try:
+        if rehash:  # reading the whole object tells everything a cheap check would, in one request
+            digest, size = store.compute_sha256(file.key, progress)
+            if size != file.size:
+                return Status.MISMATCH, f"object has {size} bytes, expected {file.size}", size
+            if digest != file.sha256:
+                return Status.MISMATCH, f"content hashes to {digest}, expected {file.sha256}", size
+            return Status.OK, "re-hashed: SHA-256 matches", size
         stored = store.stat(file.key)
         if stored is None:
-            return Status.MISSING, f"object {file.key} is not in storage", 0
+            return missing
         if stored.size != file.size:
             return Status.MISMATCH, f"object has {stored.size} bytes, expected {file.size}", 0
         if stored.sha256 is not None and stored.sha256 != file.sha256:
             return Status.MISMATCH, f"storage's SHA-256 is {stored.sha256}, expected {file.sha256}", 0
-        if not rehash:
-            return Status.OK, "size matches" + (" and storage's SHA-256" if stored.sha256 else ""), 0
-        digest, size = store.compute_sha256(file.key, progress)
-        if digest != file.sha256 or size != file.size:
-            return Status.MISMATCH, f"content hashes to {digest} ({size} bytes), expected {file.sha256}", size
-        return Status.OK, "re-hashed: SHA-256 matches", size
+        return Status.OK, "size matches" + (" and storage's SHA-256" if stored.sha256 else ""), 0
+    except MissingObject:
+        return missing
     except StorageError as error:
         return Status.ERROR, str(error), 0
 
@@ -75,11 +82,48 @@ def record(file: File, status: str, detail: str, *, rehashed: bool) -> None:
         logger.error("verify %s (%s %s): %s: %s", file.path, file.version.model.slug, file.version.version, status, detail)
 
 
+def checked(files: Iterable[File], *, rehash: Callable[[File], bool], progress=None) -> Iterator[tuple]:
+    """(file, re-hashed?, (status, detail, bytes hashed)) for each file, in order.
+
+    Storage is read on VERIFY_CONCURRENCY threads, so one object's transfer overlaps
+    another's hashing and each request's latency; at most two checks per thread are
+    in flight, so a long iterator of files is never loaded at once. The threads never
+    touch the database.
+    """
+    store, workers = release_store(), settings.VERIFY_CONCURRENCY
+    progress = _serialized(progress)
+    pending: deque = deque()
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="verify")
+    try:
+        for file in files:
+            full = rehash(file)
+            pending.append((file, full, pool.submit(check_file, store, file, rehash=full, progress=progress)))
+            if len(pending) >= 2 * workers:
+                file, full, result = pending.popleft()
+                yield file, full, result.result()
+        while pending:
+            file, full, result = pending.popleft()
+            yield file, full, result.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _serialized(progress: Callable[[int], None] | None) -> Callable[[int], None] | None:
+    """A progress callback that several threads can call."""
+    if progress is None:
+        return None
+    lock = threading.Lock()
+
+    def report(count: int) -> None:
+        with lock:
+            progress(count)
+
+    return report
+
+
 def verify(files: Iterable[File], *, rehash: Callable[[File], bool], progress=None) -> VerifyReport:
-    store, report = release_store(), VerifyReport()
-    for file in files:
-        full = rehash(file)
-        status, detail, hashed = check_file(store, file, rehash=full, progress=progress)
+    report = VerifyReport()
+    for file, full, (status, detail, hashed) in checked(files, rehash=rehash, progress=progress):
         record(file, status, detail, rehashed=full and status != Status.ERROR)
         report.counts[status] += 1
         report.bytes_hashed += hashed

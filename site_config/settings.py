@@ -304,6 +304,7 @@ CELERY_BEAT_SCHEDULE = {
 }
 VERIFY_BATCH_SIZE = env_int("VERIFY_BATCH_SIZE", 200, minimum=1, maximum=100_000)
 VERIFY_BYTE_BUDGET = env_int("VERIFY_BYTE_BUDGET", 2 * 1024**3, minimum=0, maximum=10**15)
+VERIFY_CONCURRENCY = env_int("VERIFY_CONCURRENCY", 4, minimum=1, maximum=16)  # objects read at once
 OUTBOX_BATCH_SIZE = env_int("OUTBOX_BATCH_SIZE", 200, minimum=1, maximum=10_000)
 OUTBOX_MAX_ATTEMPTS = env_int("OUTBOX_MAX_ATTEMPTS", 8, minimum=1, maximum=100)
 OUTBOX_BACKOFF_SECONDS = env_int("OUTBOX_BACKOFF_SECONDS", 30, minimum=1, maximum=3600)

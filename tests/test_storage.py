@@ -7,7 +7,7 @@ import os
 import pytest
 from django.core.files.storage import storages
 
-from releases.storage import HashingReader, StorageError, release_store
+from releases.storage import HashingReader, MissingObject, StorageError, release_store
 
 from .factories import sha256
 from .servers import free_port
@@ -36,6 +36,11 @@ def test_upload_reports_progress(any_store):
 
 def test_stat_of_a_missing_object_is_none(any_store):
     assert any_store.stat("m/v1/nothing-here") is None
+
+
+def test_reading_a_missing_object_says_it_is_missing(any_store):
+    with pytest.raises(MissingObject, match="m/v1/nothing-here"):
+        any_store.compute_sha256("m/v1/nothing-here")
 
 
 def test_s3_single_part_upload_keeps_a_full_object_sha256(s3_store, s3_client, s3_bucket):
@@ -74,8 +79,9 @@ def test_unreachable_s3_gives_a_storage_error_naming_the_object(settings, s3_sto
     options["client_config"] = Config(retries={"max_attempts": 1}, connect_timeout=1)
     settings.STORAGES = {**settings.STORAGES, "releases": {**settings.STORAGES["releases"], "OPTIONS": options}}
     store = release_store()
-    with pytest.raises(StorageError, match="m/v1/x.bin"):
+    with pytest.raises(StorageError, match="m/v1/x.bin") as unreachable:
         store.stat("m/v1/x.bin")
+    assert not isinstance(unreachable.value, MissingObject)  # unreachable is not the same as gone
     with pytest.raises(StorageError, match="Could not upload object"):
         store.upload("m/v1/x.bin", io.BytesIO(b"abc"), content_type="application/octet-stream")
 

@@ -68,14 +68,16 @@ def test_the_batch_takes_the_files_verified_longest_ago(any_store, released):
     assert File.objects.filter(verified_at__isnull=True).count() == 0
 
 
-def test_storage_errors_are_recorded_as_errors(s3_store, released, settings, monkeypatch):
+@pytest.mark.parametrize("budget", [0, 10**9], ids=["cheap check", "re-hash"])
+def test_storage_errors_are_recorded_as_errors(s3_store, released, settings, monkeypatch, budget):
     from releases.storage import S3Store, StorageError
 
-    def unreachable(self, key):
+    def unreachable(self, key, progress=None):
         raise StorageError("Could not read object: connect timeout.")
 
     monkeypatch.setattr(S3Store, "stat", unreachable)
-    report = verification.verify_batch(byte_budget=0)
+    monkeypatch.setattr(S3Store, "compute_sha256", unreachable)
+    report = verification.verify_batch(byte_budget=budget)
     assert report.counts["error"] == 3
     assert status_of("model.pt") == ("error", "Could not read object: connect timeout.")
 
@@ -98,3 +100,42 @@ def test_verify_artifacts_command(manage, local_store, released):
     assert bad.returncode == 1
     assert bad.stdout.strip() == "Verified 3 files (10,005 bytes re-hashed): 2 ok, 1 mismatch."
     assert "FAILED m v1 model.pt: mismatch" in bad.stderr
+
+
+def test_several_reads_at_once_record_each_file_in_order(any_store, publish, settings):
+    settings.VERIFY_CONCURRENCY = 3
+    contents = {f"part-{n}.bin": bytes([n]) * (1000 + n) for n in range(8)}
+    publish("m", "v1", contents)
+    any_store.delete(File.objects.get(path="part-2.bin").key)
+    any_store.upload(File.objects.get(path="part-5.bin").key, io.BytesIO(b"x" * 1005), content_type="application/octet-stream")
+    files = list(verification.published_files().order_by("path"))
+    progressed = []
+    results = list(verification.checked(files, rehash=lambda f: True, progress=progressed.append))
+    statuses = [(file.path, status) for file, _, (status, _, _) in results]
+    assert statuses == [(path, {"part-2.bin": "missing", "part-5.bin": "mismatch"}.get(path, "ok")) for path in sorted(contents)]
+    assert sum(progressed) == sum(hashed for _, _, (_, _, hashed) in results) >= 6 * 1000
+
+
+def test_a_long_run_keeps_only_a_few_files_in_flight(any_store, publish, settings):
+    settings.VERIFY_CONCURRENCY = 2
+    publish("m", "v1", {f"{n}.bin": b"x" for n in range(10)})
+    taken = []
+
+    def files():
+        for file in verification.published_files().order_by("pk"):
+            taken.append(file)
+            yield file
+
+    results = verification.checked(files(), rehash=lambda f: False)
+    next(results)
+    assert len(taken) == 4  # two per thread, not all ten
+    assert len(list(results)) == 9
+
+
+def test_verify_queries_do_not_depend_on_concurrency(any_store, publish, settings, django_assert_num_queries):
+    publish("m", "v1", {f"{n}.bin": b"x" for n in range(6)})
+    files = list(verification.published_files())
+    for concurrency in (1, 4):
+        settings.VERIFY_CONCURRENCY = concurrency
+        with django_assert_num_queries(6):  # one UPDATE per file; the threads never touch the database
+            verification.verify(files, rehash=lambda f: True)
