@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import logging
 import mimetypes
 import os
@@ -482,47 +483,62 @@ class S3Store(ReleaseStore):
     def compute_sha256(self, key, progress=None):
         """Read into a ring of buffers in one thread while hashing in this one.
 
-        Socket reads and SHA-256 both release the GIL, so the two overlap; reusing
-        buffers (readinto) saves allocating a copy of every megabyte.
+        Socket reads and SHA-256 both release the GIL, so the two overlap. The bytes go
+        from the socket straight into reused buffers: urllib3's own readinto would read
+        into a new object and copy it, so we read from the http.client response under it.
         """
         with _storage_errors(f"read object {key!r}"):
-            stream = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]._raw_stream
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+        stream = response["Body"]._raw_stream  # (keep a reference: closing it closes the socket)
+        source = stream._fp if isinstance(getattr(stream, "_fp", None), http.client.HTTPResponse) else stream
+        expected = response.get("ContentLength")
         free, full = queue.Queue(), queue.Queue()
         for _ in range(4):
             free.put(bytearray(CHUNK_SIZE))
 
         def read_ahead():
+            total = 0
             try:
                 while (buffer := free.get()) is not None:
                     view, filled = memoryview(buffer), 0
-                    while filled < CHUNK_SIZE and (count := stream.readinto(view[filled:])):
+                    while filled < CHUNK_SIZE and (count := source.readinto(view[filled:])):
                         filled += count
                     full.put((buffer, filled))
+                    total += filled
                     if filled < CHUNK_SIZE:
                         break
-            except BaseException as error:  # raised again in the hashing thread
+                if expected is not None and total < expected:
+                    cut = f"the connection closed after {total:,} of {expected:,} bytes"
+                    raise StorageError(f"Could not read object {key!r}: {cut}.")
+            except StorageError as error:
                 full.put(error)
+            except Exception as error:  # a socket error or timeout, raised again in the hashing thread
+                full.put(StorageError(f"Could not read object {key!r}: {error}."))
             finally:
                 full.put(None)
 
         reader = threading.Thread(target=read_ahead, daemon=True)
         reader.start()
-        digest, size = hashlib.sha256(), 0
+        digest, size, complete = hashlib.sha256(), 0, False
         try:
             while (item := full.get()) is not None:
-                if isinstance(item, BaseException):
-                    with _storage_errors(f"read object {key!r}"):
-                        raise item
+                if isinstance(item, StorageError):
+                    raise item
                 buffer, filled = item
                 digest.update(memoryview(buffer)[:filled])
                 size += filled
                 if progress:
                     progress(filled)
                 free.put(buffer)
+            complete = True
         finally:
             free.put(None)
-            stream.release_conn()
             reader.join(timeout=5)
+            # A connection with unread bytes cannot serve the next request: close it instead.
+            if complete:
+                stream.release_conn()
+            else:
+                stream.close()
         return digest.hexdigest(), size
 
     def iter_bytes(self, key, chunk_size=CHUNK_SIZE):

@@ -72,18 +72,52 @@ def test_s3_stat_reads_an_object_uploaded_by_someone_else(s3_store, s3_client, s
     assert (found.size, found.sha256) == (3, None)
 
 
-def test_unreachable_s3_gives_a_storage_error_naming_the_object(settings, s3_store):
-    options = {**settings.STORAGES["releases"]["OPTIONS"], "endpoint_url": f"http://127.0.0.1:{free_port()}"}
+def s3_store_at(settings, endpoint: str, **config):
+    """The release store pointed at another S3 endpoint, trying each request once."""
     from botocore.config import Config
 
-    options["client_config"] = Config(retries={"max_attempts": 1}, connect_timeout=1)
+    options = {**settings.STORAGES["releases"]["OPTIONS"], "endpoint_url": endpoint}
+    options["client_config"] = Config(retries={"max_attempts": 1}, **config)
     settings.STORAGES = {**settings.STORAGES, "releases": {**settings.STORAGES["releases"], "OPTIONS": options}}
-    store = release_store()
+    return release_store()
+
+
+def test_unreachable_s3_gives_a_storage_error_naming_the_object(settings, s3_store):
+    store = s3_store_at(settings, f"http://127.0.0.1:{free_port()}", connect_timeout=1)
     with pytest.raises(StorageError, match="m/v1/x.bin") as unreachable:
         store.stat("m/v1/x.bin")
     assert not isinstance(unreachable.value, MissingObject)  # unreachable is not the same as gone
     with pytest.raises(StorageError, match="Could not upload object"):
         store.upload("m/v1/x.bin", io.BytesIO(b"abc"), content_type="application/octet-stream")
+
+
+@pytest.fixture
+def cut_short_s3():
+    """An S3 endpoint that promises 1,000 bytes for any GET, sends 400 and hangs up."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            with connection:
+                connection.recv(65536)
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 400)
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
+
+
+def test_a_read_cut_short_is_an_error_not_a_mismatch(settings, s3_store, cut_short_s3):
+    with pytest.raises(StorageError, match="closed after 400 of 1,000 bytes") as cut:
+        s3_store_at(settings, cut_short_s3).compute_sha256("m/v1/model.pt")
+    assert not isinstance(cut.value, MissingObject)
 
 
 def test_local_upload_is_atomic_when_the_source_fails(local_store, tmp_path):
