@@ -36,6 +36,8 @@ from django.core.files.storage import FileSystemStorage, storages
 logger = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1024 * 1024
+# A re-hash reads ahead into a ring of READ_AHEAD buffers of READ_BUFFER bytes (12 MiB per object).
+READ_BUFFER, READ_AHEAD = 4 * 1024 * 1024, 3
 _client_lock = threading.Lock()
 Progress = Callable[[int], None]  # called with the number of bytes just transferred
 
@@ -493,19 +495,19 @@ class S3Store(ReleaseStore):
         source = stream._fp if isinstance(getattr(stream, "_fp", None), http.client.HTTPResponse) else stream
         expected = response.get("ContentLength")
         free, full = queue.Queue(), queue.Queue()
-        for _ in range(4):
-            free.put(bytearray(CHUNK_SIZE))
+        for _ in range(READ_AHEAD):
+            free.put(bytearray(READ_BUFFER))
 
         def read_ahead():
             total = 0
             try:
                 while (buffer := free.get()) is not None:
                     view, filled = memoryview(buffer), 0
-                    while filled < CHUNK_SIZE and (count := source.readinto(view[filled:])):
+                    while filled < READ_BUFFER and (count := source.readinto(view[filled:])):
                         filled += count
                     full.put((buffer, filled))
                     total += filled
-                    if filled < CHUNK_SIZE:
+                    if filled < READ_BUFFER:
                         break
                 if expected is not None and total < expected:
                     cut = f"the connection closed after {total:,} of {expected:,} bytes"
