@@ -51,7 +51,9 @@ def _read_ring() -> list[bytearray]:
     if ring is None or len(ring[0]) != READ_BUFFER:
         ring = _rings.buffers = [bytearray(READ_BUFFER) for _ in range(READ_AHEAD)]
     return ring
-_client_lock = threading.Lock()
+
+
+_client_lock = threading.Lock()  # verify's threads share one S3 client
 Progress = Callable[[int], None]  # called with the number of bytes just transferred
 
 

@@ -93,19 +93,25 @@ def checked(files: Iterable[File], *, rehash: Callable[[File], bool], progress=N
     store, workers = release_store(), settings.VERIFY_CONCURRENCY
     progress = _serialized(progress)
     pending: deque = deque()
+
+    def settled():
+        file, full, result = pending.popleft()
+        return file, full, result.result()
+
     pool = ThreadPoolExecutor(workers, thread_name_prefix="verify")
+    finished = False
     try:
         for file in files:
             full = rehash(file)
             pending.append((file, full, pool.submit(check_file, store, file, rehash=full, progress=progress)))
             if len(pending) >= 2 * workers:
-                file, full, result = pending.popleft()
-                yield file, full, result.result()
+                yield settled()
         while pending:
-            file, full, result = pending.popleft()
-            yield file, full, result.result()
+            yield settled()
+        finished = True
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        # Stopped early (a time limit, Ctrl-C): do not wait for reads already under way.
+        pool.shutdown(wait=finished, cancel_futures=True)
 
 
 def _serialized(progress: Callable[[int], None] | None) -> Callable[[int], None] | None:

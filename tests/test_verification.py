@@ -139,3 +139,28 @@ def test_verify_queries_do_not_depend_on_concurrency(any_store, publish, setting
         settings.VERIFY_CONCURRENCY = concurrency
         with django_assert_num_queries(6):  # one UPDATE per file; the threads never touch the database
             verification.verify(files, rehash=lambda f: True)
+
+
+def test_stopping_early_does_not_wait_for_reads_under_way(local_store, publish, settings, monkeypatch):
+    import threading
+
+    from releases.storage import LocalStore
+
+    settings.VERIFY_CONCURRENCY = 2
+    publish("m", "v1", {"a.bin": b"a", "b.bin": b"b", "c.bin": b"c"})
+    release, reading = threading.Event(), threading.Event()
+    real = LocalStore.compute_sha256
+
+    def slow_for_b(self, key, progress=None):
+        if key.endswith("b.bin"):
+            reading.set()
+            release.wait(30)
+        return real(self, key, progress)
+
+    monkeypatch.setattr(LocalStore, "compute_sha256", slow_for_b)
+    results = verification.checked(verification.published_files().order_by("path"), rehash=lambda f: True)
+    assert next(results)[0].path == "a.bin"
+    assert reading.wait(30)
+    results.close()  # as a time limit or Ctrl-C would: returns while b.bin is still being read
+    assert not release.is_set() and any(t.name.startswith("verify") for t in threading.enumerate())
+    release.set()
