@@ -397,7 +397,7 @@ def bench_client() -> list[tuple]:
     return rows + [
         (
             "where the unthrottled client's time goes (median of 3)",
-            f"curl | tee | openssl alone {parts['pipeline']:.2f} s = {parts['curl'] / parts['pipeline']:.2f}x of curl -o; "
+            f"its download pipeline alone (curl into tee into openssl) {parts['pipeline']:.2f} s = {parts['curl'] / parts['pipeline']:.2f}x of curl -o; "
             f"openssl SHA-256 of the {size // mb} MB file from memory {parts['hash']:.2f} s",
             "reported",
             "",
