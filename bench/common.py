@@ -16,17 +16,26 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
-    """Poll `url` until it answers; fail if `process` exits or `timeout` passes first."""
+def wait_until(condition, process: subprocess.Popen, what: str, timeout: float = 60, interval: float = 0.1) -> None:
+    """Poll `condition()` until it is true; fail if `process` exits or `timeout` passes first."""
     deadline = time.monotonic() + timeout
-    while True:
+    while not condition():
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise RuntimeError(f"{what} did not happen")
+        time.sleep(interval)
+
+
+def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
+    """Wait until `url` answers; fail if `process` exits or `timeout` passes first."""
+
+    def answers() -> bool:
         try:
             urllib.request.urlopen(url, timeout=2)
-            return
+            return True
         except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"{url} did not answer") from None
-            time.sleep(0.1)
+            return False
+
+    wait_until(answers, process, f"an answer from {url}", timeout)
 
 
 def manage(env: dict, *commands: list[str]) -> None:

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from common import free_port, manage, start_gunicorn, wait_for_http  # noqa: E402
+from common import free_port, manage, start_gunicorn, wait_for_http, wait_until  # noqa: E402
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "200"))
 
@@ -369,8 +369,11 @@ def bench_client() -> list[tuple]:
                 env={**os.environ, "FETCH_MODEL_CURL_OPTS": "--limit-rate 100M"},
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
-            while not (part.exists() and part.stat().st_size >= size // 2):
-                time.sleep(0.002)
+
+            def half_way() -> bool:
+                return part.exists() and part.stat().st_size >= size // 2
+
+            wait_until(half_way, cut, "half of the download", timeout=60, interval=0.002)
             os.killpg(cut.pid, signal.SIGKILL)
             cut.wait()
             have = part.stat().st_size
