@@ -107,14 +107,16 @@ def per_call_us(function, rounds: int) -> float:
 
 
 def bench_signing() -> list[tuple]:
+    from releases import aws
     from releases.signing import S3Signer, content_disposition
     from releases.storage import release_store
 
     store = release_store()
-    location = store.location()
+    location = store.signing_location()
+    credentials = aws.CredentialKeeper(lambda: aws.fetch_credentials(store.keys), 3600)
     keys = [f"fifty-files/v1/shard-{index:02d}.safetensors" for index in range(50)]
     client = store.client
-    warm = S3Signer(3600, location)
+    warm = S3Signer(3600, location, credentials)
     for key in keys:
         warm.link(key, key.rsplit("/", 1)[-1])
 
@@ -123,7 +125,7 @@ def bench_signing() -> list[tuple]:
             warm.link(key, key.rsplit("/", 1)[-1])
 
     def ours_cold():
-        cold = S3Signer(3600, location)
+        cold = S3Signer(3600, location, credentials)
         for key in keys:
             cold.link(key, key.rsplit("/", 1)[-1])
 

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Container entrypoint: wait for what the role needs, then become that role.
-#   web      gunicorn (waits for the database, the broker and the object store)
+#   web      gunicorn (waits for the database, the broker and the object store; check --deploy first)
 #   worker   a Celery worker
 #   beat     the Celery beat scheduler (run exactly one)
 #   migrate  apply database migrations once, then exit (the compose stack runs it before the others)
@@ -14,6 +14,8 @@ role=${1:-web}
 case $role in
   web)
     python manage.py wait_for_services --timeout "$WAIT_TIMEOUT"
+    # Configuration that cannot keep the links' promise stops here (signing credentials' lifetime).
+    python manage.py check --deploy --fail-level ERROR
     exec gunicorn -c site_config/gunicorn.py site_config.wsgi "$@" ;;
   worker)
     python manage.py wait_for_services --timeout "$WAIT_TIMEOUT"

@@ -19,9 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
 
+from . import aws
 from .models import File
 from .signing import signer
-from .storage import aws_client
 
 logger = logging.getLogger(__name__)
 
@@ -105,11 +105,10 @@ class CloudFrontCdn(Cdn):
         self.distribution_id = distribution_id
 
     def purge(self, keys, paths):
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        client, sent = aws_client("cloudfront", endpoint_url=settings.AWS_CLOUDFRONT_ENDPOINT_URL), 0
+        client = aws.client("cloudfront", keys=aws.site_keys(), endpoint_url=settings.AWS_CLOUDFRONT_ENDPOINT_URL)
+        sent = 0
         for batch in _batches(paths, self.paths_per_request):
-            try:
+            with aws.translated_errors("create a CloudFront invalidation", CdnError):
                 client.create_invalidation(
                     DistributionId=self.distribution_id,
                     InvalidationBatch={
@@ -117,8 +116,6 @@ class CloudFrontCdn(Cdn):
                         "CallerReference": f"model-releases-{uuid.uuid4()}",
                     },
                 )
-            except (BotoCoreError, ClientError) as error:
-                raise CdnError(f"CloudFront invalidation failed: {error}") from error
             sent += 1
         return sent
 

@@ -1,4 +1,4 @@
-"""What /readyz asks: can this process reach its database, its broker and its object store?"""
+"""What /readyz asks: can this process reach its database, its broker and its object store, and sign links?"""
 
 from django.conf import settings
 from django.db import connection
@@ -33,6 +33,23 @@ def storage() -> None:
     release_store().check()
 
 
+def signing() -> None:
+    """Download links can be signed: the process holds valid credentials (S3 links die with theirs)."""
+    from . import signing
+
+    problem = signing.credentials_problem()
+    if problem and not problem[1]:
+        raise RuntimeError(problem[0])
+
+
+def signing_warning() -> str | None:
+    """Links are signed but would end before SIGNED_URL_TTL (credentials about to expire, renewal failing)."""
+    from . import signing
+
+    problem = signing.credentials_problem()
+    return problem[0] if problem and problem[1] else None
+
+
 def _without_password(url: str) -> str:
     if "@" not in url:
         return url
@@ -40,4 +57,5 @@ def _without_password(url: str) -> str:
     return f"{scheme}://***@{rest.split('@', 1)[1]}"
 
 
-CHECKS = {"database": database, "broker": broker, "storage": storage}
+CHECKS = {"database": database, "broker": broker, "storage": storage, "signing": signing}
+WARNINGS = {"signing": signing_warning}  # shown by /readyz, which still answers 200

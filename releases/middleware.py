@@ -1,9 +1,17 @@
-"""Keep the API's promise: every error under /api/ is JSON {"detail": ...}, never an HTML page."""
+"""Keep the API's promise: every error under /api/ is JSON {"detail": ...}, never an HTML page;
+and a link that cannot be signed right now is a 503 that says so, never a 500."""
 
 import json
+import logging
 from http import HTTPStatus
 
 from django.conf import settings
+from django.http import HttpResponse, JsonResponse
+
+from . import caching
+from .aws import CredentialsUnavailable
+
+logger = logging.getLogger(__name__)
 
 API_PREFIX = "/api/"
 
@@ -47,3 +55,27 @@ class ContentSecurityPolicyMiddleware:
         if settings.CONTENT_SECURITY_POLICY:
             response.headers.setdefault("Content-Security-Policy", settings.CONTENT_SECURITY_POLICY)
         return response
+
+
+class SigningUnavailableMiddleware:
+    """No valid credentials to sign download links (the provider has been failing): 503, retry soon."""
+
+    RETRY_AFTER = 30
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_exception(self, request, exception):
+        if not isinstance(exception, CredentialsUnavailable):
+            return None
+        logger.error("Could not sign download links: %s", exception)
+        detail = "Download links cannot be signed right now; try again in a minute."
+        if request.path.startswith(API_PREFIX):
+            response = JsonResponse({"detail": detail}, status=503)
+        else:
+            response = HttpResponse(detail + "\n", status=503, content_type="text/plain; charset=utf-8")
+        response["Retry-After"] = str(self.RETRY_AFTER)
+        return caching.uncacheable(response)

@@ -146,7 +146,7 @@ class SigningCounter:
 
 
 def prometheus_text() -> str:
-    from . import outbox, verification
+    from . import outbox, signing, verification
     from .models import File
 
     values = counters()
@@ -169,6 +169,14 @@ def prometheus_text() -> str:
     backlog = outbox.backlog()
     metric("model_releases_outbox_entries", "gauge", "CDN outbox entries by state (pending, failed).",
            [({"state": state}, n) for state, n in backlog.items()])  # fmt: skip
+    credentials = signing.credentials_status()
+    if credentials is not None:
+        left = credentials["seconds_left"]
+        metric("model_releases_signing_credentials_seconds_left", "gauge",
+               "Seconds until the credentials that sign S3 links expire (+Inf for static keys).",
+               [({}, "+Inf" if left == float("inf") else int(left))])  # fmt: skip
+        metric("model_releases_signing_credentials_refresh_failures", "gauge",
+               "Consecutive failed renewals of the signing credentials.", [({}, credentials["failures"])])  # fmt: skip
     failures = File.objects.published().filter(verification_status__in=verification.FAILURES).count()
     metric("model_releases_verify_failures", "gauge", "Published files whose last verification failed.", [({}, failures)])
     return "\n".join(lines) + "\n"

@@ -13,6 +13,11 @@ start and is valid for ``TTL + window``, so whenever within the window it is
 handed out it has between TTL and 2 x TTL left. Every process computes the
 same link for the same window (browser and CDN friendly), and each link costs
 its HMACs once per window, not once per request.
+
+An S3 link also dies with the credentials that signed it. With temporary
+credentials its window is cut short at their expiry (`Window.limited_to`), and
+`aws.CredentialKeeper` renews them in the background early enough that every
+link still has at least TTL left.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import hmac
 import json
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import lru_cache
 from urllib.parse import quote, urlencode
@@ -34,7 +39,9 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.utils.crypto import constant_time_compare, salted_hmac
 
-from .storage import S3Location, release_store
+from . import aws
+from .storage import release_store
+from .storage.s3 import S3Location
 
 LOCAL_FILES_PREFIX = "/files/"
 _SAFE = "-_.~"
@@ -55,6 +62,7 @@ class SignedLink:
 class Window:
     start: int  # unix seconds
     lifetime: int  # seconds the link is valid from `start`
+    credentials: aws.CredentialSet | None = None  # what S3 links of this window are signed with
 
     @property
     def expires(self) -> int:
@@ -66,6 +74,13 @@ class Window:
         start = int(now) - int(now) % ttl
         return cls(start=start, lifetime=2 * ttl)
 
+    def limited_to(self, credentials: aws.CredentialSet) -> Window:
+        """This window signed with `credentials`, its links ending when they do if that comes first."""
+        lifetime = self.lifetime
+        if credentials.expires_at is not None:
+            lifetime = min(lifetime, int(credentials.expires_at) - self.start)
+        return replace(self, lifetime=lifetime, credentials=credentials)
+
 
 class Signer:
     """Base: the windowed cache around `_sign`."""
@@ -74,16 +89,19 @@ class Signer:
 
     def __init__(self, ttl: int):
         self.ttl = ttl
-        self._cache: dict[tuple, tuple[int, SignedLink]] = {}
+        self._cache: dict[tuple, tuple[Window, SignedLink]] = {}
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
+    def window(self, now: float | None) -> Window:
+        return Window.current(self.ttl, now)
+
     def link(self, key: str, filename: str, *, base_url: str = "", now: float | None = None) -> SignedLink:
-        window = Window.current(self.ttl, now)
+        window = self.window(now)
         cache_key = (key, filename, base_url)
         cached = self._cache.get(cache_key)
-        if cached is not None and cached[0] == window.start:
+        if cached is not None and cached[0] == window:
             self.hits += 1
             return cached[1]
         self.misses += 1
@@ -94,11 +112,11 @@ class Signer:
         with self._lock:
             if len(self._cache) >= CACHE_LIMIT:
                 self._drop_old_windows(window.start)
-            self._cache[cache_key] = (window.start, link)
+            self._cache[cache_key] = (window, link)
         return link
 
     def _drop_old_windows(self, current: int) -> None:
-        stale = [k for k, (start, _) in self._cache.items() if start != current]
+        stale = [k for k, (window, _) in self._cache.items() if window.start != current]
         for k in stale or list(self._cache)[: CACHE_LIMIT // 2]:
             del self._cache[k]
 
@@ -159,24 +177,23 @@ def verify_local_link(path: str, expires: str, signature: str, *, now: float | N
 class S3Signer(Signer):
     """SigV4 presigned GET URLs, computed here so that they can be signed as of the window's start.
 
-    With credentials from a role or STS, which rotate, the location (with its
-    credentials) is fetched again for each window.
+    The credentials come from a `CredentialKeeper` (no network call here); a window whose
+    credentials expire before it ends gives links that end with them.
     """
 
     name = "s3"
 
-    def __init__(self, ttl: int, location: S3Location, refresh=None):
+    def __init__(self, ttl: int, location: S3Location, credentials: aws.CredentialKeeper):
         super().__init__(ttl)
-        self.location, self._refresh, self._location_window = location, refresh, None
+        self.location, self.credentials = location, credentials
 
-    def _location_for(self, window: Window) -> S3Location:
-        if self._refresh is not None and self._location_window != window.start:
-            self.location, self._location_window = self._refresh(), window.start
-        return self.location
+    def window(self, now):
+        return super().window(now).limited_to(self.credentials.current(now))
 
     def _sign(self, key, filename, base_url, window):
         return presign_s3_get(
-            self._location_for(window),
+            self.location,
+            window.credentials,
             key,
             signed_at=window.start,
             expires_in=window.lifetime,
@@ -197,33 +214,34 @@ def _sigv4_key(secret_key: str, datestamp: str, region: str) -> bytes:
     return key
 
 
-def presign_s3_get(location: S3Location, key: str, *, signed_at: int, expires_in: int, params: dict) -> str:
+def presign_s3_get(
+    location: S3Location, credentials: aws.CredentialSet, key: str, *, signed_at: int, expires_in: int, params: dict
+) -> str:
     """A SigV4 query-string-signed GET URL (the algorithm botocore uses for generate_presigned_url)."""
     if expires_in > 604800:
         raise ValueError("SigV4 links cannot live longer than 7 days")
-    host, path = location.host_and_path(key)
-    canonical_uri = _uri_encode(path, keep_slash=True)
+    canonical_uri = location.prefix + _uri_encode(key, keep_slash=True)
     amz_date = datetime.fromtimestamp(signed_at, tz=UTC).strftime("%Y%m%dT%H%M%SZ")
     scope = f"{amz_date[:8]}/{location.region}/s3/aws4_request"
     query = {
         "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
-        "X-Amz-Credential": f"{location.access_key}/{scope}",
+        "X-Amz-Credential": f"{credentials.access_key}/{scope}",
         "X-Amz-Date": amz_date,
         "X-Amz-Expires": str(expires_in),
         "X-Amz-SignedHeaders": "host",
         **params,
     }
-    if location.session_token:
-        query["X-Amz-Security-Token"] = location.session_token
+    if credentials.token:
+        query["X-Amz-Security-Token"] = credentials.token
     canonical_query = "&".join(f"{_uri_encode(k)}={_uri_encode(v)}" for k, v in sorted(query.items()))
-    canonical_request = f"GET\n{canonical_uri}\n{canonical_query}\nhost:{host}\n\nhost\nUNSIGNED-PAYLOAD"
+    canonical_request = f"GET\n{canonical_uri}\n{canonical_query}\nhost:{location.host}\n\nhost\nUNSIGNED-PAYLOAD"
     string_to_sign = (
         f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical_request.encode()).hexdigest()}"
     )
     signature = hmac.new(
-        _sigv4_key(location.secret_key, amz_date[:8], location.region), string_to_sign.encode(), hashlib.sha256
+        _sigv4_key(credentials.secret_key, amz_date[:8], location.region), string_to_sign.encode(), hashlib.sha256
     ).hexdigest()
-    return f"{location.scheme}://{host}{canonical_uri}?{canonical_query}&X-Amz-Signature={signature}"
+    return f"{location.origin}{canonical_uri}?{canonical_query}&X-Amz-Signature={signature}"
 
 
 # --- CloudFront (canned policy) -------------------------------------------------
@@ -282,10 +300,32 @@ def _build_signer() -> Signer:
         return CloudFrontSigner(ttl, settings.CDN_BASE_URL, settings.CLOUDFRONT_KEY_ID, settings.CLOUDFRONT_PRIVATE_KEY)
     store = release_store()
     if store.backend_name == "s3":
-        location = store.location()
-        static = bool(store.storage.access_key and store.storage.secret_key)
-        return S3Signer(ttl, location, refresh=None if static else (lambda: release_store().location()))
+        keeper = aws.CredentialKeeper(lambda: aws.fetch_credentials(store.keys), ttl)
+        return S3Signer(ttl, store.signing_location(), keeper)
     return LocalSigner(ttl)
+
+
+def credentials_problem() -> tuple[str, bool] | None:
+    """What keeps S3 links from their promised lifetime in this process, and whether links can
+    still be signed at all; None when nothing does (for /readyz)."""
+    built = signer()
+    if not isinstance(built, S3Signer):
+        return None
+    problem = built.credentials.problem()
+    return (problem, built.credentials.can_sign()) if problem else None
+
+
+def credentials_status() -> dict | None:
+    """Seconds left on the signing credentials and failed renewals, for /metrics (None: no S3 signer)."""
+    built = signer()
+    return built.credentials.status() if isinstance(built, S3Signer) else None
+
+
+def prepare() -> None:
+    """Build the signer and fetch its first credentials at process start, not in a request."""
+    built = signer()
+    if isinstance(built, S3Signer):
+        built.credentials.start()
 
 
 @receiver(setting_changed)

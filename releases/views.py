@@ -40,6 +40,9 @@ def readyz(request):
     checks = {name: _probe(check) for name, check in health.CHECKS.items()}
     down = {name: problem for name, problem in checks.items() if problem != "ok"}
     body = {"status": "unavailable" if down else "ok", "checks": checks}
+    warnings = {name: warning for name, check in health.WARNINGS.items() if (warning := _probe(check)) != "ok"}
+    if warnings:
+        body["warnings"] = warnings
     if down:
         body["detail"] = "; ".join(f"{name}: {problem}" for name, problem in down.items())
     return JsonResponse(body, status=503 if down else 200)
@@ -47,10 +50,10 @@ def readyz(request):
 
 def _probe(check) -> str:
     try:
-        check()
+        warning = check()
     except Exception as error:  # any failure is the answer, not a 500
         return str(error) or type(error).__name__
-    return "ok"
+    return warning or "ok"
 
 
 # --- pages -----------------------------------------------------------------------

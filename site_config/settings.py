@@ -10,6 +10,7 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+from cryptography.exceptions import UnsupportedAlgorithm
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -61,6 +62,24 @@ def env_list(name: str, default: list[str]) -> list[str]:
 DATA_DIR = Path(env_str("DATA_DIR", "var")).expanduser()
 if not DATA_DIR.is_absolute():
     DATA_DIR = (BASE_DIR / DATA_DIR).resolve()
+
+
+def check_cloudfront_key(pem: bytes, source: str) -> None:
+    """CloudFront's canned policy is signed with RSA: refuse any other key now, not on every download."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    where = f"CLOUDFRONT_PRIVATE_KEY_FILE {source}"
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except TypeError:
+        raise ImproperlyConfigured(
+            f"{where} is encrypted with a passphrase; give it unencrypted (openssl rsa -in KEY -out PLAIN)."
+        ) from None
+    except (ValueError, UnsupportedAlgorithm) as error:
+        raise ImproperlyConfigured(f"{where} is not a PEM private key ({error}).") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ImproperlyConfigured(f"{where} is not an RSA key; CloudFront signed URLs need an RSA private key.")
 
 
 def persistent_secret_key() -> str:
@@ -138,6 +157,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "releases.middleware.SigningUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "site_config.urls"
@@ -182,7 +202,12 @@ if bool(AWS_ACCESS_KEY_ID) != bool(AWS_SECRET_ACCESS_KEY):
     raise ImproperlyConfigured(
         "Set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither (to use the instance's role)."
     )
+AWS_SESSION_TOKEN = env_str("AWS_SESSION_TOKEN")  # with exported temporary keys (they cannot be renewed)
 AWS_REGION_NAME = env_str("AWS_S3_REGION_NAME", "us-east-1")
+# "auto" is botocore's choice: virtual-hosted, or path style where the bucket name cannot be a host name.
+AWS_S3_ADDRESSING_STYLE = env_str("AWS_S3_ADDRESSING_STYLE").lower()
+if AWS_S3_ADDRESSING_STYLE not in ("", "auto", "path", "virtual"):
+    raise ImproperlyConfigured(f"AWS_S3_ADDRESSING_STYLE must be auto, path or virtual; got {AWS_S3_ADDRESSING_STYLE!r}.")
 
 
 def release_storage() -> dict:
@@ -204,9 +229,10 @@ def release_storage() -> dict:
             "region_name": AWS_REGION_NAME,
             "access_key": access_key or None,
             "secret_key": secret_key or None,
+            "security_token": AWS_SESSION_TOKEN or None,
             "signature_version": "s3v4",
             # S3-compatible stores on a custom endpoint rarely have per-bucket DNS.
-            "addressing_style": "path" if endpoint_url else "virtual",
+            "addressing_style": AWS_S3_ADDRESSING_STYLE or ("path" if endpoint_url else "auto"),
             "file_overwrite": True,
             "querystring_auth": True,
         },
@@ -245,6 +271,7 @@ if CDN_BACKEND == "cloudfront":
             CLOUDFRONT_PRIVATE_KEY = Path(key_file).read_bytes()
         except OSError as error:
             raise ImproperlyConfigured(f"CLOUDFRONT_PRIVATE_KEY_FILE {key_file}: {error.strerror}.") from None
+        check_cloudfront_key(CLOUDFRONT_PRIVATE_KEY, key_file)
     CLOUDFRONT_DISTRIBUTION_ID = env_str("CLOUDFRONT_DISTRIBUTION_ID")
     if not CLOUDFRONT_DISTRIBUTION_ID:
         raise ImproperlyConfigured("CDN_BACKEND=cloudfront needs CLOUDFRONT_DISTRIBUTION_ID (to invalidate paths).")

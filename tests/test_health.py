@@ -1,5 +1,7 @@
 """Liveness and readiness, and the site keeping working while storage is down."""
 
+import time
+
 import pytest
 
 from .servers import free_port
@@ -16,7 +18,7 @@ def test_healthz_does_no_io(client, django_assert_num_queries):
 def test_readyz_when_everything_answers(client, s3_store):
     response = client.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "checks": {"database": "ok", "broker": "ok", "storage": "ok"}}
+    assert response.json() == {"status": "ok", "checks": {"database": "ok", "broker": "ok", "storage": "ok", "signing": "ok"}}
 
 
 def dead_s3(settings):
@@ -57,3 +59,50 @@ def test_pages_api_and_redirects_keep_working_while_storage_is_down(client, sett
     assert api.status_code == 200 and "X-Amz-Signature=" in api.json()["files"][0]["url"]
     assert client.get("/models/index-tts/latest/model.pt").status_code == 302
     assert client.get("/readyz").status_code == 503
+
+
+def lose_aws_credentials(settings, tmp_path, monkeypatch):
+    """S3 storage with no keys configured and botocore's chain finding nothing (no profile, no role)."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    options = {k: v for k, v in settings.STORAGES["releases"]["OPTIONS"].items() if k not in {"access_key", "secret_key"}}
+    settings.STORAGES = {**settings.STORAGES, "releases": {**settings.STORAGES["releases"], "OPTIONS": options}}
+    from releases import signing
+
+    signing._signer = None
+
+
+def test_links_that_cannot_be_signed_are_a_503_that_says_so(client, settings, s3_store, publish, tmp_path, monkeypatch):
+    publish("index-tts", "v1", {"model.pt": b"weights"})
+    lose_aws_credentials(settings, tmp_path, monkeypatch)
+    redirect = client.get("/models/index-tts/v1/model.pt")
+    assert redirect.status_code == 503 and redirect["Retry-After"] == "30" and "no-store" in redirect["Cache-Control"]
+    assert redirect.content.decode().startswith("Download links cannot be signed right now")
+    api = client.get("/api/v1/models/index-tts/versions/v1")
+    assert api.status_code == 503 and api.json() == {"detail": "Download links cannot be signed right now; try again in a minute."}
+    assert client.get("/models/index-tts/v1/").status_code == 503
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["checks"]["signing"].startswith("no valid AWS credentials (No AWS credentials found")
+
+
+def test_metrics_show_the_signing_credentials(client, settings, s3_store):
+    from releases import signing
+
+    signing._signer = None
+    settings.METRICS_TOKEN = "t0ken"
+    text = client.get("/metrics", HTTP_AUTHORIZATION="Bearer t0ken").content.decode()
+    assert "model_releases_signing_credentials_seconds_left +Inf" in text  # static keys never expire
+    assert "model_releases_signing_credentials_refresh_failures 0" in text
+
+
+def test_readyz_warns_while_links_would_end_before_the_ttl(client, settings, s3_store):
+    from releases import aws, signing
+
+    near_rotation = aws.CredentialKeeper(lambda: aws.CredentialSet("ASIA1", "s", "t", expires_at=time.time() + 300), 600)
+    signing._signer = signing.S3Signer(600, s3_store.signing_location(), near_rotation)
+    body = client.get("/readyz")
+    assert body.status_code == 200
+    assert body.json()["warnings"]["signing"].startswith("the AWS credentials expire in 29")

@@ -79,3 +79,43 @@ def test_misconfiguration_fails_at_start_up(tmp_path, env, message):
     assert result.returncode != 0
     assert "ImproperlyConfigured" in result.stderr
     assert message in result.stderr
+
+
+def _pem(kind: str) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    if kind == "garbage":
+        return b"-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n"
+    key = ec.generate_private_key(ec.SECP256R1()) if kind == "ec" else rsa.generate_private_key(65537, 2048)
+    encryption = (
+        serialization.BestAvailableEncryption(b"passphrase") if kind == "encrypted rsa" else serialization.NoEncryption()
+    )
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("encrypted rsa", "is encrypted with a passphrase; give it unencrypted"),
+        ("ec", "is not an RSA key; CloudFront signed URLs need an RSA private key"),
+        ("garbage", "is not a PEM private key"),
+        ("rsa", None),
+    ],
+)
+def test_cloudfront_keys_other_than_plain_rsa_fail_at_start_up(tmp_path, kind, message):
+    key_file = tmp_path / "cloudfront.pem"
+    key_file.write_bytes(_pem(kind))
+    result = load_settings(
+        tmp_path,
+        CDN_BACKEND="cloudfront",
+        CDN_BASE_URL="https://d.example",
+        CLOUDFRONT_DISTRIBUTION_ID="E1",
+        CLOUDFRONT_KEY_ID="K1",
+        CLOUDFRONT_PRIVATE_KEY_FILE=str(key_file),
+    )
+    if message is None:
+        assert result.returncode == 0, result.stderr
+    else:
+        assert result.returncode != 0 and "ImproperlyConfigured" in result.stderr
+        assert f"CLOUDFRONT_PRIVATE_KEY_FILE {key_file} {message}" in result.stderr

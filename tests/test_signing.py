@@ -1,8 +1,6 @@
 """Signers: windowed expiry bounds, the cache, local HMAC links, SigV4 recomputed by botocore, CloudFront."""
 
-import base64
-import json
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import boto3
 import botocore.auth
@@ -12,7 +10,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from releases import signing
 from releases.signing import CloudFrontSigner, LinkRefused, LocalSigner, S3Signer, Window, verify_local_link
-from releases.storage import S3Location
+from releases import aws
+from releases.storage.s3 import S3Store
 
 TTL = 3600
 
@@ -55,69 +54,119 @@ def test_local_links_cover_the_whole_path_and_the_expiry():
         verify_local_link(parts.path, query["expires"], query["signature"], now=int(query["expires"]))
 
 
-def botocore_presigned_url(location: S3Location, key: str, filename: str, window: Window, monkeypatch) -> str:
-    """The URL botocore itself signs for the same request at the window's start."""
+def static(access_key="AKIDEXAMPLE", secret_key="secret/key+1", token=None, ttl=TTL) -> aws.CredentialKeeper:
+    return aws.CredentialKeeper(lambda: aws.CredentialSet(access_key, secret_key, token), ttl)
+
+
+def s3_store_for(bucket: str, endpoint_url: str | None, region: str, addressing_style: str) -> S3Store:
+    from storages.backends.s3 import S3Storage
+
+    return S3Store(
+        S3Storage(
+            bucket_name=bucket,
+            endpoint_url=endpoint_url,
+            region_name=region,
+            addressing_style=addressing_style,
+            access_key="AKIDEXAMPLE",
+            secret_key="secret/key+1",
+        )
+    )
+
+
+def botocore_presigned_url(store: S3Store, credentials: aws.CredentialSet, key: str, filename: str, window: Window, monkeypatch) -> str:
+    """The URL botocore itself signs for the same request at the window's start: the oracle."""
     from datetime import UTC, datetime
 
     monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: datetime.fromtimestamp(window.start, UTC).replace(tzinfo=None))
     client = boto3.client(
         "s3",
-        endpoint_url=location.endpoint_url,
-        region_name=location.region,
-        aws_access_key_id=location.access_key,
-        aws_secret_access_key=location.secret_key,
-        aws_session_token=location.session_token,
-        config=botocore.config.Config(signature_version="s3v4", s3={"addressing_style": location.addressing_style}),
+        endpoint_url=store.storage.endpoint_url,
+        region_name=store.storage.region_name,
+        aws_access_key_id=credentials.access_key,
+        aws_secret_access_key=credentials.secret_key,
+        aws_session_token=credentials.token,
+        config=botocore.config.Config(signature_version="s3v4", s3={"addressing_style": store.storage.addressing_style}),
     )
     return client.generate_presigned_url(
         "get_object",
-        Params={"Bucket": location.bucket, "Key": key, "ResponseContentDisposition": signing.content_disposition(filename)},
+        Params={"Bucket": store.bucket, "Key": key, "ResponseContentDisposition": signing.content_disposition(filename)},
         ExpiresIn=window.lifetime,
     )
 
 
 def same_url(ours: str, theirs: str) -> None:
+    """Same scheme, authority, path and query parameters (their order may differ), signature included."""
     a, b = urlsplit(ours), urlsplit(theirs)
     assert (a.scheme, a.netloc, a.path) == (b.scheme, b.netloc, b.path)
-    assert parse_qs(a.query) == parse_qs(b.query)
+    assert parse_qs(a.query, keep_blank_values=True) == parse_qs(b.query, keep_blank_values=True)
 
 
-@pytest.mark.parametrize(
-    "location",
-    [
-        S3Location("models", "us-east-1", "http://127.0.0.1:9000", "path", "AKIDEXAMPLE", "secret/key+1"),
-        S3Location("models", "eu-west-1", None, "virtual", "AKIDEXAMPLE", "s3cr3t", session_token="token/with+chars="),
-    ],
-    ids=["path-style endpoint", "aws virtual host with session token"],
-)
-@pytest.mark.parametrize("key", ["index-tts/v1/model.pt", "index-tts/v1/sub dir/ünïcode+plus&amp;.bin"])
-def test_sigv4_links_match_botocores_signature(location, key, monkeypatch):
-    window = Window.current(TTL)
+ENDPOINTS = {
+    "aws us-east-1": ("models", None, "us-east-1", "auto"),
+    "aws eu-west-1": ("models", None, "eu-west-1", "auto"),
+    "aws ap-southeast-2 virtual": ("models", None, "ap-southeast-2", "virtual"),
+    "aws us-west-2 path style": ("models", None, "us-west-2", "path"),
+    "aws dotted bucket": ("models.example.org", None, "eu-central-1", "auto"),
+    "aws dotted bucket, virtual asked": ("models.example.org", None, "us-east-1", "virtual"),
+    "custom endpoint, path style": ("models", "http://127.0.0.1:9000", "us-east-1", "path"),
+    "custom endpoint, explicit https port": ("models", "https://s3.example.org:443", "us-east-1", "path"),
+    "custom endpoint, explicit http port": ("models", "http://minio.internal:80", "us-east-1", "path"),
+    "custom endpoint, virtual-hosted": ("models", "https://s3.example.org", "eu-west-1", "virtual"),
+    "custom endpoint, virtual-hosted with port": ("models", "https://s3.example.org:443", "eu-west-1", "virtual"),
+    "custom endpoint behind a path prefix": ("models", "https://gateway.example.org/s3", "us-east-1", "path"),
+    "custom endpoint, uncommon port": ("models", "https://s3.example.org:8443", "us-east-1", "path"),
+}
+KEYS = {
+    "plain": "index-tts/v1/model.pt",
+    "nested": "index-tts/v1/checkpoints/a/b/config.yaml",
+    "spaces": "index-tts/v1/sub dir/my model.bin",
+    "unicode nfc": "index-tts/v1/caf\u00e9-\u00fc\u00f1\u00ef.bin",
+    "unicode nfd": "index-tts/v1/cafe\u0301-u\u0308.bin",
+    "reserved characters": "index-tts/v1/+ % ~ ! $ & ' ( ) * , ; = : @ [ ].bin",
+}
+CREDENTIALS = {
+    "static keys": aws.CredentialSet("AKIDEXAMPLE", "secret/key+1"),
+    "session token": aws.CredentialSet("ASIAEXAMPLE", "s3cr3t", token="token/with+chars=="),
+}
+
+
+def check_against_botocore(endpoint, key, credentials, monkeypatch):
+    store = s3_store_for(*ENDPOINTS[endpoint])
+    signer = S3Signer(TTL, store.signing_location(), aws.CredentialKeeper(lambda: credentials, TTL))
     filename = key.rsplit("/", 1)[-1]
-    ours = S3Signer(TTL, location).link(key, filename).url
-    same_url(ours, botocore_presigned_url(location, key, filename, window, monkeypatch))
+    link = signer.link(key, filename)
+    same_url(link.url, botocore_presigned_url(store, credentials, key, filename, Window.current(TTL), monkeypatch))
 
 
-def test_rotating_credentials_are_fetched_again_each_window():
-    fetched = []
+@pytest.mark.parametrize("credentials", CREDENTIALS, ids=str)
+@pytest.mark.parametrize("endpoint", ENDPOINTS, ids=str)
+def test_every_endpoint_form_signs_like_botocore(endpoint, credentials, monkeypatch):
+    check_against_botocore(endpoint, KEYS["reserved characters"], CREDENTIALS[credentials], monkeypatch)
 
-    def refresh():
-        fetched.append(1)
-        return S3Location("models", "us-east-1", None, "virtual", f"ASIA{len(fetched)}", "s", session_token="t")
 
-    signer = S3Signer(TTL, refresh(), refresh=refresh)
-    start = 1_800_000_000 - 1_800_000_000 % TTL
-    first = signer.link("k", "k", now=start + 1)
-    signer.link("other", "other", now=start + 2)  # same window: same credentials
-    later = signer.link("k", "k", now=start + TTL)
-    assert "ASIA2" in first.url and "ASIA3" in later.url and len(fetched) == 3
+@pytest.mark.parametrize("key", KEYS, ids=str)
+@pytest.mark.parametrize("endpoint", ["aws eu-west-1", "custom endpoint, explicit https port", "custom endpoint behind a path prefix"], ids=str)
+def test_every_key_signs_like_botocore(endpoint, key, monkeypatch):
+    check_against_botocore(endpoint, KEYS[key], CREDENTIALS["session token"], monkeypatch)
+
+
+def test_default_ports_are_not_signed_and_path_prefixes_are_kept():
+    """The cases botocore and real servers differ on from a naive reading of the endpoint."""
+    with_port = s3_store_for(*ENDPOINTS["custom endpoint, explicit https port"]).signing_location()
+    assert with_port.host == "s3.example.org"
+    prefixed = s3_store_for(*ENDPOINTS["custom endpoint behind a path prefix"]).signing_location()
+    assert prefixed.prefix == "/s3/models/"
+    dotted = s3_store_for(*ENDPOINTS["aws dotted bucket"]).signing_location()
+    assert "models.example.org" not in dotted.host and dotted.prefix == "/models.example.org/"
 
 
 def test_sigv4_refuses_lifetimes_beyond_seven_days():
-    location = S3Location("models", "us-east-1", None, "virtual", "a", "b")
+    location = s3_store_for(*ENDPOINTS["aws eu-west-1"]).signing_location()
+    credentials = CREDENTIALS["static keys"]
     with pytest.raises(ValueError, match="7 days"):
-        signing.presign_s3_get(location, "k", signed_at=0, expires_in=604801, params={})
-    S3Signer(302400, location).link("k", "k")  # the largest TTL still fits
+        signing.presign_s3_get(location, credentials, "k", signed_at=0, expires_in=604801, params={})
+    link = S3Signer(302400, location, static(ttl=302400)).link("k", "k")  # the largest TTL still fits
+    assert "X-Amz-Expires=604800" in link.url
 
 
 def test_content_disposition_keeps_non_ascii_names():
@@ -125,22 +174,22 @@ def test_content_disposition_keeps_non_ascii_names():
     assert signing.content_disposition('vö"x.bin') == "attachment; filename=\"v__x.bin\"; filename*=UTF-8''v%C3%B6%22x.bin"
 
 
-def test_cloudfront_links_carry_a_canned_policy_signature_that_verifies():
+@pytest.mark.parametrize("key", ["index-tts/v1/model.pt", "index-tts/v1/sub dir/caf\u00e9 +.bin"], ids=["plain", "encoded"])
+def test_cloudfront_links_are_the_ones_botocore_signs(key):
+    """botocore's CloudFrontSigner is the oracle: same URL, same canned policy, same RSA-SHA1 signature."""
+    from datetime import UTC, datetime
+
+    from botocore.signers import CloudFrontSigner as BotocoreCloudFrontSigner
+
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    signer = CloudFrontSigner(TTL, "https://cdn.example.org/", "K2JCJMDEHXQW5F", pem)
-    link = signer.link("index-tts/v1/model.pt", "model.pt")
-    parts = urlsplit(link.url)
-    query = {k: v[0] for k, v in parse_qs(parts.query).items()}
-    assert f"{parts.scheme}://{parts.netloc}{parts.path}" == "https://cdn.example.org/index-tts/v1/model.pt"
-    assert query["Key-Pair-Id"] == "K2JCJMDEHXQW5F" and int(query["Expires"]) == int(link.expires_at.timestamp())
-    policy = json.dumps(
-        {"Statement": [{"Resource": "https://cdn.example.org/index-tts/v1/model.pt",
-                        "Condition": {"DateLessThan": {"AWS:EpochTime": int(query["Expires"])}}}]},
-        separators=(",", ":"),
-    )  # fmt: skip
-    raw = base64.b64decode(query["Signature"].replace("-", "+").replace("_", "=").replace("~", "/"))
-    private.public_key().verify(raw, policy.encode(), padding.PKCS1v15(), hashes.SHA1())
+    link = CloudFrontSigner(TTL, "https://cdn.example.org/", "K2JCJMDEHXQW5F", pem).link(key, key.rsplit("/", 1)[-1])
+
+    oracle = BotocoreCloudFrontSigner("K2JCJMDEHXQW5F", lambda message: private.sign(message, padding.PKCS1v15(), hashes.SHA1()))
+    resource = link.url.split("?", 1)[0]
+    assert resource == "https://cdn.example.org/" + quote(key, safe="/")
+    expected = oracle.generate_presigned_url(resource, date_less_than=datetime.fromtimestamp(link.expires_at.timestamp(), UTC))
+    assert link.url == expected
 
 
 def test_signer_follows_settings(settings, s3_store):

@@ -70,7 +70,8 @@ def test_the_batch_takes_the_files_verified_longest_ago(any_store, released):
 
 @pytest.mark.parametrize("budget", [0, 10**9], ids=["cheap check", "re-hash"])
 def test_storage_errors_are_recorded_as_errors(s3_store, released, settings, monkeypatch, budget):
-    from releases.storage import S3Store, StorageError
+    from releases.storage import StorageError
+    from releases.storage.s3 import S3Store
 
     def unreachable(self, key, progress=None):
         raise StorageError("Could not read object: connect timeout.")
@@ -144,7 +145,7 @@ def test_verify_queries_do_not_depend_on_concurrency(any_store, publish, setting
 def test_stopping_early_does_not_wait_for_reads_under_way(local_store, publish, settings, monkeypatch):
     import threading
 
-    from releases.storage import LocalStore
+    from releases.storage.local import LocalStore
 
     settings.VERIFY_CONCURRENCY = 2
     publish("m", "v1", {"a.bin": b"a", "b.bin": b"b", "c.bin": b"c"})

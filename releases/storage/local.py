@@ -1,0 +1,98 @@
+"""The local backend: Django's FileSystemStorage under DATA_DIR/objects.
+
+Writes go to a temporary file that is renamed into place, so a reader never sees half an object.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import BinaryIO
+
+from django.core.files.storage import FileSystemStorage
+
+from .base import MissingObject, ReleaseStore, StorageError, StoredObject
+from .hashing import CHUNK_SIZE, sha256_of_file
+
+
+class LocalStore(ReleaseStore):
+    backend_name = "local"
+
+    def __init__(self, storage: FileSystemStorage):
+        self.storage = storage
+
+    def _path(self, key: str) -> str:
+        return self.storage.path(key)  # safe_join: a key can never leave the root
+
+    def upload(self, key, fileobj, *, content_type, progress=None):
+        target = self._path(key)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".upload-")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                digest, size = sha256_of_file(_Tee(fileobj, out), progress)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(temporary, 0o644)
+            os.replace(temporary, target)
+        except OSError as error:
+            _remove_quietly(temporary)
+            raise StorageError(f"Could not write object {key!r}: {error.strerror or error}.") from error
+        except BaseException:
+            _remove_quietly(temporary)
+            raise
+        return StoredObject(key=key, size=size, sha256=digest, content_type=content_type)
+
+    def stat(self, key):
+        try:
+            size = os.stat(self._path(key)).st_size
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise StorageError(f"Could not read object {key!r}: {error.strerror or error}.") from error
+        return StoredObject(key=key, size=size)
+
+    def iter_bytes(self, key, chunk_size=CHUNK_SIZE):
+        try:
+            with open(self._path(key), "rb") as source:
+                while chunk := source.read(chunk_size):
+                    yield chunk
+        except FileNotFoundError as error:
+            raise MissingObject(f"Object {key!r} does not exist.") from error
+
+    def check(self):
+        root = self.storage.location
+        if not os.path.isdir(root) and os.path.exists(root):
+            raise StorageError(f"{root} is not a directory.")
+        os.makedirs(root, exist_ok=True)
+        if not os.access(root, os.W_OK):
+            raise StorageError(f"{root} is not writable.")
+
+    def open(self, key: str) -> BinaryIO:
+        """A local file handle, for serving byte ranges directly."""
+        return open(self._path(key), "rb")
+
+    def delete(self, key):
+        try:
+            os.remove(self._path(key))
+        except FileNotFoundError:
+            pass
+
+
+class _Tee:
+    """A reader that writes every chunk it reads to ``out``."""
+
+    def __init__(self, source: BinaryIO, out: BinaryIO):
+        self.source, self.out = source, out
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.source.read(size)
+        self.out.write(data)
+        return data
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass

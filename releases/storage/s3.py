@@ -1,0 +1,347 @@
+"""The S3 backend: django-storages' S3Storage holds the configuration, and a boto3 client
+from `releases.aws` does the work: managed multipart uploads that ask S3 for SHA-256
+checksums, object attributes to read size and checksum back, streamed reads. It also
+tells the signer where links for this bucket point (`S3Location`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+from django.conf import settings
+
+from .. import aws
+from .base import ReleaseStore, StorageError, StoredObject, MissingObject
+from .hashing import CHUNK_SIZE, HashingReader, sha256_of_file
+
+PROBE_KEY = "model-releases-probe"
+# A re-hash reads ahead into a ring of READ_AHEAD buffers of READ_BUFFER bytes (12 MiB per thread).
+READ_BUFFER, READ_AHEAD = 4 * 1024 * 1024, 3
+_rings = threading.local()
+_client_lock = threading.Lock()  # verify's threads share one S3 client
+
+
+def _read_ring() -> list[bytearray]:
+    """This thread's read-ahead buffers, kept for every object it reads while it lives.
+
+    Fresh 12 MiB for each object cost page faults on every read (about a tenth of verify's
+    throughput); verify's threads end with its run, and their buffers with them.
+    """
+    ring = getattr(_rings, "buffers", None)
+    if ring is None or len(ring[0]) != READ_BUFFER:
+        ring = _rings.buffers = [bytearray(READ_BUFFER) for _ in range(READ_AHEAD)]
+    return ring
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """Where links to a bucket's objects point and how they are signed; no credentials here.
+
+    ``origin`` is the scheme and authority of botocore's URLs, ``host`` the Host value it
+    signs (without a default port), ``prefix`` the path before the key (``/`` for a
+    virtual-hosted bucket, ``/bucket/`` for path style, ``/gateway/bucket/`` behind a path).
+    """
+
+    origin: str
+    host: str
+    prefix: str
+    region: str
+
+    @classmethod
+    def from_presigned(cls, url: str, probe_key: str) -> S3Location:
+        parts = urlsplit(url)
+        if not parts.path.endswith("/" + probe_key):
+            raise StorageError(f"Cannot learn the S3 address for links from {parts.scheme}://{parts.netloc}{parts.path}.")
+        default_port = {"http": 80, "https": 443}[parts.scheme]
+        host = parts.hostname if parts.port in (None, default_port) else parts.netloc.rsplit("@", 1)[-1]
+        credential = parse_qs(parts.query)["X-Amz-Credential"][0]  # KEY/date/REGION/s3/aws4_request
+        return cls(
+            origin=f"{parts.scheme}://{parts.netloc}",
+            host=host,
+            prefix=parts.path[: -len(probe_key)],
+            region=credential.split("/")[2],
+        )
+
+
+class S3Store(ReleaseStore):
+    backend_name = "s3"
+
+    def __init__(self, storage):
+        self.storage = storage
+        self.bucket = storage.bucket_name
+        self.region = storage.region_name or settings.AWS_REGION_NAME
+        # Static keys from the storage options (the environment fills them), else the default chain.
+        self.keys = (
+            aws.CredentialSet(storage.access_key, storage.secret_key, storage.security_token)
+            if storage.access_key and storage.secret_key
+            else None
+        )
+
+    @property
+    def client(self):
+        """One boto3 client per configured storage (Django rebuilds the storage when settings change).
+
+        We hash what we read ourselves, so botocore is told not to validate response checksums too
+        (it would hash every byte a second time); uploads still send the checksums we ask for.
+        """
+        client = getattr(self.storage, "_releases_client", None)
+        if client is None:
+            with _client_lock:  # verify reads on several threads; build one client, not one each
+                client = getattr(self.storage, "_releases_client", None) or self._new_client()
+                self.storage._releases_client = client
+        return client
+
+    def _new_client(self):
+        return aws.client(
+            "s3",
+            keys=self.keys,
+            endpoint_url=self.storage.endpoint_url,
+            region_name=self.region,
+            config=self._config(),
+        )
+
+    def _config(self):
+        from botocore.config import Config
+
+        options = {
+            "signature_version": "s3v4",
+            "s3": {"addressing_style": self.storage.addressing_style or "auto"},
+            "retries": {"mode": "standard", "max_attempts": 3},
+            "response_checksum_validation": "when_required",
+            "request_checksum_calculation": "when_required",
+            "max_pool_connections": 16,
+            **_config_overrides(self.storage.client_config),
+        }
+        return Config(**options)
+
+    def signing_location(self) -> S3Location:
+        """Where botocore would send a GET for this bucket, learnt once by presigning a probe URL.
+
+        botocore decides the host, the port in the signed host header, the path (style,
+        endpoint prefix, dotted buckets) and the signing region; copying its answer keeps
+        our signatures equal to its own for every endpoint form. Local work: no AWS call.
+        """
+        probe = aws.offline_client(
+            "s3", endpoint_url=self.storage.endpoint_url, region_name=self.region, config=self._config()
+        )
+        url = probe.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": PROBE_KEY})
+        return S3Location.from_presigned(url, PROBE_KEY)
+
+    def _transfer_config(self):
+        from boto3.s3.transfer import TransferConfig
+
+        part = settings.RELEASE_MULTIPART_THRESHOLD
+        return TransferConfig(multipart_threshold=part, multipart_chunksize=part, max_concurrency=4)
+
+    def upload(self, key, fileobj, *, content_type, progress=None):
+        start = fileobj.tell()
+        size = fileobj.seek(0, os.SEEK_END) - start
+        fileobj.seek(start)
+        part_size = settings.RELEASE_MULTIPART_THRESHOLD
+        reader = HashingReader(fileobj, part_size=part_size if size >= part_size else None)
+        with _storage_errors(f"upload object {key!r}"):
+            self.client.upload_fileobj(
+                reader,
+                self.bucket,
+                key,
+                ExtraArgs={"ChecksumAlgorithm": "SHA256", "ContentType": content_type},
+                Config=self._transfer_config(),
+                Callback=progress,
+            )
+        try:
+            digest = reader.hexdigest_for(size)
+            if digest is None:  # the uploader read out of order: hash the source again
+                fileobj.seek(start)
+                digest, _ = sha256_of_file(fileobj)
+            problem = self._check_uploaded(key, size, digest, reader.composite_for(size))
+        except BaseException:
+            self.delete(key)
+            raise
+        if problem:
+            self.delete(key)
+            raise StorageError(f"Object {key!r} {problem}; it was removed, try again.")
+        return StoredObject(key=key, size=size, sha256=digest, content_type=content_type)
+
+    def _check_uploaded(self, key, size, digest, composite) -> str | None:
+        """What is wrong with the object just uploaded, compared with the bytes sent, or None."""
+        stored = self.stat(key)
+        if stored is None:
+            return "is not there after the upload"
+        if stored.size != size:
+            return f"has {stored.size} bytes after the upload, expected {size}"
+        if stored.sha256 is not None and stored.sha256 != digest:
+            return "has a different SHA-256 in storage than the bytes sent"
+        if composite and stored.composite_sha256 and stored.parts in (None, composite[1]):
+            if stored.composite_sha256 != composite[0]:
+                return "has different part checksums in storage than the parts sent"
+        return None
+
+    def stat(self, key):
+        from botocore.exceptions import ClientError
+
+        try:
+            with _storage_errors(f"read the attributes of object {key!r}"):
+                attributes = self.client.get_object_attributes(
+                    Bucket=self.bucket, Key=key, ObjectAttributes=["ObjectSize", "Checksum", "ObjectParts"]
+                )
+        except MissingObject:
+            return None
+        except StorageError as error:
+            cause = error.__cause__
+            if isinstance(cause, ClientError) and aws.error_code(cause) in {"NotImplemented", "501", "MethodNotAllowed"}:
+                return self._stat_by_head(key)
+            raise
+        checksum = attributes.get("Checksum") or {}
+        value, kind = checksum.get("ChecksumSHA256"), checksum.get("ChecksumType")
+        parts = (attributes.get("ObjectParts") or {}).get("TotalPartsCount")
+        full = _full_object_sha256(value, kind, bool(parts))
+        return StoredObject(
+            key=key,
+            size=attributes["ObjectSize"],
+            sha256=full,
+            composite_sha256=value.split("-")[0] if value and full is None else None,
+            parts=parts,
+        )
+
+    def _stat_by_head(self, key):
+        """For S3-compatible stores without GetObjectAttributes."""
+        try:
+            with _storage_errors(f"read object {key!r}"):
+                head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        except MissingObject:
+            return None
+        return StoredObject(
+            key=key,
+            size=head["ContentLength"],
+            sha256=_full_object_sha256(head.get("ChecksumSHA256"), head.get("ChecksumType"), False),
+            content_type=head.get("ContentType"),
+        )
+
+    def compute_sha256(self, key, progress=None):
+        """Read into a ring of buffers in one thread while hashing in this one.
+
+        Socket reads and SHA-256 both release the GIL, so the two overlap. The bytes go
+        from the socket straight into reused buffers: urllib3's own readinto would read
+        into a new object and copy it, so we read from the http.client response under it.
+        """
+        with _storage_errors(f"read object {key!r}"):
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+        stream = response["Body"]._raw_stream  # (keep a reference: closing it closes the socket)
+        source = stream._fp if isinstance(getattr(stream, "_fp", None), http.client.HTTPResponse) else stream
+        expected = response.get("ContentLength")
+        free, full = queue.Queue(), queue.Queue()
+        for buffer in _read_ring():
+            free.put(buffer)
+
+        def read_ahead():
+            total = 0
+            try:
+                while (buffer := free.get()) is not None:
+                    view, filled = memoryview(buffer), 0
+                    while filled < READ_BUFFER and (count := source.readinto(view[filled:])):
+                        filled += count
+                    full.put((buffer, filled))
+                    total += filled
+                    if filled < READ_BUFFER:
+                        break
+                if expected is not None and total < expected:
+                    cut = f"the connection closed after {total:,} of {expected:,} bytes"
+                    raise StorageError(f"Could not read object {key!r}: {cut}.")
+            except StorageError as error:
+                full.put(error)
+            except Exception as error:  # a socket error or timeout, raised again in the hashing thread
+                full.put(StorageError(f"Could not read object {key!r}: {error}."))
+            finally:
+                full.put(None)
+
+        reader = threading.Thread(target=read_ahead, daemon=True)
+        reader.start()
+        digest, size, complete = hashlib.sha256(), 0, False
+        try:
+            while (item := full.get()) is not None:
+                if isinstance(item, StorageError):
+                    raise item
+                buffer, filled = item
+                digest.update(memoryview(buffer)[:filled])
+                size += filled
+                if progress:
+                    progress(filled)
+                free.put(buffer)
+            complete = True
+        finally:
+            free.put(None)
+            reader.join(timeout=5)
+            if reader.is_alive():  # still stuck in a read into one of the buffers: never hand them out again
+                _rings.buffers = None
+            # A connection with unread bytes cannot serve the next request: close it instead.
+            if complete:
+                stream.release_conn()
+            else:
+                stream.close()
+        return digest.hexdigest(), size
+
+    def iter_bytes(self, key, chunk_size=CHUNK_SIZE):
+        with _storage_errors(f"read object {key!r}"):
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            try:
+                yield from body.iter_chunks(chunk_size)
+            finally:
+                body.close()
+
+    def check(self):
+        with _storage_errors(f"reach bucket {self.bucket!r}"):
+            self.client.head_bucket(Bucket=self.bucket)
+
+    def delete(self, key):
+        with _storage_errors(f"delete object {key!r}"):
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+
+
+def _config_overrides(config) -> dict:
+    """Timeouts and retries from a botocore Config given in the storage OPTIONS (tests use it)."""
+    if config is None:
+        return {}
+    names = ("connect_timeout", "read_timeout")
+    overrides = {name: getattr(config, name) for name in names if getattr(config, name, None) is not None}
+    if getattr(config, "retries", None):
+        overrides["retries"] = config.retries
+    return overrides
+
+
+def _full_object_sha256(value: str | None, checksum_type: str | None, multipart: bool) -> str | None:
+    """Hex SHA-256 of the whole object, or None when S3 only has a checksum of part checksums."""
+    if not value or "-" in value or checksum_type == "COMPOSITE":
+        return None
+    if checksum_type is None and multipart:
+        return None
+    return base64.b64decode(value).hex()
+
+
+class _storage_errors:
+    """Turn boto3's exceptions into StorageError with a sentence a person can act on."""
+
+    def __init__(self, action: str):
+        self.action = action
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if error is None:
+            return False
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if isinstance(error, ClientError):
+            message = aws.error_message(error)
+            kind = MissingObject if aws.error_code(error) in {"NoSuchKey", "404", "NotFound"} else StorageError
+            raise kind(f"Could not {self.action}: {message}.") from error
+        if isinstance(error, BotoCoreError):
+            raise StorageError(f"Could not {self.action}: {error}.") from error
+        return False
