@@ -63,6 +63,10 @@ class Varnish:
         self.port = free_port()
         self.workdir = Path(tempfile.mkdtemp(prefix="varnish-"))
         self.workdir.chmod(0o755)  # the cache process runs as an unprivileged user
+        # ... which may not read the clone itself (a home directory, a 0700 temporary folder):
+        # it gets copies of the VCL in a folder it can read.
+        shutil.copy(VCL, self.workdir / VCL.name)
+        (self.workdir / VCL.name).chmod(0o644)
         (self.workdir / "site.vcl").write_text(
             f'backend default {{ .host = "127.0.0.1"; .port = "{backend_port}"; }}\n'
             "acl purgers { " + " ".join(f'"{address}";' for address in purgers) + " }\n"
@@ -75,8 +79,8 @@ class Varnish:
                 "-n", str(self.workdir / "instance"),
                 "-a", f"127.0.0.1:{self.port}",
                 "-T", "127.0.0.1:0",
-                "-f", str(VCL),
-                "-p", f"vcl_path={self.workdir}:{VCL.parent}",
+                "-f", str(self.workdir / VCL.name),
+                "-p", f"vcl_path={self.workdir}",
                 "-s", "malloc,64m",
             ],
             stdout=self.log,
@@ -94,6 +98,33 @@ class Varnish:
         stop(self.process)
         self.log.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class Gunicorn:
+    """gunicorn with the shipped configuration on a free loopback port, in a process group of its own."""
+
+    def __init__(self, env: dict, workers: int = 1):
+        self.port = free_port()
+        self.logfile = tempfile.NamedTemporaryFile("w+", prefix="gunicorn-", suffix=".log", delete=False)
+        env = {**env, "GUNICORN_BIND": f"127.0.0.1:{self.port}", "WEB_CONCURRENCY": str(workers)}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "site_config/gunicorn.py", "site_config.wsgi"],
+            cwd=REPO_ROOT, env=env, stdout=self.logfile, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        wait_until(lambda: self.process.poll() is not None or port_open(self.port), 60, what="gunicorn")
+        if self.process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited:\n{self.log()}")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return Path(self.logfile.name).read_text()
+
+    def stop(self) -> None:
+        stop(self.process, timeout=30)
+        os.unlink(self.logfile.name)
 
 
 class RedisServer:

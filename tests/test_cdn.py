@@ -2,6 +2,9 @@
 on loopback that checks the request format, and moto's CloudFront."""
 
 import json
+import subprocess
+import sys
+import urllib.error
 import urllib.request
 
 import boto3
@@ -11,6 +14,7 @@ from releases import cdn, outbox
 from releases.models import File, OutboxEntry
 
 from .conftest import S3_TEST_CREDENTIALS
+from .servers import REPO_ROOT
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -161,3 +165,61 @@ def test_warming_reports_a_short_body(settings, live_server, publish, local_stor
     result = outbox.drain("warm")
     assert result.retried == 1
     assert "gave 5 bytes, expected 7000" in OutboxEntry.objects.get(kind="warm").last_error
+
+
+@pytest.fixture
+def production_site(settings, tmp_path, publish):
+    """gunicorn with DJANGO_ENV=production (HTTPS redirects on), behind varnishd with the shipped VCL."""
+    from .servers import Gunicorn, Varnish, django_env
+
+    publish("index-tts", "v1", {"model.pt": b"one"})
+    env = django_env(
+        DJANGO_ENV="production",
+        DJANGO_SECRET_KEY="x7" * 30 + "kQ9",
+        DJANGO_ALLOWED_HOSTS="127.0.0.1",
+        STATIC_ROOT=tmp_path / "static",
+        STORAGE_BACKEND="local",
+    )
+    collected = subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"],
+                               cwd=REPO_ROOT, env=env, capture_output=True, text=True)  # fmt: skip
+    assert collected.returncode == 0, collected.stderr
+    site = Gunicorn(env)
+    cache = Varnish(site.port)
+    yield cache
+    cache.stop()
+    site.stop()
+
+
+def answer(url: str, headers: dict | None = None) -> tuple[int, dict]:
+    """Status and headers, without following redirects."""
+    opener = urllib.request.build_opener(NoRedirect)
+    try:
+        with opener.open(urllib.request.Request(url, headers=headers or {}), timeout=10) as response:
+            response.read()
+            return response.status, dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers)
+
+
+HTTPS = {"X-Forwarded-Proto": "https"}
+PUBLIC_PATHS = ["/models/index-tts/", "/api/v1/models/index-tts/versions/latest", "/fetch-model.sh", "/models/index-tts/v1/model.pt"]
+
+
+@pytest.mark.parametrize("path", PUBLIC_PATHS)
+def test_a_plain_http_request_never_redirects_https_users(production_site, path):
+    status, headers = answer(production_site.url + path)
+    assert status == 301 and headers["Location"] == f"https://{production_site.url.split('//')[1]}{path}"
+    assert answer(production_site.url + path)[1]["X-Cache"] == "MISS"  # the redirect was not stored
+    for _ in range(2):
+        status, headers = answer(production_site.url + path, HTTPS)
+        if path.endswith("model.pt"):  # the stable URL: to a signed link, not to itself over HTTPS
+            assert status == 302 and "/files/index-tts/v1/model.pt?expires=" in headers["Location"]
+        else:
+            assert status == 200
+
+
+def test_https_pages_are_still_cached_once_per_scheme(production_site):
+    page = production_site.url + "/models/index-tts/"
+    assert answer(page, HTTPS)[1]["X-Cache"] == "MISS"
+    assert answer(page, HTTPS)[1]["X-Cache"] == "HIT"
+    assert answer(page, {"X-Forwarded-Proto": "HTTPS "})[0] == 301  # anything but "https" is plain HTTP

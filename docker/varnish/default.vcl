@@ -5,6 +5,10 @@
 #   surrogate keys; stable-URL redirects are no-store and pass through.
 # - PURGE with an `xkey-purge: key1 key2` header drops every object tagged
 #   with one of the keys, and is accepted only from the `purgers` ACL.
+# - The scheme is part of the cache key (X-Forwarded-Proto from the TLS
+#   terminator in front, "https" or else "http"): the site's 301 from plain
+#   HTTP to HTTPS is never served to an HTTPS request. Redirects are stored
+#   only when the site gives them an explicit max-age.
 # - site.vcl (one per deployment, found on vcl_path) defines the backend
 #   `default` and the ACL `purgers`.
 vcl 4.1;
@@ -27,6 +31,10 @@ sub vcl_recv {
         }
         return (synth(200, "Purged " + req.http.n-gone + " objects"));
     }
+    # Two values only, so that nothing else can split or poison the cache key.
+    if (req.http.X-Forwarded-Proto != "https") {
+        set req.http.X-Forwarded-Proto = "http";
+    }
     if (req.method != "GET" && req.method != "HEAD") {
         return (pass);
     }
@@ -39,11 +47,22 @@ sub vcl_recv {
     return (hash);
 }
 
+sub vcl_hash {
+    # Then the builtin vcl_hash adds the URL and the Host.
+    hash_data(req.http.X-Forwarded-Proto);
+}
+
 sub vcl_backend_response {
     # The builtin logic follows Cache-Control (s-maxage first) and never stores
     # no-store, no-cache or private responses; only make sure nothing sets a
     # cookie into a shared object.
     if (beresp.http.Set-Cookie) {
+        set beresp.uncacheable = true;
+        return (deliver);
+    }
+    # Varnish would keep a redirect without Cache-Control for its default TTL (two minutes);
+    # the site's redirects (HTTP to HTTPS, trailing slashes) carry no max-age and must not be shared.
+    if (beresp.status >= 300 && beresp.status < 400 && beresp.http.Cache-Control !~ "max-age") {
         set beresp.uncacheable = true;
         return (deliver);
     }
