@@ -17,6 +17,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from common import free_port, manage, start_gunicorn, wait_for_http, wait_until  # noqa: E402
+from notes import bench_notes  # noqa: E402
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "200"))
 
@@ -452,6 +453,7 @@ def main() -> int:
             configure(data_dir, endpoint)
             publish_fixtures(data_dir)
             rows = bench_signing() + bench_latency() + bench_queries() + bench_purges() + bench_verify()
+            rows += bench_notes()
         rows += bench_client()
     finally:
         server.stop()

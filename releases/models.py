@@ -42,6 +42,13 @@ def validate_version_string(value: str) -> None:
         raise ValidationError(f"{value!r} is reserved and cannot be a version.", code="reserved_version")
 
 
+def validate_notes(value: str) -> None:
+    """Within RELEASE_NOTES_MAX_BYTES and renderable (see rendering.py)."""
+    from .rendering import render_markdown
+
+    render_markdown(value)
+
+
 def validate_relative_path(value: str, *, what: str = "path") -> None:
     """A relative POSIX path that cannot climb out of its folder."""
     problem = None
@@ -177,7 +184,10 @@ class Version(models.Model):
     sort_key = models.CharField(max_length=400, editable=False, db_index=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT, db_index=True)
     prerelease = models.BooleanField(default=False, help_text="Never chosen as latest.")
-    notes = models.TextField("release notes", blank=True, help_text="Markdown; rendered sanitised.")
+    notes = models.TextField(
+        "release notes", blank=True, validators=[validate_notes], help_text="Markdown; rendered sanitised."
+    )
+    notes_html = models.TextField(blank=True, editable=False)  # rendered from `notes` when they are written
     yanked_reason = models.TextField(blank=True)
     published_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)

@@ -30,6 +30,7 @@ from .models import (
     validate_relative_path,
     validate_version_string,
 )
+from .rendering import render_markdown
 from .storage import Progress, StorageError, guess_content_type, release_store, sha256_of_file
 
 logger = logging.getLogger(__name__)
@@ -66,12 +67,15 @@ def get_or_create_model(slug: str, *, name: str = "", summary: str = "") -> Mode
 def create_version(model: Model, version: str, *, notes: str = "", prerelease: bool = False) -> Version:
     with _as_release_error():
         validate_version_string(version)
+        notes_html = render_markdown(notes)
     existing = Version.objects.filter(model=model, version__iexact=version).first()
     if existing:
         raise ReleaseError(f"{model.slug} already has version {existing.version} ({existing.status}).")
     try:
         with transaction.atomic():
-            return Version.objects.create(model=model, version=version, notes=notes, prerelease=prerelease)
+            return Version.objects.create(
+                model=model, version=version, notes=notes, notes_html=notes_html, prerelease=prerelease
+            )
     except IntegrityError as error:
         raise ReleaseError(f"{model.slug} already has version {version}.") from error
 
@@ -447,13 +451,15 @@ def save_model_details(model: Model) -> Model:
 
 def update_version_details(version: Version, *, notes: str, prerelease: bool) -> Version:
     """Edit release notes (any time) and the prerelease flag (drafts only: it decides 'latest')."""
+    with _as_release_error():
+        notes_html = render_markdown(notes)
     with transaction.atomic():
         locked = _locked(version)
         if prerelease != locked.prerelease and not locked.is_draft:
             raise ReleaseError(f"{locked.model.slug} {locked.version} is {locked.status}; its prerelease flag is fixed.")
         changed = (locked.notes, locked.prerelease) != (notes, prerelease)
-        locked.notes, locked.prerelease = notes, prerelease
-        locked.save(update_fields=["notes", "prerelease", "updated_at"])
+        locked.notes, locked.notes_html, locked.prerelease = notes, notes_html, prerelease
+        locked.save(update_fields=["notes", "notes_html", "prerelease", "updated_at"])
         if changed and not locked.is_draft:
             outbox.record_change(locked.model.slug, locked.version)
     return locked

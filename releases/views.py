@@ -9,8 +9,6 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
-import markdown
-import nh3
 from django.conf import settings
 from django.http import FileResponse, HttpResponse, HttpResponseRedirect, JsonResponse, StreamingHttpResponse
 from django.shortcuts import render
@@ -99,7 +97,7 @@ def version_page(request, model, version):
         "requested": version,
         "rows": rows,
         "curl_commands": "".join(f"curl -fL --create-dirs -o {shlex.quote(row['path'])} {row['stable_url']}\n" for row in rows),
-        "notes_html": render_markdown(resolved.notes),
+        "notes_html": resolved.notes_html,  # rendered when the notes were written
         "links": links,
         "is_latest": version == selectors.LATEST or _is_latest(resolved),
         "total_size": sum(file.size for file in page.files),
@@ -129,26 +127,6 @@ def _file_rows(files: list[selectors.FileInfo], links: VersionLinks, base_url: s
 def _is_latest(version: Version) -> bool:
     latest = Version.objects.latest_for(version.model_id)
     return latest is not None and latest.pk == version.pk
-
-
-MARKDOWN_TAGS = {
-    "a", "abbr", "b", "blockquote", "br", "code", "dd", "del", "dl", "dt", "em", "h1", "h2", "h3", "h4", "h5",
-    "h6", "hr", "i", "img", "li", "ol", "p", "pre", "strong", "sub", "sup", "table", "tbody", "td", "th",
-    "thead", "tr", "ul",
-}  # fmt: skip
-
-
-@lru_cache(maxsize=512)
-def render_markdown(text: str) -> str:
-    """Release notes as HTML, sanitised: no scripts, no event handlers, no javascript: links."""
-    html = markdown.markdown(text, extensions=["fenced_code", "tables", "sane_lists"], output_format="html")
-    return nh3.clean(
-        html,
-        tags=MARKDOWN_TAGS,
-        attributes={"a": {"href", "title"}, "img": {"src", "alt", "title"}, "th": {"align"}, "td": {"align"}},
-        url_schemes={"http", "https", "mailto"},
-        link_rel="noopener noreferrer nofollow",
-    )
 
 
 # --- stable URLs -------------------------------------------------------------------

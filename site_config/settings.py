@@ -286,6 +286,9 @@ CDN_TIMEOUT = env_int("CDN_TIMEOUT", 30, minimum=1, maximum=3600)
 WARM_CONCURRENCY = env_int("WARM_CONCURRENCY", 4, minimum=1, maximum=64)
 WARM_MAX_BYTES = env_int("WARM_MAX_BYTES", 20 * 1024**3, minimum=0, maximum=10**15)
 
+# Release notes: at most this many bytes of Markdown (rendered once, when written).
+RELEASE_NOTES_MAX_BYTES = env_int("RELEASE_NOTES_MAX_BYTES", 262144, minimum=1024, maximum=16 * 1024 * 1024)
+
 # Uploads of at least this size use S3 multipart transfer (in parts of this size).
 RELEASE_MULTIPART_THRESHOLD = 64 * 1024 * 1024
 

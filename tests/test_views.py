@@ -5,7 +5,7 @@ from urllib.parse import urlsplit
 import pytest
 from django.urls import reverse
 
-from releases.views import render_markdown
+from releases.rendering import render_markdown
 
 from .factories import sha256
 from .conftest import WEIGHTS
