@@ -42,6 +42,20 @@ def cacheable(response, request, keys: list[str]):
     return response
 
 
+def cacheable_bytes(response, file, expires: int, now: int):
+    """File bytes behind a signed link. Published bytes never change, so caches may keep them until
+    the link expires, tagged with their version's key: withdrawing the version purges them. A draft's
+    bytes are for the staff member who asked, never stored."""
+    if file.version.is_draft:
+        patch_cache_control(response, private=True, no_store=True)
+        return response
+    patch_cache_control(response, public=True, max_age=max(expires - now, 0), immutable=True)
+    tag = version_key(file.version.model.slug, file.version.version)
+    response["xkey"] = tag
+    response["Surrogate-Key"] = tag
+    return response
+
+
 def uncacheable(response):
     """Redirects to signed links and error responses for clients: never stored."""
     patch_cache_control(response, no_store=True)
@@ -55,8 +69,9 @@ def stale_after_change(model_slug: str, version: str | None = None) -> dict[str,
     stale the index and everything of the model: its page, its `latest` pages
     and API responses, and every version page (they show which one is latest).
     A change to one version (yank, restore, withdraw, new notes) adds that
-    version's own pages. Paths are for CDNs that purge by path (CloudFront);
-    stable URLs are never cached (no-store) but are listed for completeness.
+    version's own pages and the bytes of its files served by the site. Paths are
+    for CDNs that purge by path (CloudFront); stable URLs are never cached
+    (no-store) but are listed for completeness.
     """
     stale = {
         index_key(): ["/", "/api/v1/models"],
@@ -67,5 +82,6 @@ def stale_after_change(model_slug: str, version: str | None = None) -> dict[str,
             f"/models/{model_slug}/{version}/*",
             f"/api/v1/models/{model_slug}/versions/{version}",
             f"/api/v1/models/{model_slug}/versions/{version}/*",
+            f"/files/{model_slug}/{version}/*",
         ]
     return stale

@@ -169,6 +169,8 @@ def delete_draft(version: Version) -> None:
             raise ReleaseError(f"{version.model.slug} {version.version} is {version.status}; only drafts can be deleted.")
         keys = list(version.files.filter(managed_object=True).values_list("key", flat=True))
         version.delete()
+        # Nothing public showed a draft, but whatever a cache kept of it under its key goes too.
+        outbox.record_change(version.model.slug, version.version)
     _delete_objects(keys)
 
 

@@ -204,7 +204,7 @@ def local_file(request, key):
         verify_local_link(local_file_path(key), request.GET.get("expires"), request.GET.get("signature"))
     except LinkRefused as error:
         return caching.uncacheable(HttpResponse(f"{error}\n", status=403, content_type="text/plain; charset=utf-8"))
-    file = File.objects.select_related("version").filter(key=key).first()
+    file = File.objects.select_related("version__model").filter(key=key).first()
     if file is None:
         return _plain_error(selectors.NotFound("This file no longer exists."))
     if file.version.status == Version.Status.WITHDRAWN:
@@ -254,9 +254,7 @@ def _ranged_file_response(request, handle, file: File):
     response["X-Artifact-SHA256"] = file.sha256
     if status == 206:
         response["Content-Range"] = f"bytes {start}-{end}/{size}"
-    expires = int(request.GET["expires"])
-    response["Cache-Control"] = f"public, max-age={max(expires - int(time.time()), 0)}, immutable"
-    return response
+    return caching.cacheable_bytes(response, file, int(request.GET["expires"]), int(time.time()))
 
 
 def _limited(handle, length: int, chunk_size: int = 1024 * 1024):

@@ -223,3 +223,33 @@ def test_https_pages_are_still_cached_once_per_scheme(production_site):
     assert answer(page, HTTPS)[1]["X-Cache"] == "MISS"
     assert answer(page, HTTPS)[1]["X-Cache"] == "HIT"
     assert answer(page, {"X-Forwarded-Proto": "HTTPS "})[0] == 301  # anything but "https" is plain HTTP
+
+
+def test_withdrawing_purges_the_bytes_varnish_kept(settings, varnish, publish):
+    from releases import services
+
+    settings.CDN_BACKEND, settings.CDN_PURGE_URL = "varnish", varnish.url
+    version = publish("index-tts", "v1", {"model.pt": b"one"})
+    link = json.loads(get(f"{varnish.url}/api/v1/models/index-tts/versions/v1")[2])["files"][0]["url"]
+    assert link.startswith(f"{varnish.url}/files/index-tts/v1/model.pt?")
+    assert get(link)[1]["X-Cache"] == "MISS"
+    status, headers, body = get(link)
+    assert (status, headers["X-Cache"], body) == (200, "HIT", b"one")
+
+    services.withdraw_version(version)  # purged right after commit (tasks run in-process here)
+
+    status, headers = answer(link)
+    assert (status, headers["X-Cache"]) == (410, "MISS")
+
+
+def test_a_drafts_bytes_are_never_stored(settings, varnish, publish):
+    from releases.models import File
+    from releases.signing import signer
+
+    publish("index-tts", "v1", {"model.pt": b"draft bytes"}, draft=True)
+    file = File.objects.get()
+    link = signer().link(file.key, file.name, base_url=varnish.url).url
+    for _ in range(2):
+        status, headers, body = get(link)
+        assert (status, headers["X-Cache"], body) == (200, "MISS", b"draft bytes")
+        assert "no-store" in headers["Cache-Control"] and "private" in headers["Cache-Control"]
