@@ -26,6 +26,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -155,16 +156,22 @@ def local_signature(path: str, expires: int) -> str:
     return salted_hmac(LocalSigner.salt, f"{path}\n{expires}", algorithm="sha256").hexdigest()
 
 
+_CANONICAL_EXPIRES = re.compile(r"[1-9][0-9]{0,11}", re.ASCII)
+
+
 class LinkRefused(Exception):
     """A local link that was tampered with or has expired; str() says which."""
 
 
 def verify_local_link(path: str, expires: str, signature: str, *, now: float | None = None) -> None:
-    """Raise LinkRefused unless `signature` is ours for `path` and `expires` lies in the future."""
-    try:
-        expires_at = int(expires)
-    except (TypeError, ValueError):
-        raise LinkRefused("This download link is malformed; ask the stable URL for a fresh one.") from None
+    """Raise LinkRefused unless `signature` is ours for `path` and `expires` lies in the future.
+
+    `expires` has one spelling only, the one we sign (ASCII digits, no sign, no leading zero):
+    int() would also take "+123", " 123 ", "1_2" or full-width digits, several URLs for one link.
+    """
+    if not isinstance(expires, str) or not _CANONICAL_EXPIRES.fullmatch(expires):
+        raise LinkRefused("This download link is malformed; ask the stable URL for a fresh one.")
+    expires_at = int(expires)
     if not constant_time_compare(local_signature(path, expires_at), signature or ""):
         raise LinkRefused("This download link's signature does not match; ask the stable URL for a fresh one.")
     if (time.time() if now is None else now) >= expires_at:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import time
 from functools import lru_cache
@@ -17,7 +16,7 @@ from django.utils.crypto import constant_time_compare
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
-from . import caching, health, observability, selectors
+from . import caching, health, http_ranges, observability, selectors
 from .links import VersionLinks, download_base, site_url
 from .models import File, Version
 from .signing import LinkRefused, content_disposition, local_file_path, signer, verify_local_link
@@ -194,9 +193,6 @@ def fetch_model_script(request):
 
 # --- the local backend's file server ------------------------------------------------
 
-_RANGE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$")
-
-
 @require_safe
 def local_file(request, key):
     """Serve an object of the local backend to the holder of a valid signed link, with Range support."""
@@ -221,24 +217,18 @@ def local_file(request, key):
 
 def _ranged_file_response(request, handle, file: File):
     size = os.fstat(handle.fileno()).st_size
-    start, end = 0, size - 1
-    status = 200
-    match = _RANGE.match(request.headers.get("Range", "").strip())
-    if match and (match.group(1) or match.group(2)):
-        first, last = match.groups()
-        if first:
-            start, end = int(first), min(int(last), size - 1) if last else size - 1
-        else:  # a suffix: the last N bytes
-            start, end = max(size - int(last), 0), size - 1
-        if start > end and first and last:  # an invalid range is ignored (RFC 9110): the whole file
-            start, end = 0, size - 1
-        elif start >= size:
-            handle.close()
-            response = HttpResponse(status=416)
-            response["Content-Range"] = f"bytes */{size}"
-            return response
-        else:
-            status = 206
+    etag = f'"{file.sha256}"'
+    try:
+        wanted = http_ranges.requested_range(
+            request.method, request.headers.get("Range", ""), request.headers.get("If-Range", ""), etag, size
+        )
+    except http_ranges.Unsatisfiable:
+        handle.close()
+        response = HttpResponse(status=416)
+        response["Content-Range"] = f"bytes */{size}"
+        return caching.uncacheable(response)
+    status = 206 if wanted else 200
+    start, end = (wanted.start, wanted.end) if wanted else (0, size - 1)
     handle.seek(start)
     length = end - start + 1
     if end == size - 1:
@@ -250,7 +240,7 @@ def _ranged_file_response(request, handle, file: File):
     response["Content-Length"] = str(length)
     response["Accept-Ranges"] = "bytes"
     response["Content-Disposition"] = content_disposition(file.name)
-    response["ETag"] = f'"{file.sha256}"'
+    response["ETag"] = etag
     response["X-Artifact-SHA256"] = file.sha256
     if status == 206:
         response["Content-Range"] = f"bytes {start}-{end}/{size}"

@@ -1,6 +1,6 @@
 """Public pages, stable URLs and the local file server, through Django's test client."""
 
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 from django.urls import reverse
@@ -114,6 +114,26 @@ def test_range_requests_resume_downloads(client, catalogue):
     assert reversed_range.status_code == 200 and int(reversed_range["Content-Length"]) == len(content)
     absurd = client.get(link, HTTP_RANGE="bytes=" + "9" * 5000 + "-")
     assert absurd.status_code == 200
+
+
+def test_a_range_past_the_end_is_416_and_a_stale_if_range_gets_the_whole_file(client, catalogue):
+    link, content = signed_link(client), WEIGHTS["model.pt"] + b"v9"
+    past = client.get(link, HTTP_RANGE=f"bytes={len(content)}-{len(content) + 100}")
+    assert (past.status_code, past["Content-Range"]) == (416, f"bytes */{len(content)}")
+    current = client.get(link, HTTP_RANGE="bytes=0-9", HTTP_IF_RANGE=f'"{sha256(content)}"')
+    assert current.status_code == 206 and b"".join(current.streaming_content) == content[:10]
+    stale = client.get(link, HTTP_RANGE="bytes=0-9", HTTP_IF_RANGE='"' + "0" * 64 + '"')
+    assert stale.status_code == 200 and b"".join(stale.streaming_content) == content
+
+
+@pytest.mark.parametrize("spelling", ["+{}", " {} ", "0{}", "{}.0", "\uff11{}"], ids=["plus", "spaces", "leading zero", "decimal", "full-width"])
+def test_expires_has_one_spelling(client, catalogue, spelling):
+    link = signed_link(client)
+    expires = parse_qs(urlsplit(link).query)["expires"][0]
+    other = link.replace(f"expires={expires}", "expires=" + quote(spelling.format(expires)))
+    response = client.get(other)
+    assert response.status_code == 403 and b"malformed" in response.content
+    assert client.get(link).status_code == 200
 
 
 def test_tampered_and_expired_local_links_are_refused(client, catalogue, settings):
