@@ -166,32 +166,63 @@ def test_an_expired_link_is_replaced_by_a_fresh_one(site, tmp_path, monkeypatch)
     assert tree(tmp_path / "v2") == FILES
 
 
-@pytest.mark.parametrize(
-    "body, content_type, message",
-    [
-        (b"<!doctype html><title>Sign in to the Wi-Fi</title>", "text/html", "the server sent an HTML page instead of the file"),
-        (b"", "application/octet-stream", "the server sent an empty body"),
-        (b"truncated", "application/octet-stream", "got 9 bytes, the site publishes"),
-    ],
-)
-def test_bodies_that_are_not_the_file_are_refused(site, tmp_path, monkeypatch, body, content_type, message):
+WRONG_BODIES = {
+    "captive portal": (b"<!doctype html><title>Sign in to the Wi-Fi</title>", "text/html", "the server sent an HTML page instead of the file"),
+    "empty": (b"", "application/octet-stream", "the server sent an empty body"),
+    "short": (b"truncated", "application/octet-stream", "got 9 bytes, the site publishes"),
+    "long": (b"x" * (len(FILES["config.yaml"]) + 1), "application/octet-stream", "got 20 bytes, the site publishes 19"),
+    "other bytes": (b"y" * len(FILES["config.yaml"]), "application/octet-stream", "SHA-256 mismatch (got "),
+}
+
+
+@pytest.fixture
+def wrong_body(monkeypatch):
+    """The file server answers config.yaml with `body` for the first `times` requests, then rightly."""
     from django.http import HttpResponse
 
-    monkeypatch.setattr(views, "_ranged_file_response", lambda request, handle, file: HttpResponse(body, content_type=content_type))
-    result = run_client(site, "sh", "index-tts", "v2", tmp_path / "v2", env={"FETCH_MODEL_RETRIES": "1"})
-    assert result.returncode == 5
-    assert message in result.stderr
-    landed = {p.name for p in (tmp_path / "v2").rglob("*") if p.is_file() and not p.name.startswith(".")}
-    assert landed <= {"empty.txt"}  # (needs no download) and nothing that came from the bad server
+    real, state = views._ranged_file_response, {"body": None, "times": 0, "served": 0}
+
+    def sometimes_wrong(request, handle, file):
+        if file.path == "config.yaml" and state["served"] < state["times"]:
+            state["served"] += 1
+            handle.close()
+            body, content_type, _ = state["body"]
+            return HttpResponse(body, content_type=content_type)
+        return real(request, handle, file)
+
+    monkeypatch.setattr(views, "_ranged_file_response", sometimes_wrong)
+    return state
+
+
+@pytest.mark.parametrize("kind", WRONG_BODIES)
+def test_a_wrong_body_once_is_retried_with_a_fresh_link(site, tmp_path, wrong_body, kind):
+    wrong_body.update(body=WRONG_BODIES[kind], times=1)
+    result = run_client(site, "dash", "index-tts", "v2", tmp_path / "v2")
+    assert result.returncode == 0, result.stderr
+    assert f"config.yaml: {WRONG_BODIES[kind][2]}" in result.stderr and "asking the stable URL for a fresh link" in result.stderr
+    assert tree(tmp_path / "v2") == FILES and wrong_body["served"] == 1
+
+
+@pytest.mark.parametrize("kind", WRONG_BODIES)
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_wrong_body_every_time_exits_5_after_the_retries_and_keeps_nothing(site, tmp_path, wrong_body, shell, kind):
+    wrong_body.update(body=WRONG_BODIES[kind], times=10**6)
+    result = run_client(site, shell, "index-tts", "v2", tmp_path / "v2", env={"FETCH_MODEL_RETRIES": "3"})
+    assert result.returncode == 5, result.stderr
+    assert wrong_body["served"] == 3  # bounded: exactly FETCH_MODEL_RETRIES tries
+    assert "config.yaml: giving up after 3 tries" in result.stderr
+    landed = tree(tmp_path / "v2")
+    assert "config.yaml" not in landed and ".config.yaml.part" not in landed
+    assert landed["model.pt"] == FILES["model.pt"]  # the other files are fine
 
 
 def test_an_object_corrupted_in_storage_fails_and_leaves_nothing(site, tmp_path, local_store):
     import io
 
     local_store.upload("index-tts/v2/model.pt", io.BytesIO(os.urandom(len(FILES["model.pt"]))), content_type="application/octet-stream")
-    result = run_client(site, "sh", "index-tts", "v2", tmp_path / "v2")
+    result = run_client(site, "sh", "index-tts", "v2", tmp_path / "v2", env={"FETCH_MODEL_RETRIES": "2"})
     assert result.returncode == 5
-    assert "model.pt: SHA-256 mismatch" in result.stderr and "downloading again from zero" in result.stderr
+    assert "model.pt: SHA-256 mismatch" in result.stderr and "model.pt: giving up after 2 tries" in result.stderr
     assert "model.pt: FAILED" in result.stderr
     assert not (tmp_path / "v2" / "model.pt").exists() and not (tmp_path / "v2" / ".model.pt.part").exists()
     assert (tmp_path / "v2" / "config.yaml").read_bytes() == FILES["config.yaml"]  # the others are fine

@@ -11,21 +11,21 @@
 #   - downloads through the file's stable URL (which answers with a freshly signed
 #     link) into DEST_DIR/<dir>/.<name>.part, resuming after an interruption and
 #     asking the stable URL again for a fresh link when one has expired (403);
-#   - refuses a body that is not the file (an HTML page, an empty body, a size
-#     other than the published one);
-#   - checks the SHA-256, then moves the file into place atomically. On a mismatch
-#     it starts that file again once from zero, then gives up. A partial or wrong
-#     file never appears at DEST_DIR/<path>.
+#   - throws away a body that is not the file (an HTML page, an empty body, a size
+#     or SHA-256 other than the published one) and tries again with a fresh link,
+#     like after a network failure;
+#   - moves the verified file into place atomically. A partial or wrong file never
+#     appears at DEST_DIR/<path>.
 # Two runs on the same DEST_DIR take turns (a lock directory in DEST_DIR).
 #
 # Needs: sh, curl, and sha256sum (or shasum -a 256); uses openssl for hashing when present.
 # Environment: MODEL_SITE overrides the site address; FETCH_MODEL_RETRIES (default 5)
-# is the number of attempts per file; FETCH_MODEL_CURL_OPTS adds options to every
+# is the number of attempts per file without progress (failures and wrong bodies alike); FETCH_MODEL_CURL_OPTS adds options to every
 # download (e.g. "--limit-rate 10M").
 #
 # Exit codes: 0 done; 1 usage; 2 a required tool is missing; 3 unknown model or
 # version (404), or withdrawn (410); 4 the site or a download failed after every
-# retry; 5 a download is not the published file (checksum, size or content);
+# retry; 5 every try of a file gave something other than the published file;
 # 6 DEST_DIR cannot be written or locked.
 
 set -u
@@ -103,11 +103,37 @@ last_content_type() {
     END { print type }'
 }
 
-# download PATH SHA PART: fetch into PART; sets GOT_SHA when it hashed on the way.
-# Returns 0, 4 (network, after every retry) or 5 (not the file).
+# What is wrong with the complete body in PART, or nothing: an HTML page, an empty body, a size
+# other than the published one, a SHA-256 other than the expected one.
+wrong_body() {
+  path=$1 expected=$2 part=$3
+  case $(last_content_type) in
+    text/html*)
+      case $path in *.html|*.htm) ;; *) echo "the server sent an HTML page instead of the file"; return ;; esac ;;
+  esac
+  have=0
+  [ -f "$part" ] && have=$(size_of "$part")
+  if [ "$have" -eq 0 ] && [ "${size:-1}" != 0 ]; then
+    echo "the server sent an empty body"
+    return
+  fi
+  if [ -n "$size" ] && [ "$have" -ne "$size" ]; then
+    echo "got $have bytes, the site publishes $size"
+    return
+  fi
+  # Trust the hash taken on the way only when the size is known to match.
+  actual=''
+  [ -n "$size" ] && actual=$(cut -d ' ' -f 1 "$TMP/sum")
+  [ -n "$actual" ] || actual=$(sha256_stdin <"$part")
+  [ "$actual" = "$expected" ] || echo "SHA-256 mismatch (got $actual, expected $expected)"
+}
+
+# download PATH SHA PART: fetch into PART until it holds the published file, verified.
+# A wrong body (a captive portal's page, a proxy's empty answer, other bytes) is thrown away
+# and the stable URL asked again for a fresh link, like a network failure.
+# Returns 0, 4 (network, after every retry) or 5 (never the published file).
 download() {
   path=$1 expected=$2 part=$3
-  GOT_SHA=''
   stable="$SITE/models/$(urlencode "$MODEL")/$(urlencode "$RESOLVED")/$(urlencode "$path")"
   fetch -sS -I "$stable" 2>/dev/null | tr -d '\r' >"$TMP/head" || true
   size=$(sed -n 's/^[Xx]-[Aa]rtifact-[Ss]ize: *//p' "$TMP/head" | tail -n 1)
@@ -117,6 +143,7 @@ download() {
     return 5
   fi
   tries=1
+  failure=4
   while :; do
     have=0
     [ -f "$part" ] && have=$(size_of "$part")
@@ -124,50 +151,37 @@ download() {
       rm -f "$part"
       have=0
     fi
-    if [ -n "$size" ] && [ "$have" -eq "$size" ]; then
-      [ -f "$part" ] || : >"$part"  # an empty file is complete before it starts
-      return 0
-    fi
-    [ "$have" -gt 0 ] && say "$path: resuming at $have bytes"
     before=$have
-    fetch_to "$stable" "$part"
+    if [ -n "$size" ] && [ "$have" -eq "$size" ]; then
+      [ -f "$part" ] || : >"$part"  # complete already (an empty file before it starts): check it
+      : >"$TMP/sum"
+      : >"$TMP/got"
+      : >"$TMP/error"
+      CODE=0
+    else
+      [ "$have" -gt 0 ] && say "$path: resuming at $have bytes"
+      fetch_to "$stable" "$part"
+    fi
     why=$(tail -n 1 "$TMP/error")
     why=${why:-curl exit $CODE}
     case $CODE in
       0)
-        case $(last_content_type) in
-          text/html*)
-            case $path in *.html|*.htm) ;; *)
-              rm -f "$part"
-              say "$path: the server sent an HTML page instead of the file"
-              return 5 ;;
-            esac ;;
-        esac
-        have=0
-        [ -f "$part" ] && have=$(size_of "$part")
-        if [ "$have" -eq 0 ] && [ "${size:-1}" != 0 ]; then
-          rm -f "$part"
-          say "$path: the server sent an empty body"
-          return 5
-        fi
-        if [ -n "$size" ] && [ "$have" -ne "$size" ]; then
-          rm -f "$part"
-          say "$path: got $have bytes, the site publishes $size"
-          return 5
-        fi
-        # Trust the hash taken on the way only when the size is known to match.
-        [ -n "$size" ] && GOT_SHA=$(cut -d ' ' -f 1 "$TMP/sum")
-        return 0 ;;
+        problem=$(wrong_body "$path" "$expected" "$part")
+        [ -z "$problem" ] && return 0
+        rm -f "$part"
+        before=0
+        failure=5
+        say "$path: $problem; asking the stable URL for a fresh link" ;;
       33|36) rm -f "$part" ;;  # the server cannot resume: start again from zero
-      22) say "$path: $why; asking the stable URL for a fresh link" ;;
-      *) say "$path: $why" ;;
+      22) failure=4; say "$path: $why; asking the stable URL for a fresh link" ;;
+      *) failure=4; say "$path: $why" ;;
     esac
     now=0
     [ -f "$part" ] && now=$(size_of "$part")
     if [ "$now" -gt "$before" ]; then
       tries=1  # it made progress: a flaky link gets its retries afresh
     else
-      [ "$tries" -ge "$RETRIES" ] && { say "$path: giving up after $tries tries"; return 4; }
+      [ "$tries" -ge "$RETRIES" ] && { say "$path: giving up after $tries tries"; return "$failure"; }
       sleep "$tries"
       tries=$((tries + 1))
     fi
@@ -276,30 +290,13 @@ main() {
     fi
     mkdir -p "$dir" 2>/dev/null || die 6 "cannot create $dir"
     rm -f "$target"  # present but wrong: never leave it there
-    verified=0
-    for round in 1 2; do
-      download "$path" "$expected" "$part"
-      status=$?
-      [ "$status" -eq 0 ] || break
-      actual=${GOT_SHA:-$(sha256_stdin <"$part")}
-      if [ "$actual" = "$expected" ]; then
-        verified=1
-        break
-      fi
-      rm -f "$part"
-      if [ "$round" -eq 1 ]; then
-        say "$path: SHA-256 mismatch (got $actual); downloading again from zero"
-      else
-        say "$path: SHA-256 mismatch again (got $actual, expected $expected)"
-        status=5
-      fi
-    done
-    if [ "$verified" -eq 1 ]; then
+    if download "$path" "$expected" "$part"; then
       mv -f "$part" "$target" || die 6 "cannot move $path into place"
       downloaded=$((downloaded + 1))
       say "$path: downloaded, SHA-256 verified"
     else
-      failed=$status
+      failed=$?
+      rm -f "$part"  # never keep bytes that are not the file
       say "$path: FAILED"
     fi
   done <"$TMP/sums"
