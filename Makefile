@@ -13,7 +13,7 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 PYTEST_ARGS ?=
 RUN_ADDR ?= 127.0.0.1:8000
 
-.PHONY: run test bench load venv services freeze clean
+.PHONY: run test bench load venv localstack services freeze clean
 
 $(STAMP): $(REQUIREMENTS)
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +37,12 @@ run: venv
 services:
 	scripts/ensure-services.sh
 
-test: venv services
+# LocalStack's S3 (it checks signatures; moto does not), in a virtualenv of its own:
+# built from requirements/localstack.txt, rebuilt when that file changes (about 80 s).
+localstack: venv
+	$(BIN)/python -c 'from tests.localstack import ensure_venv; ensure_venv("$(CURDIR)/.venv-localstack")'
+
+test: venv localstack services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) DATA_DIR=$(CURDIR)/var/test \
 		$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -55,4 +60,4 @@ freeze: venv
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^pip==' > requirements/constraints.txt
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) .venv-localstack var .pytest_cache

@@ -32,6 +32,25 @@ def moto_endpoint():
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def localstack_endpoint(tmp_path_factory):
+    """LocalStack's S3, which checks signatures and expiry (moto checks neither), for the session.
+
+    Its virtualenv is built by `make localstack` (part of `make test`); here only if missing.
+    """
+    from . import localstack
+    from .servers import free_port
+
+    python = localstack.ensure_venv(REPO_ROOT / ".venv-localstack")
+    port = free_port()
+    process = localstack.start(python, port, tmp_path_factory.mktemp("localstack"))
+    try:
+        localstack.wait_ready(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        localstack.stop(process)
+
+
 @pytest.fixture(autouse=True)
 def local_store(settings, tmp_path):
     """Release objects go to a folder of this test's own."""
