@@ -164,9 +164,9 @@ class YankForm(forms.Form):
 
 # Admin transitions: name -> (label, service, form asking for extra input or None).
 TRANSITIONS = {
-    "publish": ("Publish", lambda version, data: services.publish_version(version), None),
-    "yank": ("Yank", lambda version, data: services.yank_version(version, data["reason"]), YankForm),
-    "withdraw": ("Withdraw", lambda version, data: services.withdraw_version(version), None),
+    "publish": ("Publish", lambda version, data: services.change_status(version, "publish"), None),
+    "yank": ("Yank", lambda version, data: services.change_status(version, "yank", reason=data["reason"]), YankForm),
+    "withdraw": ("Withdraw", lambda version, data: services.change_status(version, "withdraw"), None),
     "delete_draft": ("Delete draft", lambda version, data: services.delete_draft(version), None),
 }
 TRANSITION_HELP = {

@@ -24,6 +24,7 @@ from .models import (
     File,
     Model,
     Version,
+    canonical_path,
     default_object_key,
     validate_model_slug,
     validate_object_key,
@@ -108,6 +109,28 @@ def publish_version(version: Version) -> Version:
             outbox.record_warming(version)
     logger.info("published %s %s", version.model.slug, version.version)
     return version
+
+
+STATUS_ACTIONS = ("publish", "yank", "unyank", "withdraw")
+
+
+def change_status(version: Version, action: str, *, reason: str = "") -> Version:
+    """The status changes maintainers ask for by name (admin and release_status alike).
+
+    publish: a draft (or a yanked version) becomes published; unyank: only a yanked one;
+    yank needs a reason; withdraw is for good.
+    """
+    if action == "publish":
+        return publish_version(version)
+    if action == "unyank":
+        if version.status != Version.Status.YANKED:
+            raise ReleaseError(f"{version.model.slug} {version.version} is {version.status}, not yanked.")
+        return publish_version(version)
+    if action == "yank":
+        return yank_version(version, reason)
+    if action == "withdraw":
+        return withdraw_version(version)
+    raise ReleaseError(f"Unknown status change {action!r}; use one of {', '.join(STATUS_ACTIONS)}.")
 
 
 def _check_files_ready(version: Version) -> None:
@@ -246,6 +269,7 @@ def add_file(
     progress: Progress | None = None,
 ) -> File:
     """Upload ``fileobj`` as ``path`` of a draft version, recording its size and SHA-256."""
+    path = canonical_path(path)
     content_type = content_type or guess_content_type(path)
     with _removing_uploads_on_failure() as uploaded, transaction.atomic():
         version = _locked_draft(version)
@@ -259,6 +283,7 @@ def add_file(
 
 def register_object(version: Version, path: str, key: str | None = None) -> File:
     """Attach an object already in storage; size and checksum come from storage."""
+    path = canonical_path(path)
     with transaction.atomic():
         version = _locked_draft(version)
         key = key or default_object_key(version.model.slug, version.version, path)
@@ -342,6 +367,7 @@ def release_local_files(
     row while uploading, so a concurrent run waits or is refused instead of
     overwriting, and a refusal leaves no version, file or uploaded object.
     """
+    files = [LocalFile(canonical_path(item.path), item.source) for item in files]
     with _as_release_error():
         validate_model_slug(model_slug)
         validate_version_string(version_string)
@@ -386,8 +412,11 @@ def _check_local_files(files: list[LocalFile]) -> None:
     for item in files:
         if not item.source.is_file():
             raise ReleaseError(f"{item.source}: no such file.")
-        if item.path in seen:
-            raise ReleaseError(f"{item.source} and {seen[item.path]} would both be published as {item.path}.")
+        if item.path in seen:  # paths are NFC already: names that differ only in normalisation meet here
+            raise ReleaseError(
+                f"{seen[item.path]} and {item.source} would both be published as {item.path} "
+                "(the same name once Unicode is normalised)."
+            )
         seen[item.path] = item.source
 
 
