@@ -33,16 +33,32 @@ def healthz(request):
 @never_cache
 @require_safe
 def readyz(request):
-    """Readiness: the database, the broker and the object store answer; 503 naming what does not."""
+    """Readiness: the database, the broker, the object store answer and links can be signed.
+
+    503 when one does not. Anyone learns which components fail; what failed and where
+    (hosts, ports, paths) only the holder of METRICS_TOKEN does.
+    """
     checks = {name: _probe(check) for name, check in health.CHECKS.items()}
-    down = {name: problem for name, problem in checks.items() if problem != "ok"}
-    body = {"status": "unavailable" if down else "ok", "checks": checks}
     warnings = {name: warning for name, check in health.WARNINGS.items() if (warning := _probe(check)) != "ok"}
-    if warnings:
-        body["warnings"] = warnings
+    down = {name: problem for name, problem in checks.items() if problem != "ok"}
+    body = {"status": "unavailable" if down else "ok"}
     if down:
-        body["detail"] = "; ".join(f"{name}: {problem}" for name, problem in down.items())
+        body["failing"] = sorted(down)
+    if warnings:
+        body["warnings"] = sorted(warnings)
+    if _has_metrics_token(request):
+        body["checks"] = checks
+        if warnings:
+            body["warning_details"] = warnings
+        if down:
+            body["detail"] = "; ".join(f"{name}: {problem}" for name, problem in down.items())
     return JsonResponse(body, status=503 if down else 200)
+
+
+def _has_metrics_token(request) -> bool:
+    token = settings.METRICS_TOKEN
+    offered = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    return bool(token) and constant_time_compare(offered, token)
 
 
 def _probe(check) -> str:
@@ -158,11 +174,9 @@ def download(request, model, version, path):
 @require_safe
 def metrics(request):
     """Prometheus text format, for the holder of METRICS_TOKEN only (and invisible without one)."""
-    token = settings.METRICS_TOKEN
-    if not token:
+    if not settings.METRICS_TOKEN:
         return HttpResponse(status=404)
-    offered = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if not constant_time_compare(offered, token):
+    if not _has_metrics_token(request):
         response = HttpResponse("A valid bearer token is required.\n", status=401, content_type="text/plain")
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response

@@ -15,10 +15,19 @@ def test_healthz_does_no_io(client, django_assert_num_queries):
     assert response.status_code == 200 and response.json() == {"status": "ok"}
 
 
-def test_readyz_when_everything_answers(client, s3_store):
+TOKEN = {"HTTP_AUTHORIZATION": "Bearer t0ken"}
+
+
+@pytest.fixture
+def metrics_token(settings):
+    settings.METRICS_TOKEN = "t0ken"
+
+
+def test_readyz_when_everything_answers(client, s3_store, metrics_token):
     response = client.get("/readyz")
-    assert response.status_code == 200
-    assert response.json() == {"status": "ok", "checks": {"database": "ok", "broker": "ok", "storage": "ok", "signing": "ok"}}
+    assert response.status_code == 200 and response.json() == {"status": "ok"}
+    detailed = client.get("/readyz", **TOKEN).json()
+    assert detailed == {"status": "ok", "checks": {"database": "ok", "broker": "ok", "storage": "ok", "signing": "ok"}}
 
 
 def dead_s3(settings):
@@ -32,18 +41,23 @@ def dead_s3(settings):
     settings.STORAGES = {**settings.STORAGES, "releases": {**settings.STORAGES["releases"], "OPTIONS": options}}
 
 
-def test_readyz_names_storage_when_it_is_down(client, settings, s3_store):
+def test_readyz_names_storage_when_it_is_down(client, settings, s3_store, metrics_token):
     dead_s3(settings)
     response = client.get("/readyz")
     assert response.status_code == 503
-    body = response.json()
-    assert body["status"] == "unavailable" and body["checks"]["database"] == "ok"
-    assert body["detail"].startswith("storage: Could not reach bucket")
+    assert response.json() == {"status": "unavailable", "failing": ["storage"]}  # no host, port or path
+    body = client.get("/readyz", **TOKEN).json()
+    assert body["checks"]["database"] == "ok" and body["detail"].startswith("storage: Could not reach bucket")
 
 
-def test_readyz_names_the_broker_when_it_is_down(client, settings):
+def test_readyz_names_the_broker_when_it_is_down(client, settings, metrics_token):
     settings.REDIS_URL = f"redis://:secret@127.0.0.1:{free_port()}/0"
-    body = client.get("/readyz").json()
+    anonymous = client.get("/readyz")
+    assert anonymous.json() == {"status": "unavailable", "failing": ["broker"]}
+    assert "127.0.0.1" not in anonymous.content.decode()
+    body = client.get("/readyz", HTTP_AUTHORIZATION="Bearer wrong").json()
+    assert "detail" not in body
+    body = client.get("/readyz", **TOKEN).json()
     assert body["detail"].startswith("broker: Redis at redis://***@127.0.0.1:") and "secret" not in body["detail"]
 
 
@@ -84,8 +98,10 @@ def test_links_that_cannot_be_signed_are_a_503_that_says_so(client, settings, s3
     api = client.get("/api/v1/models/index-tts/versions/v1")
     assert api.status_code == 503 and api.json() == {"detail": "Download links cannot be signed right now; try again in a minute."}
     assert client.get("/models/index-tts/v1/").status_code == 503
-    ready = client.get("/readyz")
-    assert ready.status_code == 503 and ready.json()["checks"]["signing"].startswith("no valid AWS credentials (No AWS credentials found")
+    settings.METRICS_TOKEN = "t0ken"
+    ready = client.get("/readyz", **TOKEN)
+    assert ready.status_code == 503 and "signing" in ready.json()["failing"]  # (storage too: same credentials)
+    assert ready.json()["checks"]["signing"].startswith("no valid AWS credentials (No AWS credentials found")
 
 
 def test_metrics_show_the_signing_credentials(client, settings, s3_store):
@@ -98,11 +114,12 @@ def test_metrics_show_the_signing_credentials(client, settings, s3_store):
     assert "model_releases_signing_credentials_refresh_failures 0" in text
 
 
-def test_readyz_warns_while_links_would_end_before_the_ttl(client, settings, s3_store):
+def test_readyz_warns_while_links_would_end_before_the_ttl(client, settings, s3_store, metrics_token):
     from releases import aws, signing
 
     near_rotation = aws.CredentialKeeper(lambda: aws.CredentialSet("ASIA1", "s", "t", expires_at=time.time() + 300), 600)
     signing._signer = signing.S3Signer(600, s3_store.signing_location(), near_rotation)
     body = client.get("/readyz")
-    assert body.status_code == 200
-    assert body.json()["warnings"]["signing"].startswith("the AWS credentials expire in 29")
+    assert body.status_code == 200 and body.json() == {"status": "ok", "warnings": ["signing"]}
+    detail = client.get("/readyz", **TOKEN).json()["warning_details"]["signing"]
+    assert detail.startswith("the AWS credentials expire in 29")
