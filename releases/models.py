@@ -5,6 +5,7 @@ Querysets own the two rules everybody else uses: what is *public* and what is
 """
 
 import re
+import unicodedata
 
 from django.core.exceptions import ValidationError
 from django.db import models
@@ -47,6 +48,11 @@ def validate_notes(value: str) -> None:
     from .rendering import render_markdown
 
     render_markdown(value)
+
+
+def canonical_path(value: str) -> str:
+    """Paths are stored in Unicode NFC: "café.bin" typed on macOS (NFD) and on Linux (NFC) is one path."""
+    return unicodedata.normalize("NFC", value)
 
 
 def validate_relative_path(value: str, *, what: str = "path") -> None:
@@ -107,7 +113,7 @@ class ModelQuerySet(models.QuerySet):
         return self.filter(versions__status__in=Version.Status.listed()).distinct()
 
     def visible_to(self, user):
-        return self if user_is_staff(user) else self.public()
+        return self if user_sees_drafts(user) else self.public()
 
 
 class Model(models.Model):
@@ -138,7 +144,7 @@ class VersionQuerySet(models.QuerySet):
         return self.filter(status__in=Version.Status.listed())
 
     def visible_to(self, user):
-        return self if user_is_staff(user) else self.listed()
+        return self if user_sees_drafts(user) else self.listed()
 
     def downloadable(self):
         """Versions whose files may be signed: published or yanked."""
@@ -389,5 +395,12 @@ class OutboxEntry(models.Model):
         return f"{self.kind} {self.key} ({self.state})"
 
 
-def user_is_staff(user) -> bool:
-    return bool(user is not None and getattr(user, "is_active", False) and getattr(user, "is_staff", False))
+def user_sees_drafts(user) -> bool:
+    """Drafts are for maintainers who may view versions in the admin (view_version): a staff flag
+    alone shows nothing more than the public sees."""
+    return bool(
+        user is not None
+        and getattr(user, "is_active", False)
+        and getattr(user, "is_staff", False)
+        and user.has_perm("releases.view_version")
+    )

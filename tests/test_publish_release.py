@@ -1,5 +1,6 @@
 """publish_release, in-process on both backends and as a real subprocess for exit codes and stderr."""
 
+from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -124,3 +125,36 @@ def test_s3_backend_configured_from_the_environment(manage, release_dir, moto_en
     assert File.objects.get(path="model.pt").sha256 == sha256(b"weights" * 1000)
     again = manage("publish_release", "index-tts", "v1", str(release_dir / "model.pt"), str(release_dir / "sub/c.yaml"), env=env)
     assert again.returncode == 0 and "nothing to do" in again.stdout
+
+
+@pytest.mark.django_db
+def test_a_symlink_out_of_the_root_is_refused_and_nothing_is_written(release_dir, tmp_path, local_store):
+    secret = tmp_path / "elsewhere" / "secret_key"
+    secret.parent.mkdir()
+    secret.write_bytes(b"do not publish me")
+    (release_dir / "key.bin").symlink_to(secret)
+    with pytest.raises(CommandError, match=r"key.bin is a symbolic link to .*secret_key, outside --root"):
+        publish("index-tts", "v1", release_dir / "model.pt", release_dir / "key.bin")
+    (release_dir / "sub-link").symlink_to(secret.parent, target_is_directory=True)  # a folder on the way
+    with pytest.raises(CommandError, match="outside --root"):
+        publish("index-tts", "v1", "--root", release_dir, release_dir / "sub-link" / "secret_key")
+    assert not Version.objects.exists() and not Model.objects.exists()
+    assert not [path for path in Path(local_store.storage.location).rglob("*") if path.is_file()]
+
+
+@pytest.mark.django_db
+def test_a_symlink_inside_the_root_is_published_under_its_own_name(release_dir):
+    (release_dir / "alias.pt").symlink_to(release_dir / "model.pt")
+    publish("index-tts", "v1", release_dir / "model.pt", release_dir / "alias.pt")
+    files = {f.path: f.sha256 for f in File.objects.all()}
+    assert files["alias.pt"] == files["model.pt"] == sha256(b"weights" * 1000)
+
+
+@pytest.mark.django_db
+def test_paths_equal_after_unicode_normalisation_are_one_path(write_file, local_store):
+    nfc, nfd = write_file("d/caf\u00e9.bin", b"one"), write_file("d/cafe\u0301.bin", b"two")
+    with pytest.raises(CommandError, match="the same name once Unicode is normalised"):
+        publish("index-tts", "v1", nfc, nfd)
+    assert not Version.objects.exists()
+    publish("index-tts", "v1", nfd)
+    assert File.objects.get().path == "caf\u00e9.bin"  # stored in NFC

@@ -89,8 +89,19 @@ def local_files_under(files: list[str], root: str | None) -> list[LocalFile]:
             relative = source.relative_to(base)
         except ValueError:
             raise CommandError(f"{source} is not inside --root {base}.") from None
+        _refuse_links_out_of(base, source)
         pairs.append(LocalFile(path=relative.as_posix(), source=source))
     return pairs
+
+
+def _refuse_links_out_of(base: Path, source: Path) -> None:
+    """A symbolic link (the file or a folder on its way) may point anywhere inside the root, never
+    outside it: pointed at the site's own secret key, it would publish it."""
+    target, inside = source.resolve(), base.resolve()
+    if not target.is_relative_to(inside):
+        raise CommandError(
+            f"{source} is a symbolic link to {target}, outside --root {base}; refusing to publish it."
+        )
 
 
 def read_notes(name: str) -> str:
