@@ -2,13 +2,12 @@
 
 Responses that carry signed links may stay in shared caches for at most half
 of SIGNED_URL_TTL, so a cached copy never hands out a link with less than
-half its life left. Staff see drafts, so what they see is never shared.
+half its life left. Maintainers see drafts, so what anyone signed in sees is
+never shared.
 """
 
 from django.conf import settings
 from django.utils.cache import patch_cache_control
-
-from .models import user_is_staff
 
 BROWSER_MAX_AGE = 60  # seconds; browsers cannot be purged, so keep it short
 
@@ -30,8 +29,11 @@ def shared_max_age() -> int:
 
 
 def cacheable(response, request, keys: list[str]):
-    """Mark a page or API response cacheable by shared caches, tagged with surrogate keys."""
-    if user_is_staff(getattr(request, "user", None)):
+    """Mark a page or API response cacheable by shared caches, tagged with surrogate keys.
+
+    Anyone signed in may see drafts or their own name: what they get is never shared."""
+    user = getattr(request, "user", None)
+    if user is not None and user.is_authenticated:
         patch_cache_control(response, private=True, no_cache=True)
         return response
     s_maxage = shared_max_age()

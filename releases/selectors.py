@@ -16,7 +16,7 @@ from .models import (
     File,
     Model,
     Version,
-    user_is_staff,
+    user_sees_drafts,
     validate_model_slug,
     validate_relative_path,
     validate_version_string,
@@ -88,7 +88,7 @@ def resolve_version(slug: str, version: str, user) -> Version:
             raise NotFound(f"{slug!r} has no published version." if _model_is_public(slug, user) else f"There is no model {slug!r}.")
         return found
     found = versions.filter(version=version).first()
-    if found is None or (found.is_draft and not user_is_staff(user)):
+    if found is None or (found.is_draft and not user_sees_drafts(user)):
         if not _model_is_public(slug, user):
             raise NotFound(f"There is no model {slug!r}.")
         raise NotFound(f"{slug} has no version {version!r}.")

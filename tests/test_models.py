@@ -116,10 +116,16 @@ def test_public_models_and_versions_hide_drafts(django_user_model):
     withdrawn = VersionFactory(status=Version.Status.WITHDRAWN).model
     assert set(Model.objects.public()) == {released, withdrawn}
     assert set(Model.objects.visible_to(AnonymousUser())) == {released, withdrawn}
-    staff = django_user_model.objects.create_user("staff", is_staff=True)
-    assert only_drafts in Model.objects.visible_to(staff)
+    from django.contrib.auth.models import Permission
+
+    maintainer = django_user_model.objects.create_user("maintainer", is_staff=True)
+    maintainer.user_permissions.add(Permission.objects.get(codename="view_version"))
+    staff_without_permissions = django_user_model.objects.create_user("staff", is_staff=True)
+    assert only_drafts in Model.objects.visible_to(maintainer)
+    assert only_drafts not in Model.objects.visible_to(staff_without_permissions)
     assert Version.objects.visible_to(AnonymousUser()).filter(status="draft").count() == 0
-    assert Version.objects.visible_to(staff).filter(status="draft").count() == 2
+    assert Version.objects.visible_to(staff_without_permissions).filter(status="draft").count() == 0
+    assert Version.objects.visible_to(maintainer).filter(status="draft").count() == 2
     assert set(Version.objects.downloadable().values_list("status", flat=True)) == {"published"}
 
 

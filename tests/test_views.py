@@ -193,6 +193,14 @@ def test_staff_see_drafts_and_nobody_else_does(client, admin_client, catalogue):
     assert b"v13" in admin_client.get("/models/index-tts/").content
 
 
+def test_a_staff_flag_without_the_view_permission_shows_no_drafts(client, django_user_model, catalogue):
+    client.force_login(django_user_model.objects.create_user("intern", is_staff=True))
+    assert client.get("/models/index-tts/v13/").status_code == 404
+    assert client.get("/api/v1/models/index-tts/versions/v13").status_code == 404
+    assert client.get("/models/index-tts/v13/model.pt").status_code == 404
+    assert b"v13" not in client.get("/models/index-tts/").content
+
+
 def test_version_page_has_checksums_stable_urls_and_commands(client, catalogue):
     response = client.get("/models/index-tts/latest/")
     page = response.content.decode()
