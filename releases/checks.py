@@ -1,9 +1,28 @@
 """System checks that need the outside world, so they run with `manage.py check --deploy` only."""
 
 import time
+from pathlib import Path
 
 from django.conf import settings
 from django.core import checks
+
+
+def static_manifest_problem() -> str | None:
+    """Production's static files storage needs collectstatic's manifest; without it every page is a 500."""
+    from django.contrib.staticfiles.storage import ManifestFilesMixin, staticfiles_storage
+
+    if not isinstance(staticfiles_storage, ManifestFilesMixin):
+        return None
+    manifest = Path(settings.STATIC_ROOT) / staticfiles_storage.manifest_name
+    if manifest.is_file():
+        return None
+    return f"{manifest} is missing: run `python manage.py collectstatic --noinput` (STATIC_ROOT={settings.STATIC_ROOT})."
+
+
+@checks.register(checks.Tags.security, deploy=True)
+def static_files_are_collected(app_configs=None, **kwargs):
+    problem = static_manifest_problem()
+    return [checks.Error(problem, id="releases.E003")] if problem else []
 
 
 @checks.register(checks.Tags.security, deploy=True)

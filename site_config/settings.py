@@ -194,6 +194,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env_str("STATIC_ROOT") or DATA_DIR / "static")  # the image collects into /app/static
+WHITENOISE_USE_FINDERS = not PRODUCTION  # without collectstatic, outside production
 
 # --- Object storage for release files: one storage alias for one purpose. ---
 STORAGE_BACKEND = env_choice("STORAGE_BACKEND", "local", ("local", "s3"))
@@ -241,7 +242,13 @@ def release_storage() -> dict:
 
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    # Production serves hashed, compressed copies made by collectstatic (check --deploy and the web
+    # workers refuse to start without them); elsewhere pages work straight from the app's folders.
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if PRODUCTION
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
     "releases": release_storage(),
 }
 MEDIA_ROOT = DATA_DIR / "media"

@@ -80,14 +80,46 @@ def production_env(**extra) -> dict:
     return env
 
 
-def test_check_deploy_is_clean_with_the_production_environment(tmp_path):
+def manage_py(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+
+
+def test_check_deploy_is_clean_with_the_production_environment_once_static_files_are_collected(tmp_path):
     env = production_env(DATA_DIR=str(tmp_path), STATIC_ROOT=str(tmp_path / "static"), DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite3")
-    result = subprocess.run(
-        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-    )  # fmt: skip
+    missing = manage_py(env, "check", "--deploy", "--fail-level", "WARNING")
+    assert missing.returncode != 0 and "releases.E003" in missing.stderr
+    assert f"{tmp_path / 'static' / 'staticfiles.json'} is missing: run `python manage.py collectstatic" in missing.stderr
+    assert manage_py(env, "collectstatic", "--noinput", "-v", "0").returncode == 0  # its own checks pass without it
+    result = manage_py(env, "check", "--deploy", "--fail-level", "WARNING")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("production", [False, True], ids=["development", "production"])
+def test_gunicorn_without_collectstatic(tmp_path, production):
+    """Development pages work straight from the app's folders; production refuses to start."""
+    from .servers import Gunicorn, django_env
+
+    env = django_env(STATIC_ROOT=tmp_path / "empty-static", DJANGO_ENV="production" if production else "development",
+                     DJANGO_SECRET_KEY="x7" * 30 + "kQ9", DJANGO_ALLOWED_HOSTS="127.0.0.1", DJANGO_SECURE_SSL_REDIRECT="0")  # fmt: skip
+    if production:
+        try:
+            site = Gunicorn(env)  # the master may bind its port before the worker fails to boot
+            wait_until(lambda: site.process.poll() is not None, 60, what="gunicorn to give up")
+            log = site.log()
+            site.stop()
+        except RuntimeError as exited:
+            log = str(exited)
+        assert "staticfiles.json is missing: run `python manage.py collectstatic" in log
+        return
+    site = Gunicorn(env)
+    try:
+        page = urllib.request.urlopen(f"{site.url}/", timeout=10)
+        stylesheet = re.search(rb'href="(/static/[^"]+\.css)"', page.read()).group(1).decode()
+        assert urllib.request.urlopen(site.url + stylesheet, timeout=10).status == 200
+    finally:
+        site.stop()
 
 
 @pytest.mark.parametrize(
