@@ -12,7 +12,6 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from . import services
-from . import outbox
 from .models import File, Model, OutboxEntry, Version, validate_relative_path
 
 
@@ -358,5 +357,5 @@ class OutboxEntryAdmin(admin.ModelAdmin):
 
     @admin.action(description="Retry selected failed entries", permissions=["view"])
     def retry_selected(self, request, queryset):
-        count = outbox.retry_failed(list(queryset.values_list("pk", flat=True)))
+        count = services.retry_cdn_work(list(queryset.values_list("pk", flat=True)))
         self.message_user(request, f"{count} entr{'y' if count == 1 else 'ies'} queued again.", messages.SUCCESS)

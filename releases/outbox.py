@@ -31,19 +31,17 @@ Kind, State = OutboxEntry.Kind, OutboxEntry.State
 # --- recording (inside the change's transaction) ---------------------------------------------
 
 
-def record_change(model_slug: str, version: str | None = None) -> None:
-    """Record the purges a change causes and queue their draining once the change commits."""
-    ids = [_record(Kind.PURGE, key, paths=paths) for key, paths in caching.stale_after_change(model_slug, version).items()]
-    queue_after_commit(ids)
+def record_change(model_slug: str, version: str | None = None) -> list[int]:
+    """Record the purges a change causes; returns the rows' ids (to drain once the change commits)."""
+    return [_record(Kind.PURGE, key, paths=paths) for key, paths in caching.stale_after_change(model_slug, version).items()]
 
 
-def record_warming(version: Version) -> None:
+def record_warming(version: Version) -> list[int]:
     """Record the files of a newly published version for warming, when downloads go through a CDN
-    (files above WARM_MAX_BYTES are left to the first downloader)."""
+    (files above WARM_MAX_BYTES are left to the first downloader); returns the rows' ids."""
     if not cdn.warming_enabled():
-        return
-    ids = [_record(Kind.WARM, f"file-{file.pk}", file=file) for file in version.files.filter(size__lte=settings.WARM_MAX_BYTES)]
-    queue_after_commit(ids)
+        return []
+    return [_record(Kind.WARM, f"file-{file.pk}", file=file) for file in version.files.filter(size__lte=settings.WARM_MAX_BYTES)]
 
 
 def _record(kind: str, key: str, *, paths=(), file: File | None = None) -> int:
@@ -61,21 +59,6 @@ def _record(kind: str, key: str, *, paths=(), file: File | None = None) -> int:
         except IntegrityError:  # a concurrent change created it first: bump that one
             continue
     raise RuntimeError(f"could not record outbox {kind} {key}")
-
-
-def queue_after_commit(ids: list[int]) -> None:
-    """Once the change commits, queue a task for its rows (the beat jobs catch any that never run)."""
-    if ids:
-        transaction.on_commit(lambda: _queue(ids), robust=True)
-
-
-def _queue(ids: list[int]) -> None:
-    from .tasks import process_outbox
-
-    try:
-        process_outbox.delay(ids)
-    except Exception as error:  # broker down: nothing is lost, the rows wait for the beat jobs
-        logger.warning("could not queue outbox rows %s (%s); the beat jobs will drain them", ids, error)
 
 
 # --- draining ---------------------------------------------------------------------------------
@@ -208,7 +191,6 @@ def retry_failed(ids: list[int]) -> int:
         except IntegrityError:  # the key is pending again already
             OutboxEntry.objects.filter(pk=entry.pk).delete()
         count += 1
-    queue_after_commit(list(ids))
     return count
 
 

@@ -1,45 +1,79 @@
 """Celery tasks: thin, idempotent, taking ids; the work lives in outbox.py and verification.py.
 
-Periodic jobs take a lock in the cache (Redis) so that an overlapping run skips.
+Outbox rows are drained by a task queued once their change commits (`drain_after_commit`,
+the one place that queues it) and by beat jobs for whatever that missed. Retries of CDN work
+follow the outbox's own backoff (rows come due again); Celery does not retry on top of it.
+Periodic jobs take a lock so that an overlapping run skips.
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
+import threading
+from collections import defaultdict
 from contextlib import contextmanager
 
 from celery import shared_task
 from django.conf import settings
-from django.core.cache import cache
+from django.db import transaction
 
 from . import outbox, verification
 
 logger = logging.getLogger(__name__)
 
-RETRYING = dict(
-    bind=True,
-    acks_late=True,
-    autoretry_for=(Exception,),
-    retry_backoff=5,
-    retry_backoff_max=600,
-    retry_jitter=True,
-    max_retries=8,
-    soft_time_limit=600,
-    time_limit=660,
-)
+OUTBOX_TASK = dict(bind=True, acks_late=True, max_retries=8, soft_time_limit=600, time_limit=660)
+
+
+def drain_after_commit(ids: list[int]) -> None:
+    """Once the change that recorded these outbox rows commits, queue their draining.
+
+    Robust: a broker that is down loses nothing, the rows wait for the beat jobs.
+    """
+    if ids:
+        transaction.on_commit(lambda: _queue(ids), robust=True)
+
+
+def _queue(ids: list[int]) -> None:
+    try:
+        process_outbox.delay(ids)
+    except Exception as error:  # broker down: nothing is lost, the rows wait for the beat jobs
+        logger.warning("could not queue outbox rows %s (%s); the beat jobs will drain them", ids, error)
+
+
+_local_job_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 
 
 @contextmanager
 def job_lock(name: str):
-    """Yield True when this run holds the lock for `name`, False when another run does."""
-    key, token = f"job-lock:{name}", uuid.uuid4().hex
-    held = cache.add(key, token, timeout=settings.JOB_LOCK_SECONDS)
+    """Yield True when this run holds the lock for `name`, False when another run does.
+
+    With Redis, redis-py's Lock: taken atomically, released only by its holder's token, and
+    expiring after JOB_LOCK_SECONDS if the holder dies. Without (the embedded default, where
+    beat runs the jobs itself), a lock of this process.
+    """
+    if not settings.REDIS_URL:
+        lock = _local_job_locks[name]
+        held = lock.acquire(blocking=False)
+        try:
+            yield held
+        finally:
+            if held:
+                lock.release()
+        return
+    import redis
+
+    lock = redis.Redis.from_url(settings.REDIS_URL).lock(
+        f"model-releases:job-lock:{name}", timeout=settings.JOB_LOCK_SECONDS, blocking=False
+    )
+    held = lock.acquire()
     try:
         yield held
     finally:
-        if held and cache.get(key) == token:
-            cache.delete(key)
+        if held:
+            try:
+                lock.release()
+            except redis.exceptions.LockError:  # it outlived JOB_LOCK_SECONDS and another run took over
+                logger.warning("job %s ran past JOB_LOCK_SECONDS; its lock had expired", name)
 
 
 def _periodic(name: str, work):
@@ -52,7 +86,7 @@ def _periodic(name: str, work):
         return result
 
 
-@shared_task(**RETRYING)
+@shared_task(**OUTBOX_TASK)
 def process_outbox(self, entry_ids: list[int]):
     """Right after the commit that recorded them: purge and warm the given outbox rows."""
     purged = outbox.drain(outbox.Kind.PURGE, ids=entry_ids)
@@ -64,13 +98,13 @@ def process_outbox(self, entry_ids: list[int]):
     return {"purge": _as_dict(purged), "warm": _as_dict(warmed)}
 
 
-@shared_task(**RETRYING)
+@shared_task(**OUTBOX_TASK)
 def drain_outbox(self):
     """Beat: purge whatever is pending (also queued after each change)."""
     return _periodic("drain-outbox", lambda: _as_dict(outbox.drain(outbox.Kind.PURGE)))
 
 
-@shared_task(**RETRYING)
+@shared_task(**OUTBOX_TASK)
 def warm_pending(self):
     """Beat: fetch newly published files through the CDN."""
     return _periodic("warm-pending", lambda: _as_dict(outbox.drain(outbox.Kind.WARM)))

@@ -1,14 +1,17 @@
 """Services: the only writers. Each refusal is one clear sentence and leaves nothing behind."""
 
 import io
+import threading
 
 import pytest
 
 from releases import services
 from releases.models import File, Model, Version
 from releases.services import LocalFile, ReleaseError
+from releases.storage import StorageError
 
 from .factories import FileFactory, VersionFactory, sha256
+from .servers import wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -199,7 +202,7 @@ def test_a_failed_upload_leaves_nothing_behind(any_store, sources, monkeypatch):
     def failing_second_upload(self, key, *args, **kwargs):
         calls.append(key)
         if len(calls) == 2:
-            raise services.StorageError(f"Could not upload object {key!r}: connection reset.")
+            raise StorageError(f"Could not upload object {key!r}: connection reset.")
         return real_upload(self, key, *args, **kwargs)
 
     monkeypatch.setattr(type(any_store), "upload", failing_second_upload)
@@ -210,14 +213,23 @@ def test_a_failed_upload_leaves_nothing_behind(any_store, sources, monkeypatch):
 
 
 def test_a_refused_publish_leaves_nothing_behind(any_store, sources, monkeypatch):
-    def refuse(version):
-        raise ReleaseError("storage said no")
+    store, uploads = type(any_store), []
+    real_upload, real_stat = store.upload, store.stat
 
-    monkeypatch.setattr(services, "publish_version", refuse)
-    with pytest.raises(ReleaseError, match="storage said no"):
+    def upload(self, key, *args, **kwargs):
+        stored = real_upload(self, key, *args, **kwargs)
+        uploads.append(key)
+        return stored
+
+    def stat(self, key):  # once every file is uploaded, storage has lost them: publishing refuses
+        return None if len(uploads) == len(sources) else real_stat(self, key)
+
+    monkeypatch.setattr(store, "upload", upload)
+    monkeypatch.setattr(store, "stat", stat)
+    with pytest.raises(ReleaseError, match="is missing from storage"):
         services.release_local_files("index-tts", "v1", sources)
     assert not Model.objects.exists() and not File.objects.exists()
-    assert any_store.stat("index-tts/v1/model.pt") is None
+    assert [key for key in uploads if real_stat(any_store, key) is not None] == []  # really gone from storage
 
 
 def test_release_local_files_input_checks(write_file, tmp_path):
@@ -254,41 +266,91 @@ def test_completing_a_draft_applies_notes_and_prerelease_and_names_every_file(so
     assert (outcome.version.notes, outcome.version.prerelease, outcome.version.status) == ("Notes", True, "published")
 
 
-@pytest.mark.django_db(transaction=True)
-def test_publishing_waits_for_a_file_being_added(local_store):
-    import threading
+class BlockingSource(io.BytesIO):
+    """A file whose first read waits until the test lets it go on: an upload caught in the middle."""
 
+    def __init__(self, data: bytes):
+        super().__init__(data)
+        self.reading, self.go_on = threading.Event(), threading.Event()
+
+    def read(self, size=-1):
+        self.reading.set()
+        assert self.go_on.wait(30), "the test never let the upload go on"
+        return super().read(size)
+
+
+def in_thread(work) -> threading.Thread:
+    """Run `work` on its own thread, with its own database connection (closed at the end)."""
     from django.db import connection
 
+    def run():
+        try:
+            work()
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def other_sessions() -> list[tuple[str, str, str]]:
+    """(state, wait_event_type, wait_event) of the other sessions on this test database."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT state, coalesce(wait_event_type, ''), coalesce(wait_event, '') FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        )
+        return cursor.fetchall()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("how", ["add_file", "release_local_files"])
+def test_no_transaction_is_open_while_a_file_uploads(local_store, tmp_path, how, monkeypatch):
+    source = BlockingSource(b"")  # stands for the upload: the store reads it first
+    real_upload = type(local_store).upload
+
+    def upload_caught_in_the_middle(self, key, fileobj, **kwargs):
+        source.read()
+        return real_upload(self, key, fileobj, **kwargs)
+
+    monkeypatch.setattr(type(local_store), "upload", upload_caught_in_the_middle)
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"weights")
+    if how == "add_file":
+        draft = services.create_version(services.get_or_create_model("m"), "v1")
+        work = lambda: services.add_file(draft, "model.pt", io.BytesIO(b"weights"))  # noqa: E731
+    else:
+        work = lambda: services.release_local_files("m", "v1", [LocalFile("model.pt", path)], draft=True)  # noqa: E731
+    uploader = in_thread(work)
+    try:
+        assert source.reading.wait(10)
+        sessions = other_sessions()
+        assert sessions, "the uploading thread has a session of its own"
+        assert all(state != "idle in transaction" for state, _, _ in sessions), sessions
+    finally:
+        source.go_on.set()
+        uploader.join(30)
+    assert File.objects.get().path == "model.pt"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_publishing_waits_for_a_file_being_added(local_store):
     draft = services.create_version(services.get_or_create_model("m"), "v1")
     services.add_file(draft, "a.bin", io.BytesIO(b"a"))
-    reading, go_on = threading.Event(), threading.Event()
-
-    class SlowSource(io.BytesIO):
-        def read(self, size=-1):
-            reading.set()
-            go_on.wait(10)
-            return super().read(size)
-
-    def in_thread(work):
-        def run():
-            try:
-                work()
-            finally:
-                connection.close()
-
-        thread = threading.Thread(target=run)
-        thread.start()
-        return thread
-
-    adder = in_thread(lambda: services.add_file(draft, "late.bin", SlowSource(b"late")))
-    assert reading.wait(10)
+    source = BlockingSource(b"late")
+    adder = in_thread(lambda: services.add_file(draft, "late.bin", source))
+    assert source.reading.wait(10)
     publisher = in_thread(lambda: services.publish_version(draft))
-    publisher.join(0.5)
-    assert publisher.is_alive()  # blocked on the draft's row lock while the upload runs
-    go_on.set()
-    adder.join(10)
-    publisher.join(10)
+    try:  # PostgreSQL shows the publisher waiting for the version's lock, which the upload holds
+        wait_until(lambda: ("active", "Lock", "advisory") in other_sessions(), 10, what="the publisher to wait")
+        assert Version.objects.get().status == "draft"
+    finally:
+        source.go_on.set()
+        adder.join(30)
+        publisher.join(30)
     version = Version.objects.get()
     assert version.status == "published"
     assert sorted(version.files.values_list("path", flat=True)) == ["a.bin", "late.bin"]

@@ -140,3 +140,21 @@ def test_the_beat_schedule_has_the_three_jobs(settings):
         "warm-pending": "releases.tasks.warm_pending",
     }
     assert all(name in app.tasks for name in (entry["task"] for entry in schedule.values()))
+
+
+def test_a_run_that_outlives_its_lock_never_frees_the_next_runs_lock(settings, caplog):
+    import redis
+
+    settings.JOB_LOCK_SECONDS = 1
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    key = "model-releases:job-lock:slow-job"
+    with tasks.job_lock("slow-job") as first:
+        assert first
+        wait_until(lambda: not client.exists(key), 10, what="the first run's lock to expire")
+        with tasks.job_lock("slow-job") as second:
+            assert second  # the next run takes over
+            token = client.get(key)
+        client.set(key, token, px=5000)  # (as if the second run were still going)
+    assert client.get(key) == token  # the first run's release left it alone
+    assert "ran past JOB_LOCK_SECONDS" in caplog.text
+    client.delete(key)
