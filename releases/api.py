@@ -8,9 +8,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
 from ninja import NinjaAPI, Schema
 
-from . import caching, observability, selectors
-from .links import VersionLinks, absolute, download_base
-from .signing import signer
+from . import caching, selectors
+from .links import VersionLinks, absolute, file_links
 
 api = NinjaAPI(
     title="Model Releases API",
@@ -155,23 +154,7 @@ def get_model(request: HttpRequest, response: HttpResponse, model: str):
 def get_version(request: HttpRequest, model: str, version: str):
     page = selectors.version_with_files(model, version, request.user)
     resolved = page.version
-    links = VersionLinks(request, model, resolved.version)
-    counter = observability.SigningCounter(signer())
-    sign, base = counter.signer.link, download_base(request)
-    files = []
-    for file in page.files:
-        link = sign(file.key, file.name, base_url=base)
-        files.append(
-            {
-                "path": file.path,
-                "size": file.size,
-                "sha256": file.sha256,
-                "url": link.url,
-                "expires_at": link.expires_at_iso,
-                "stable_url": links.file(file.path),
-            }
-        )
-    counter.report()
+    files = [vars(row) for row in file_links(request, page.files, VersionLinks(request, model, resolved.version))]
     body = {
         "model": resolved.model.slug,
         "version": resolved.version,

@@ -1,9 +1,16 @@
-"""Absolute public URLs: built from SITE_URL when set, else from the request's host."""
+"""Absolute public URLs, built from SITE_URL when set, else from the request's host; and the
+one builder of a version's file links (signed and stable) that pages and the API share."""
 
+from __future__ import annotations
+
+from dataclasses import dataclass
 from urllib.parse import quote
 
 from django.conf import settings
 from django.urls import reverse
+
+from . import observability
+from .signing import signer
 
 
 def site_url(request) -> str:
@@ -42,3 +49,25 @@ class VersionLinks:
 
     def client(self) -> str:
         return self.base + "/fetch-model.sh"
+
+
+@dataclass(frozen=True)
+class FileLinks:
+    path: str
+    size: int
+    sha256: str
+    url: str  # signed, absolute
+    expires_at: str  # ISO 8601 with Z
+    stable_url: str
+
+
+def file_links(request, files, links: VersionLinks) -> list[FileLinks]:
+    """Each file with a freshly signed link and its stable URL; the signing is counted once per request."""
+    counter = observability.SigningCounter(signer())
+    sign, base = counter.signer.link, download_base(request)
+    rows = []
+    for file in files:
+        link = sign(file.key, file.name, base_url=base)
+        rows.append(FileLinks(file.path, file.size, file.sha256, link.url, link.expires_at_iso, links.file(file.path)))
+    counter.report()
+    return rows

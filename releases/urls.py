@@ -1,17 +1,17 @@
 from django.urls import path, re_path
 
-from . import views
+from .views import downloads, operations, pages
 
 app_name = "releases"
 
 urlpatterns = [
-    path("", views.index, name="index"),
-    path("healthz", views.healthz, name="healthz"),
-    path("readyz", views.readyz, name="readyz"),
-    path("metrics", views.metrics, name="metrics"),
-    path("fetch-model.sh", views.fetch_model_script, name="fetch-model"),
-    path("models/<str:model>/", views.model_page, name="model"),
-    path("models/<str:model>/<str:version>/", views.version_page, name="version"),
-    path("models/<str:model>/<str:version>/<path:path>", views.download, name="download"),
-    re_path(r"^files/(?P<key>.+)$", views.local_file, name="local-file"),
+    path("", pages.index, name="index"),
+    path("healthz", operations.healthz, name="healthz"),
+    path("readyz", operations.readyz, name="readyz"),
+    path("metrics", operations.metrics, name="metrics"),
+    path("fetch-model.sh", operations.fetch_model_script, name="fetch-model"),
+    path("models/<str:model>/", pages.model_page, name="model"),
+    path("models/<str:model>/<str:version>/", pages.version_page, name="version"),
+    path("models/<str:model>/<str:version>/<path:path>", downloads.download, name="download"),
+    re_path(r"^files/(?P<key>.+)$", downloads.local_file, name="local-file"),
 ]

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from releases import views
+from releases.views import downloads, operations
 
 from .servers import wait_until
 
@@ -28,14 +28,14 @@ FILES = {
 @pytest.fixture
 def served(monkeypatch):
     """Every file response the site sends: (path, Range header, bytes), and a way to replace them."""
-    log, real = [], views._ranged_file_response
+    log, real = [], downloads.file_response
 
     def recording(request, handle, file):
         response = real(request, handle, file)
         log.append({"path": file.path, "range": request.headers.get("Range"), "bytes": int(response["Content-Length"])})
         return response
 
-    monkeypatch.setattr(views, "_ranged_file_response", recording)
+    monkeypatch.setattr(downloads, "file_response", recording)
     return log
 
 
@@ -43,7 +43,7 @@ def served(monkeypatch):
 def slow_link(monkeypatch):
     """The site sends file bytes at about 1 MB/s, like a slow link (curl --limit-rate does not
     slow a loopback transfer that fits in the socket buffers)."""
-    real, pace = views._ranged_file_response, {"slow": True}
+    real, pace = downloads.file_response, {"slow": True}
 
     def slowly(request, handle, file):
         response = real(request, handle, file)
@@ -65,7 +65,7 @@ def slow_link(monkeypatch):
         response.streaming_content = paced()
         return response
 
-    monkeypatch.setattr(views, "_ranged_file_response", slowly)
+    monkeypatch.setattr(downloads, "file_response", slowly)
     return pace
 
 
@@ -180,7 +180,7 @@ def wrong_body(monkeypatch):
     """The file server answers config.yaml with `body` for the first `times` requests, then rightly."""
     from django.http import HttpResponse
 
-    real, state = views._ranged_file_response, {"body": None, "times": 0, "served": 0}
+    real, state = downloads.file_response, {"body": None, "times": 0, "served": 0}
 
     def sometimes_wrong(request, handle, file):
         if file.path == "config.yaml" and state["served"] < state["times"]:
@@ -190,7 +190,7 @@ def wrong_body(monkeypatch):
             return HttpResponse(body, content_type=content_type)
         return real(request, handle, file)
 
-    monkeypatch.setattr(views, "_ranged_file_response", sometimes_wrong)
+    monkeypatch.setattr(downloads, "file_response", sometimes_wrong)
     return state
 
 
@@ -239,7 +239,7 @@ def test_unknown_model_or_version_exits_with_one_line_and_writes_nothing(site, t
 def test_usage_and_an_unreachable_site(tmp_path):
     from .servers import free_port
 
-    script = views.CLIENT_SOURCE.read_text()
+    script = operations.CLIENT_SOURCE.read_text()
     usage = subprocess.run(["sh", "-s", "--", "only-one-arg"], input=script, capture_output=True, text=True)
     assert usage.returncode == 1 and "usage: fetch-model.sh MODEL VERSION DEST_DIR" in usage.stderr
     down = subprocess.run(
@@ -271,7 +271,7 @@ def test_the_script_is_served_with_the_site_address_and_is_cacheable(client, set
 
 def test_the_script_is_shellcheck_clean():
     assert shutil.which("shellcheck"), "make test installs shellcheck (scripts/ensure-services.sh)"
-    result = subprocess.run(["shellcheck", "-s", "sh", str(views.CLIENT_SOURCE)], capture_output=True, text=True)
+    result = subprocess.run(["shellcheck", "-s", "sh", str(operations.CLIENT_SOURCE)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 
 

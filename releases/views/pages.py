@@ -1,0 +1,78 @@
+"""Public pages: the index, a model's versions, a version's files. Thin: selectors read, signing signs."""
+
+from __future__ import annotations
+
+import shlex
+
+from django.shortcuts import render
+from django.template.defaultfilters import filesizeformat
+from django.views.decorators.http import require_safe
+
+from .. import caching, selectors
+from ..links import FileLinks, VersionLinks, file_links
+from ..models import Version
+from .errors import error_page
+
+
+@require_safe
+def index(request):
+    models = selectors.models_for_index(request.user)
+    response = render(request, "releases/index.html", {"models": models})
+    return caching.cacheable(response, request, [caching.index_key()])
+
+
+@require_safe
+def model_page(request, model):
+    try:
+        found, versions, latest = selectors.model_with_versions(model, request.user)
+    except selectors.NotFound as error:
+        return error_page(request, error)
+    response = render(request, "releases/model.html", {"model": found, "versions": versions, "latest": latest})
+    return caching.cacheable(response, request, [caching.model_key(model)])
+
+
+@require_safe
+def version_page(request, model, version):
+    try:
+        page = selectors.version_with_files(model, version, request.user)
+    except (selectors.NotFound, selectors.Gone) as error:
+        return error_page(request, error)
+    resolved = page.version
+    links = VersionLinks(request, model, resolved.version)
+    rows = _file_rows(file_links(request, page.files, links))
+    context = {
+        "model": resolved.model,
+        "version": resolved,
+        "requested": version,
+        "rows": rows,
+        "curl_commands": "".join(f"curl -fL --create-dirs -o {shlex.quote(row['path'])} {row['stable_url']}\n" for row in rows),
+        "notes_html": resolved.notes_html,  # rendered when the notes were written
+        "links": links,
+        "is_latest": version == selectors.LATEST or _is_latest(resolved),
+        "total_size": sum(file.size for file in page.files),
+    }
+    response = render(request, "releases/version.html", context)
+    return caching.cacheable(
+        response, request, [caching.model_key(model), caching.version_key(model, resolved.version)]
+    )
+
+
+def _file_rows(files: list[FileLinks]) -> list[dict]:
+    """Everything a row shows, formatted here: rows are many, template lookups are not free."""
+    return [
+        {
+            "path": file.path,
+            "download_url": file.url,
+            "stable_url": file.stable_url,
+            "size": filesizeformat(file.size),
+            "bytes": f"{file.size:,}" if file.size >= 1024 else "",  # small sizes already show bytes
+            "sha256": file.sha256,
+        }
+        for file in files
+    ]
+
+
+def _is_latest(version: Version) -> bool:
+    latest = Version.objects.latest_for(version.model_id)
+    return latest is not None and latest.pk == version.pk
+
