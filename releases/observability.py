@@ -145,38 +145,47 @@ class SigningCounter:
         count(signing_hits=self.signer.hits - self.hits, signing_misses=self.signer.misses - self.misses, **more)
 
 
+class ReleasesCollector:
+    """prometheus_client collector over the counters above (shared by every process through Redis)
+    and a few gauges read when scraped."""
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        from . import outbox, signing, verification
+        from .models import File
+
+        values = counters()
+        redirects = CounterMetricFamily("model_releases_redirects", "Stable-URL redirects served, by model.", labels=["model"])
+        for name, value in sorted(values.items()):
+            if name.startswith("redirects:"):
+                redirects.add_metric([name.split(":", 1)[1]], value)
+        yield redirects
+        yield CounterMetricFamily("model_releases_signing_cache_hits", "Signed links served from the windowed cache.",
+                                  value=values.get("signing_hits", 0))  # fmt: skip
+        yield CounterMetricFamily("model_releases_signing_cache_misses", "Signed links computed.",
+                                  value=values.get("signing_misses", 0))  # fmt: skip
+        backlog = GaugeMetricFamily("model_releases_outbox_entries", "CDN outbox entries by state (pending, failed).",
+                                    labels=["state"])  # fmt: skip
+        for state, count_ in outbox.backlog().items():
+            backlog.add_metric([state], count_)
+        yield backlog
+        credentials = signing.credentials_status()
+        if credentials is not None:
+            yield GaugeMetricFamily("model_releases_signing_credentials_seconds_left",
+                                    "Seconds until the credentials that sign S3 links expire (+Inf for static keys).",
+                                    value=credentials["seconds_left"])  # fmt: skip
+            yield GaugeMetricFamily("model_releases_signing_credentials_refresh_failures",
+                                    "Consecutive failed renewals of the signing credentials.", value=credentials["failures"])  # fmt: skip
+        failures = File.objects.published().filter(verification_status__in=verification.FAILURES).count()
+        yield GaugeMetricFamily("model_releases_verify_failures", "Published files whose last verification failed.",
+                                value=failures)  # fmt: skip
+
+
 def prometheus_text() -> str:
-    from . import outbox, signing, verification
-    from .models import File
+    """The text exposition format, written by prometheus_client (which escapes label values)."""
+    from prometheus_client import CollectorRegistry, generate_latest
 
-    values = counters()
-    lines = []
-
-    def metric(name, kind, help_text, samples):
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {kind}")
-        for labels, value in samples:
-            label_text = "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else ""
-            lines.append(f"{name}{label_text} {value}")
-
-    redirects = sorted((name.split(":", 1)[1], value) for name, value in values.items() if name.startswith("redirects:"))
-    metric("model_releases_redirects_total", "counter", "Stable-URL redirects served, by model.",
-           [({"model": model}, value) for model, value in redirects])  # fmt: skip
-    metric("model_releases_signing_cache_hits_total", "counter", "Signed links served from the windowed cache.",
-           [({}, values.get("signing_hits", 0))])  # fmt: skip
-    metric("model_releases_signing_cache_misses_total", "counter", "Signed links computed.",
-           [({}, values.get("signing_misses", 0))])  # fmt: skip
-    backlog = outbox.backlog()
-    metric("model_releases_outbox_entries", "gauge", "CDN outbox entries by state (pending, failed).",
-           [({"state": state}, n) for state, n in backlog.items()])  # fmt: skip
-    credentials = signing.credentials_status()
-    if credentials is not None:
-        left = credentials["seconds_left"]
-        metric("model_releases_signing_credentials_seconds_left", "gauge",
-               "Seconds until the credentials that sign S3 links expire (+Inf for static keys).",
-               [({}, "+Inf" if left == float("inf") else int(left))])  # fmt: skip
-        metric("model_releases_signing_credentials_refresh_failures", "gauge",
-               "Consecutive failed renewals of the signing credentials.", [({}, credentials["failures"])])  # fmt: skip
-    failures = File.objects.published().filter(verification_status__in=verification.FAILURES).count()
-    metric("model_releases_verify_failures", "gauge", "Published files whose last verification failed.", [({}, failures)])
-    return "\n".join(lines) + "\n"
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ReleasesCollector())
+    return generate_latest(registry).decode()

@@ -111,7 +111,7 @@ def test_metrics_show_the_signing_credentials(client, settings, s3_store):
     settings.METRICS_TOKEN = "t0ken"
     text = client.get("/metrics", HTTP_AUTHORIZATION="Bearer t0ken").content.decode()
     assert "model_releases_signing_credentials_seconds_left +Inf" in text  # static keys never expire
-    assert "model_releases_signing_credentials_refresh_failures 0" in text
+    assert "model_releases_signing_credentials_refresh_failures 0.0" in text
 
 
 def test_readyz_warns_while_links_would_end_before_the_ttl(client, settings, s3_store, metrics_token):

@@ -78,11 +78,27 @@ def test_metrics_count_redirects_signing_backlog_and_verify_failures(client, set
     File.objects.filter(path="config.yaml").update(verification_status="missing")
     OutboxEntry.objects.create(kind="purge", key="x", state="failed")
     text = client.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret").content.decode()
-    assert 'model_releases_redirects_total{model="index-tts"} 3' in text
-    samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
-    hits = int(samples["model_releases_signing_cache_hits_total"])
-    misses = int(samples["model_releases_signing_cache_misses_total"])
+    samples = parsed(text)
+    assert samples["model_releases_redirects_total", (("model", "index-tts"),)] == 3
+    hits, misses = samples["model_releases_signing_cache_hits_total", ()], samples["model_releases_signing_cache_misses_total", ()]
     assert hits + misses == 5 and misses >= 1
-    assert 'model_releases_outbox_entries{state="failed"} 1' in text
-    assert "model_releases_verify_failures 1" in text
-    assert "# TYPE model_releases_redirects_total counter" in text
+    assert samples["model_releases_outbox_entries", (("state", "failed"),)] == 1
+    assert samples["model_releases_verify_failures", ()] == 1
+
+
+def parsed(text: str) -> dict:
+    """{(sample name, sorted labels): value}, read by prometheus_client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_label_values_are_escaped(settings):
+    settings.REDIS_URL = ""  # this process's counters
+    odd = 'a"b\\c\nd'
+    observability.count(**{f"redirects:{odd}": 2})
+    assert parsed(observability.prometheus_text())["model_releases_redirects_total", (("model", odd),)] == 2
