@@ -12,9 +12,9 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import uuid
 import urllib.error
 import urllib.request
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings

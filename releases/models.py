@@ -324,7 +324,7 @@ class File(models.Model):
     def check_mutable(self) -> None:
         changed = self.changed_immutable_fields()
         involved = {self._stored.get("version_id", self.version_id), self.version_id} if changed else set()
-        if changed and Version.objects.filter(pk__in=involved, status="draft").count() != len(involved):
+        if changed and Version.objects.filter(pk__in=involved, status=Version.Status.DRAFT).count() != len(involved):
             raise ImmutableError(
                 f"File {self._stored.get('path', self.path)!r} belongs to a version that is no longer a draft; its "
                 f"{', '.join(name.removesuffix('_id') for name in changed)} cannot change. "
@@ -338,7 +338,7 @@ class File(models.Model):
         self._stored = {name: getattr(self, name) for name in self.IMMUTABLE_FIELDS}
 
     def delete(self, *args, **kwargs):
-        if not Version.objects.filter(pk=self.version_id, status="draft").exists():
+        if not Version.objects.filter(pk=self.version_id, status=Version.Status.DRAFT).exists():
             raise ImmutableError(
                 f"File {self.path!r} belongs to a version that is no longer a draft and cannot be removed; "
                 "withdraw the version instead.",

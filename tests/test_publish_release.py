@@ -7,9 +7,8 @@ from django.core.management import CommandError, call_command
 
 from releases.models import File, Model, Version
 
-from .factories import sha256
 from .conftest import S3_TEST_CREDENTIALS
-
+from .factories import sha256
 
 
 @pytest.fixture

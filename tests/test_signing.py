@@ -8,9 +8,8 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from releases import signing
+from releases import aws, signing
 from releases.signing import CloudFrontSigner, LinkRefused, LocalSigner, S3Signer, Window, verify_local_link
-from releases import aws
 from releases.storage.s3 import S3Store
 
 TTL = 3600

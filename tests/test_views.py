@@ -7,8 +7,8 @@ from django.urls import reverse
 
 from releases.rendering import render_markdown
 
-from .factories import sha256
 from .conftest import WEIGHTS
+from .factories import sha256
 
 pytestmark = pytest.mark.django_db
 

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 from django.conf import settings
 
 from .. import aws
-from .base import ReleaseStore, StorageError, StoredObject, MissingObject
+from .base import MissingObject, ReleaseStore, StorageError, StoredObject
 from .hashing import CHUNK_SIZE, HashingReader, sha256_of_file
 
 PROBE_KEY = "model-releases-probe"
