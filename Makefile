@@ -13,7 +13,7 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 PYTEST_ARGS ?=
 RUN_ADDR ?= 127.0.0.1:8000
 
-.PHONY: run test bench load venv localstack services freeze clean
+.PHONY: run test test-fast lint bench load venv localstack services freeze clean
 
 $(STAMP): $(REQUIREMENTS)
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,15 @@ localstack: venv
 test: venv localstack services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) DATA_DIR=$(CURDIR)/var/test \
 		$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Unit and in-process tests only (no servers or processes started): under a minute.
+test-fast: venv services
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) DATA_DIR=$(CURDIR)/var/test \
+		$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # Performance targets, printed as one table (not part of `make test`).
 bench: venv

@@ -18,6 +18,17 @@ from moto.server import ThreadedMotoServer
 from releases.storage import release_store
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Modules whose tests start servers or processes: the slow tier (`make test` runs every tier).
+SLOW_MODULES = {
+    "test_browser", "test_cdn", "test_checked_s3", "test_client", "test_demo", "test_deploy",
+    "test_faults", "test_fuzz", "test_live", "test_settings", "test_tasks",
+}  # fmt: skip
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES or item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
 S3_TEST_CREDENTIALS = {"access_key": "testing-key", "secret_key": "testing-secret"}
 
 
