@@ -43,7 +43,10 @@ def rss_kib(master_pid: int) -> list[int]:
 
 def wrk(url: str) -> dict:
     result = subprocess.run(
-        ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{SECONDS}s", "--latency", url], capture_output=True, text=True, check=True
+        ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{SECONDS}s", "--latency", url],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     out = result.stdout
 
@@ -75,7 +78,9 @@ def main() -> int:
             "DJANGO_LOG_LEVEL": "WARNING",
         }
         prepare(env, work)
-        server = start_gunicorn(env, port, "-c", str(REPO / "site_config" / "gunicorn.py"), "--access-logfile", "/dev/null")
+        server = start_gunicorn(
+            env, port, "-c", str(REPO / "site_config" / "gunicorn.py"), "--access-logfile", "/dev/null"
+        )
         site = f"http://127.0.0.1:{port}"
         try:
             wait_for_http(f"{site}/api/v1/models/demo-tts/versions/latest", server)
@@ -101,7 +106,9 @@ def main() -> int:
     ]
     for name, row in results.items():
         errors = row["errors"] + row["socket_errors"]
-        lines.append(f"| {name} | {row['rps']:.0f} | {row['p50']} | {row['p99']} | {errors} | {row['rps'] / base:.2f}x |")
+        lines.append(
+            f"| {name} | {row['rps']:.0f} | {row['p50']} | {row['p99']} | {errors} | {row['rps'] / base:.2f}x |"
+        )
     lines += ["", f"Worker memory (RSS): before {', '.join(f'{k // 1024} MiB' for k in before)}; "
               f"after {', '.join(f'{k // 1024} MiB' for k in after)}."]  # fmt: skip
     text = "\n".join(lines)

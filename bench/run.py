@@ -151,7 +151,12 @@ def bench_signing() -> list[tuple]:
     return [
         ("signing: boto3 generate_presigned_url", f"{boto_us:.1f} µs/URL", "reference", ""),
         ("signing: ours, cold (SigV4 computed)", f"{cold_us:.1f} µs/URL", "", ""),
-        ("signing: ours, warm (windowed cache)", f"{warm_us:.2f} µs/URL", f"<= {boto_us / 20:.1f} µs (1/20 of boto3)", warm_us <= boto_us / 20),
+        (
+            "signing: ours, warm (windowed cache)",
+            f"{warm_us:.2f} µs/URL",
+            f"<= {boto_us / 20:.1f} µs (1/20 of boto3)",
+            warm_us <= boto_us / 20,
+        ),
     ]
 
 
@@ -207,7 +212,14 @@ def bench_queries() -> list[tuple]:
             with CaptureQueriesContext(connection) as captured:
                 client.get(url)
             counts.append(len(captured.captured_queries))
-        rows.append((f"SQL: {label} (1 vs 50 files / 1 vs 100 versions)", f"{counts[0]} vs {counts[1]} queries", "equal", counts[0] == counts[1]))
+        rows.append(
+            (
+                f"SQL: {label} (1 vs 50 files / 1 vs 100 versions)",
+                f"{counts[0]} vs {counts[1]} queries",
+                "equal",
+                counts[0] == counts[1],
+            )
+        )
     return rows
 
 
@@ -245,7 +257,14 @@ def bench_purges() -> list[tuple]:
     release_local_files("hundred-files", "v1", files)
     server.shutdown()
     settings.CDN_BACKEND = "none"
-    return [("purge requests for a 100-file publish (varnish)", f"{len(received)} ({received[0]})", "a few, not one per file", len(received) <= 3)]
+    return [
+        (
+            "purge requests for a 100-file publish (varnish)",
+            f"{len(received)} ({received[0]})",
+            "a few, not one per file",
+            len(received) <= 3,
+        )
+    ]
 
 
 def bench_verify() -> list[tuple]:
@@ -286,7 +305,11 @@ def bench_verify() -> list[tuple]:
             assert report.counts["ok"] == count, report.failures
         rates = rates[1:]
         rehash = statistics.median(rates)
-        what = f"a batch of {count} x {total // count // mib} MiB, {settings.VERIFY_CONCURRENCY} at once" if count > 1 else f"one {total // mib} MiB file"
+        what = (
+            f"a batch of {count} x {total // count // mib} MiB, {settings.VERIFY_CONCURRENCY} at once"
+            if count > 1
+            else f"one {total // mib} MiB file"
+        )
         rows.append(
             (
                 f"verify re-hash over HTTP from moto ({what}, median of 5 after a warm-up)",
@@ -310,7 +333,9 @@ def bench_client() -> list[tuple]:
     size = int(os.environ.get("BENCH_CLIENT_MB", "200")) * 1000 * 1000
     with tempfile.TemporaryDirectory(prefix="model-releases-client-") as work:
         work = Path(work)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "STORAGE_", "DATABASE_URL", "REDIS_URL"))}
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "STORAGE_", "DATABASE_URL", "REDIS_URL"))
+        }
         env.update(DATA_DIR=str(work / "data"), DJANGO_SETTINGS_MODULE="site_config.settings")
         (work / "src").mkdir()
         with open(work / "src" / "model.pt", "wb") as out:
@@ -336,7 +361,9 @@ def bench_client() -> list[tuple]:
                 options = {"FETCH_MODEL_CURL_OPTS": f"--limit-rate {rate}"} if rate else {}
                 subprocess.run(
                     ["sh", str(script), "bench", "v1", str(work / "dest")],
-                    env={**os.environ, **options}, check=True, capture_output=True,
+                    env={**os.environ, **options},
+                    check=True,
+                    capture_output=True,
                 )
 
             def pipeline(rate):  # the client's download step alone: no API call, no script
@@ -344,7 +371,9 @@ def bench_client() -> list[tuple]:
                 subprocess.run(["sh", "-c", download], check=True)
 
             def hash_only(rate):  # SHA-256 of the file curl just wrote, from the page cache
-                subprocess.run(["openssl", "dgst", "-sha256", "-r", str(work / "plain.bin")], check=True, capture_output=True)
+                subprocess.run(
+                    ["openssl", "dgst", "-sha256", "-r", str(work / "plain.bin")], check=True, capture_output=True
+                )
 
             ratios, parts = {}, {}
             for rate in ("", "100M"):  # loopback as fast as it goes, and a 100 MB/s link
@@ -383,7 +412,11 @@ def bench_client() -> list[tuple]:
             logged = len(access_log.read_text().splitlines())
             subprocess.run(["sh", str(script), "bench", "v1", str(work / "dest")], check=True, capture_output=True)
             # The resumed request is the one with a Range header (the cut one may be logged late).
-            resumed = [line for line in access_log.read_text().splitlines()[logged:] if " /files/" in line and '"bytes=' in line]
+            resumed = [
+                line
+                for line in access_log.read_text().splitlines()[logged:]
+                if " /files/" in line and '"bytes=' in line
+            ]
             sent = sum(int(line.rsplit('"', 2)[0].split()[-1]) for line in resumed)
         finally:
             server.send_signal(signal.SIGTERM)

@@ -241,7 +241,9 @@ class VersionAdmin(admin.ModelAdmin):
             if data.get("upload"):
                 created = self._call(request, services.add_file, version, data["path"], data["upload"])
             else:
-                created = self._call(request, services.register_object, version, data["path"], data["existing_key"].strip())
+                created = self._call(
+                    request, services.register_object, version, data["path"], data["existing_key"].strip()
+                )
             if created:
                 formset.new_objects.append(created)
 

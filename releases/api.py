@@ -169,7 +169,9 @@ def get_version(request: HttpRequest, model: str, version: str):
     # serialised directly: validating every file object again would cost more than signing it.
     json_response = JsonResponse(body, json_dumps_params={"separators": (",", ":")})
     json_response["X-Artifact-Version"] = resolved.version
-    return caching.cacheable(json_response, request, [caching.model_key(model), caching.version_key(model, resolved.version)])
+    return caching.cacheable(
+        json_response, request, [caching.model_key(model), caching.version_key(model, resolved.version)]
+    )
 
 
 @api.get(
@@ -191,4 +193,6 @@ def get_sha256sums(request: HttpRequest, model: str, version: str):
     body = "".join(f"{file.sha256}  {file.path}\n" for file in page.files)
     response = HttpResponse(body, content_type="text/plain; charset=utf-8")
     response["X-Artifact-Version"] = page.version.version
-    return caching.cacheable(response, request, [caching.model_key(model), caching.version_key(model, page.version.version)])
+    return caching.cacheable(
+        response, request, [caching.model_key(model), caching.version_key(model, page.version.version)]
+    )

@@ -252,7 +252,9 @@ class CredentialKeeper:
             self.failures += 1
             self.last_error = str(error)
             self.next_refresh = now + self.retry_delay
-            logger.error("Could not renew the AWS credentials for download links (attempt %d): %s", self.failures, error)
+            logger.error(
+                "Could not renew the AWS credentials for download links (attempt %d): %s", self.failures, error
+            )
             return False
         self._current, self.failures, self.last_error = fresh, 0, ""
         self.next_refresh = self._refresh_time(fresh, now)

@@ -77,7 +77,11 @@ def stale_after_change(model_slug: str, version: str | None = None) -> dict[str,
     """
     stale = {
         index_key(): ["/", "/api/v1/models"],
-        model_key(model_slug): [f"/models/{model_slug}/*", f"/api/v1/models/{model_slug}", f"/api/v1/models/{model_slug}/*"],
+        model_key(model_slug): [
+            f"/models/{model_slug}/*",
+            f"/api/v1/models/{model_slug}",
+            f"/api/v1/models/{model_slug}/*",
+        ],
     }
     if version is not None:
         stale[version_key(model_slug, version)] = [

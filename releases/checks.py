@@ -16,7 +16,9 @@ def static_manifest_problem() -> str | None:
     manifest = Path(settings.STATIC_ROOT) / staticfiles_storage.manifest_name
     if manifest.is_file():
         return None
-    return f"{manifest} is missing: run `python manage.py collectstatic --noinput` (STATIC_ROOT={settings.STATIC_ROOT})."
+    return (
+        f"{manifest} is missing: run `python manage.py collectstatic --noinput` (STATIC_ROOT={settings.STATIC_ROOT})."
+    )
 
 
 @checks.register(checks.Tags.security, deploy=True)

@@ -26,8 +26,7 @@ class ImmutableError(ValidationError):
 def validate_model_slug(value: str) -> None:
     if len(value) > 100 or not _SLUG.fullmatch(value):
         raise ValidationError(
-            f"{value!r} is not a valid model name: use lower-case letters, digits and single hyphens "
-            "(e.g. index-tts).",
+            f"{value!r} is not a valid model name: use lower-case letters, digits and single hyphens (e.g. index-tts).",
             code="invalid_model_slug",
         )
 
@@ -294,9 +293,7 @@ class File(models.Model):
         constraints = [
             models.UniqueConstraint("version", "path", name="unique_path_per_version"),
             models.CheckConstraint(condition=models.Q(size__gte=0), name="file_size_not_negative"),
-            models.CheckConstraint(
-                condition=models.Q(sha256__regex=r"^[0-9a-f]{64}$"), name="file_sha256_is_hex"
-            ),
+            models.CheckConstraint(condition=models.Q(sha256__regex=r"^[0-9a-f]{64}$"), name="file_sha256_is_hex"),
         ]
 
     def __str__(self) -> str:

@@ -156,7 +156,9 @@ class ReleasesCollector:
         from .models import File
 
         values = counters()
-        redirects = CounterMetricFamily("model_releases_redirects", "Stable-URL redirects served, by model.", labels=["model"])
+        redirects = CounterMetricFamily(
+            "model_releases_redirects", "Stable-URL redirects served, by model.", labels=["model"]
+        )
         for name, value in sorted(values.items()):
             if name.startswith("redirects:"):
                 redirects.add_metric([name.split(":", 1)[1]], value)

@@ -33,7 +33,9 @@ Kind, State = OutboxEntry.Kind, OutboxEntry.State
 
 def record_change(model_slug: str, version: str | None = None) -> list[int]:
     """Record the purges a change causes; returns the rows' ids (to drain once the change commits)."""
-    return [_record(Kind.PURGE, key, paths=paths) for key, paths in caching.stale_after_change(model_slug, version).items()]
+    return [
+        _record(Kind.PURGE, key, paths=paths) for key, paths in caching.stale_after_change(model_slug, version).items()
+    ]
 
 
 def record_warming(version: Version) -> list[int]:
@@ -41,7 +43,10 @@ def record_warming(version: Version) -> list[int]:
     (files above WARM_MAX_BYTES are left to the first downloader); returns the rows' ids."""
     if not cdn.warming_enabled():
         return []
-    return [_record(Kind.WARM, f"file-{file.pk}", file=file) for file in version.files.filter(size__lte=settings.WARM_MAX_BYTES)]
+    return [
+        _record(Kind.WARM, f"file-{file.pk}", file=file)
+        for file in version.files.filter(size__lte=settings.WARM_MAX_BYTES)
+    ]
 
 
 def _record(kind: str, key: str, *, paths=(), file: File | None = None) -> int:
@@ -55,7 +60,9 @@ def _record(kind: str, key: str, *, paths=(), file: File | None = None) -> int:
             return existing  # coalesced: its generation says it must run again
         try:
             with transaction.atomic():
-                return OutboxEntry.objects.create(kind=kind, key=key, paths=list(paths), file=file, next_attempt_at=now).pk
+                return OutboxEntry.objects.create(
+                    kind=kind, key=key, paths=list(paths), file=file, next_attempt_at=now
+                ).pk
         except IntegrityError:  # a concurrent change created it first: bump that one
             continue
     raise RuntimeError(f"could not record outbox {kind} {key}")
@@ -197,7 +204,10 @@ def retry_failed(ids: list[int]) -> int:
 def seconds_until_due(ids: list[int]) -> int | None:
     """Seconds until the first of these rows that is still pending is due again, or None if none is."""
     first = (
-        OutboxEntry.objects.filter(pk__in=ids, state=State.PENDING).order_by("next_attempt_at").values_list("next_attempt_at", flat=True).first()
+        OutboxEntry.objects.filter(pk__in=ids, state=State.PENDING)
+        .order_by("next_attempt_at")
+        .values_list("next_attempt_at", flat=True)
+        .first()
     )
     if first is None:
         return None
@@ -206,6 +216,9 @@ def seconds_until_due(ids: list[int]) -> int | None:
 
 def backlog() -> dict[str, int]:
     counts = dict(
-        OutboxEntry.objects.exclude(state=State.DONE).values_list("state").annotate(n=Count("pk")).values_list("state", "n")
+        OutboxEntry.objects.exclude(state=State.DONE)
+        .values_list("state")
+        .annotate(n=Count("pk"))
+        .values_list("state", "n")
     )
     return {State.PENDING.value: counts.get(State.PENDING, 0), State.FAILED.value: counts.get(State.FAILED, 0)}

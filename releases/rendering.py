@@ -48,8 +48,7 @@ def render_markdown(text: str, what: str = "Release notes") -> str:
     html = cmarkgfm.github_flavored_markdown_to_html(text, options=Options.CMARK_OPT_UNSAFE)
     if nesting_depth(html, stop_above=MAX_NESTING) > MAX_NESTING:
         raise ValidationError(
-            f"{what} nest elements more than {MAX_NESTING} deep (quotes, lists or HTML tags left open); "
-            "flatten them.",
+            f"{what} nest elements more than {MAX_NESTING} deep (quotes, lists or HTML tags left open); flatten them.",
             code="too_deep",
         )
     return nh3.clean(

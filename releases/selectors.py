@@ -34,9 +34,7 @@ class Gone(Exception):
 
 
 def _latest_version_subquery():
-    return Subquery(
-        Version.objects.filter(model=OuterRef("pk")).latest_candidates().values("version")[:1]
-    )
+    return Subquery(Version.objects.filter(model=OuterRef("pk")).latest_candidates().values("version")[:1])
 
 
 def models_for_index(user) -> list[Model]:
@@ -48,12 +46,7 @@ def model_with_versions(slug: str, user) -> tuple[Model, list[Version], Version 
     """A model, its versions newest first, and its latest version. Two queries."""
     if not _plausible(slug, LATEST):
         raise NotFound(f"There is no model {slug!r}.")
-    model = (
-        Model.objects.visible_to(user)
-        .filter(slug=slug)
-        .annotate(latest_version=_latest_version_subquery())
-        .first()
-    )
+    model = Model.objects.visible_to(user).filter(slug=slug).annotate(latest_version=_latest_version_subquery()).first()
     if model is None:
         raise NotFound(f"There is no model {slug!r}.")
     versions = list(Version.objects.visible_to(user).filter(model=model).natural_order())
@@ -85,7 +78,11 @@ def resolve_version(slug: str, version: str, user) -> Version:
     if version == LATEST:
         found = versions.latest_candidates().first()
         if found is None:
-            raise NotFound(f"{slug!r} has no published version." if _model_is_public(slug, user) else f"There is no model {slug!r}.")
+            raise NotFound(
+                f"{slug!r} has no published version."
+                if _model_is_public(slug, user)
+                else f"There is no model {slug!r}."
+            )
         return found
     found = versions.filter(version=version).first()
     if found is None or (found.is_draft and not user_sees_drafts(user)):

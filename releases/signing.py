@@ -242,9 +242,7 @@ def presign_s3_get(
         query["X-Amz-Security-Token"] = credentials.token
     canonical_query = "&".join(f"{_uri_encode(k)}={_uri_encode(v)}" for k, v in sorted(query.items()))
     canonical_request = f"GET\n{canonical_uri}\n{canonical_query}\nhost:{location.host}\n\nhost\nUNSIGNED-PAYLOAD"
-    string_to_sign = (
-        f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical_request.encode()).hexdigest()}"
-    )
+    string_to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical_request.encode()).hexdigest()}"
     signature = hmac.new(
         _sigv4_key(credentials.secret_key, amz_date[:8], location.region), string_to_sign.encode(), hashlib.sha256
     ).hexdigest()

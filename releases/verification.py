@@ -79,7 +79,9 @@ def record(file: File, status: str, detail: str, *, rehashed: bool) -> None:
         fields["hashed_at"] = now
     File.objects.filter(pk=file.pk).update(**fields)
     if status in FAILURES:
-        logger.error("verify %s (%s %s): %s: %s", file.path, file.version.model.slug, file.version.version, status, detail)
+        logger.error(
+            "verify %s (%s %s): %s: %s", file.path, file.version.model.slug, file.version.version, status, detail
+        )
 
 
 def checked(files: Iterable[File], *, rehash: Callable[[File], bool], progress=None) -> Iterator[tuple]:
@@ -167,4 +169,6 @@ def verify_batch(*, limit: int | None = None, byte_budget: int | None = None) ->
 
 def verify_everything(progress=None) -> VerifyReport:
     """Every published file, fully re-hashed (the verify_artifacts command)."""
-    return verify(published_files().order_by("pk").iterator(chunk_size=500), rehash=lambda file: True, progress=progress)
+    return verify(
+        published_files().order_by("pk").iterator(chunk_size=500), rehash=lambda file: True, progress=progress
+    )

@@ -106,7 +106,9 @@ if not SECRET_KEY:
     if PRODUCTION:
         raise ImproperlyConfigured("DJANGO_ENV=production needs DJANGO_SECRET_KEY (50+ random characters).")
     SECRET_KEY = persistent_secret_key()
-ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", [] if PRODUCTION else ["127.0.0.1", "localhost", "[::1]", "testserver"])
+ALLOWED_HOSTS = env_list(
+    "DJANGO_ALLOWED_HOSTS", [] if PRODUCTION else ["127.0.0.1", "localhost", "[::1]", "testserver"]
+)
 if PRODUCTION and not ALLOWED_HOSTS:
     raise ImproperlyConfigured("DJANGO_ENV=production needs DJANGO_ALLOWED_HOSTS (comma-separated host names).")
 SITE_URL = env_str("SITE_URL").rstrip("/")
@@ -208,7 +210,9 @@ AWS_REGION_NAME = env_str("AWS_S3_REGION_NAME", "us-east-1")
 # "auto" is botocore's choice: virtual-hosted, or path style where the bucket name cannot be a host name.
 AWS_S3_ADDRESSING_STYLE = env_str("AWS_S3_ADDRESSING_STYLE").lower()
 if AWS_S3_ADDRESSING_STYLE not in ("", "auto", "path", "virtual"):
-    raise ImproperlyConfigured(f"AWS_S3_ADDRESSING_STYLE must be auto, path or virtual; got {AWS_S3_ADDRESSING_STYLE!r}.")
+    raise ImproperlyConfigured(
+        f"AWS_S3_ADDRESSING_STYLE must be auto, path or virtual; got {AWS_S3_ADDRESSING_STYLE!r}."
+    )
 
 
 def release_storage() -> dict:
@@ -316,7 +320,9 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 # A message whose worker died unacknowledged is delivered again after this long.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=10, maximum=86400)}
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=10, maximum=86400)
+}
 # Queueing must not hang a publish when the broker is down: fail fast, the beat job catches up.
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5}

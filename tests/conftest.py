@@ -29,6 +29,8 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES or item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
+
+
 S3_TEST_CREDENTIALS = {"access_key": "testing-key", "secret_key": "testing-secret"}
 
 
@@ -111,7 +113,10 @@ def s3_store(settings, moto_endpoint, s3_bucket, local_store):
     """Point the site's release storage at a fresh bucket on the moto server."""
     settings.STORAGES = {
         **settings.STORAGES,
-        "releases": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": s3_storage_options(moto_endpoint, s3_bucket)},
+        "releases": {
+            "BACKEND": "storages.backends.s3.S3Storage",
+            "OPTIONS": s3_storage_options(moto_endpoint, s3_bucket),
+        },
     }
     return release_store()
 

@@ -146,6 +146,7 @@ class RedisServer:
         )
         wait_until(lambda: port_open(self.port), 15, what="redis-server")
         return self
+
     def stop(self) -> None:
         if self.process:
             stop(self.process)
@@ -280,7 +281,21 @@ class PostgresServer:
 
     def _ctl(self, action: str) -> None:
         options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._as_postgres([str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "log"), "-w", "-o", options, "-m", "fast", action])
+        self._as_postgres(
+            [
+                str(self.bin / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.dir / "log"),
+                "-w",
+                "-o",
+                options,
+                "-m",
+                "fast",
+                action,
+            ]
+        )
 
     def start(self) -> PostgresServer:
         self._ctl("start")

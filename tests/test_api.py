@@ -18,7 +18,12 @@ def test_version_object_has_the_contract_fields(client, catalogue, settings):
     assert response.status_code == 200 and response["X-Artifact-Version"] == "v10"
     body = response.json()
     assert set(body) == {"model", "version", "status", "prerelease", "published_at", "notes", "yanked_reason", "files"}
-    assert (body["model"], body["version"], body["status"], body["prerelease"]) == ("index-tts", "v10", "published", False)
+    assert (body["model"], body["version"], body["status"], body["prerelease"]) == (
+        "index-tts",
+        "v10",
+        "published",
+        False,
+    )
     assert body["published_at"].endswith("Z")
     assert [f["path"] for f in body["files"]] == ["model.pt", "sub/config.yaml"]
     ttl = settings.SIGNED_URL_TTL
@@ -118,7 +123,16 @@ def test_openapi_document_is_valid_and_describes_the_contract(client):
         "/api/v1/models/{model}/versions/{version}/sha256sums",
     }
     version = document["components"]["schemas"]["VersionOut"]["properties"]
-    assert set(version) == {"model", "version", "status", "prerelease", "published_at", "notes", "yanked_reason", "files"}
+    assert set(version) == {
+        "model",
+        "version",
+        "status",
+        "prerelease",
+        "published_at",
+        "notes",
+        "yanked_reason",
+        "files",
+    }
     assert client.get("/api/docs").status_code == 200
 
 

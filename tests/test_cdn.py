@@ -30,7 +30,7 @@ def test_varnish_caches_pages_and_a_publish_purges_them(settings, varnish, publi
     page = f"{varnish.url}/models/index-tts/latest/"
     assert get(page)[1]["X-Cache"] == "MISS"
     status, headers, body = get(page)
-    assert (status, headers["X-Cache"]) == (200, "HIT") and b"index-tts <span class=\"version\">v1</span>" in body
+    assert (status, headers["X-Cache"]) == (200, "HIT") and b'index-tts <span class="version">v1</span>' in body
     api = f"{varnish.url}/api/v1/models/index-tts/versions/latest"
     get(api)
     assert get(api)[1]["X-Cache"] == "HIT"
@@ -39,7 +39,7 @@ def test_varnish_caches_pages_and_a_publish_purges_them(settings, varnish, publi
     publish("index-tts", "v2", {"model.pt": b"two"})  # purged right after commit (tasks run in-process here)
 
     status, headers, body = get(page)
-    assert headers["X-Cache"] == "MISS" and b"index-tts <span class=\"version\">v2</span>" in body
+    assert headers["X-Cache"] == "MISS" and b'index-tts <span class="version">v2</span>' in body
     assert json.loads(get(api)[2])["version"] == "v2"
     assert not OutboxEntry.objects.filter(state="pending").exists()
 
@@ -83,7 +83,10 @@ def test_varnish_refuses_purges_from_addresses_outside_its_acl(live_server):
 
 
 def test_fastly_purges_by_surrogate_key_in_batches(settings, recording_server):
-    recording_server.respond = lambda request: (200, json.dumps({k: "id" for k in request.headers["surrogate-key"].split()}).encode())
+    recording_server.respond = lambda request: (
+        200,
+        json.dumps({k: "id" for k in request.headers["surrogate-key"].split()}).encode(),
+    )
     backend = cdn.FastlyCdn(recording_server.url, "SERVICE123", "token-abc")
     keys = [f"version-m-v{n}" for n in range(300)]
     assert backend.purge(keys, ["/ignored"]) == 2
@@ -124,7 +127,10 @@ def test_cloudfront_invalidates_the_paths_the_keys_cover(settings, moto_endpoint
     )["Distribution"]  # fmt: skip
     settings.CDN_BACKEND, settings.CLOUDFRONT_DISTRIBUTION_ID = "cloudfront", distribution["Id"]
     settings.AWS_CLOUDFRONT_ENDPOINT_URL = moto_endpoint
-    settings.AWS_ACCESS_KEY_ID, settings.AWS_SECRET_ACCESS_KEY = S3_TEST_CREDENTIALS["access_key"], S3_TEST_CREDENTIALS["secret_key"]
+    settings.AWS_ACCESS_KEY_ID, settings.AWS_SECRET_ACCESS_KEY = (
+        S3_TEST_CREDENTIALS["access_key"],
+        S3_TEST_CREDENTIALS["secret_key"],
+    )
     settings.CDN_BASE_URL = "https://cdn.example.org"
     version = publish("index-tts", "v1", {"model.pt": b"one"})
     from releases import services
@@ -133,7 +139,9 @@ def test_cloudfront_invalidates_the_paths_the_keys_cover(settings, moto_endpoint
     invalidations = client.list_invalidations(DistributionId=distribution["Id"])["InvalidationList"]["Items"]
     assert len(invalidations) == 2  # one per change, not one per key or file
     paths = [
-        client.get_invalidation(DistributionId=distribution["Id"], Id=item["Id"])["Invalidation"]["InvalidationBatch"]["Paths"]["Items"]
+        client.get_invalidation(DistributionId=distribution["Id"], Id=item["Id"])["Invalidation"]["InvalidationBatch"][
+            "Paths"
+        ]["Items"]
         for item in invalidations
     ]
     everything = {path for batch in paths for path in batch}
@@ -146,7 +154,11 @@ def test_none_backend_sends_nothing():
 
 def test_warming_fetches_new_files_through_the_cdn(settings, live_server, publish, recording_server):
     """CDN_BASE_URL is the live server here: the request a CDN would pass to the site is real."""
-    settings.CDN_BACKEND, settings.CDN_PURGE_URL, settings.CDN_BASE_URL = "varnish", recording_server.url, live_server.url
+    settings.CDN_BACKEND, settings.CDN_PURGE_URL, settings.CDN_BASE_URL = (
+        "varnish",
+        recording_server.url,
+        live_server.url,
+    )
     version = publish("index-tts", "v1", {"model.pt": b"weights" * 1000, "sub/c.yaml": b"a: 1\n"})
     files = File.objects.filter(version=version)
     assert all(file.warmed_at is not None for file in files)
@@ -154,13 +166,19 @@ def test_warming_fetches_new_files_through_the_cdn(settings, live_server, publis
 
 
 def test_warming_reports_a_short_body(settings, live_server, publish, local_store):
-    settings.CDN_BACKEND, settings.CDN_PURGE_URL, settings.CDN_BASE_URL = "varnish", "http://127.0.0.1:9", live_server.url
+    settings.CDN_BACKEND, settings.CDN_PURGE_URL, settings.CDN_BASE_URL = (
+        "varnish",
+        "http://127.0.0.1:9",
+        live_server.url,
+    )
     settings.OUTBOX_MAX_ATTEMPTS = 5
     version = publish("index-tts", "v1", {"model.pt": b"weights" * 1000})
     file = File.objects.get(version=version)
     import io
 
-    local_store.upload(file.key, io.BytesIO(b"short"), content_type="application/octet-stream")  # corrupted behind our back
+    local_store.upload(
+        file.key, io.BytesIO(b"short"), content_type="application/octet-stream"
+    )  # corrupted behind our back
     OutboxEntry.objects.filter(kind="warm").update(state="pending", next_attempt_at="2000-01-01T00:00Z")
     result = outbox.drain("warm")
     assert result.retried == 1
@@ -202,7 +220,12 @@ def answer(url: str, headers: dict | None = None) -> tuple[int, dict]:
 
 
 HTTPS = {"X-Forwarded-Proto": "https"}
-PUBLIC_PATHS = ["/models/index-tts/", "/api/v1/models/index-tts/versions/latest", "/fetch-model.sh", "/models/index-tts/v1/model.pt"]
+PUBLIC_PATHS = [
+    "/models/index-tts/",
+    "/api/v1/models/index-tts/versions/latest",
+    "/fetch-model.sh",
+    "/models/index-tts/v1/model.pt",
+]
 
 
 @pytest.mark.parametrize("path", PUBLIC_PATHS)

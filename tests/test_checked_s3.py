@@ -44,7 +44,10 @@ def checked_s3(settings, localstack_endpoint):
                  aws_secret_access_key=SECRET, config=config).create_bucket(Bucket=bucket)  # fmt: skip
     options = {"bucket_name": bucket, "endpoint_url": localstack_endpoint, "region_name": "us-east-1",
                "addressing_style": "path", "access_key": "test", "secret_key": SECRET}  # fmt: skip
-    settings.STORAGES = {**settings.STORAGES, "releases": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": options}}
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "releases": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": options},
+    }
     signing._signer = None
     return release_store()
 

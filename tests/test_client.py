@@ -24,7 +24,6 @@ FILES = {
 }
 
 
-
 @pytest.fixture
 def served(monkeypatch):
     """Every file response the site sends: (path, Range header, bytes), and a way to replace them."""
@@ -93,11 +92,7 @@ def run_client(site, shell, *args, env=None, wait=True):
 
 
 def tree(root):
-    return {
-        str(path.relative_to(root)): path.read_bytes()
-        for path in sorted(root.rglob("*"))
-        if path.is_file()
-    }
+    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
 
 
 @pytest.mark.parametrize("shell", SHELLS)
@@ -167,7 +162,11 @@ def test_an_expired_link_is_replaced_by_a_fresh_one(site, tmp_path, monkeypatch)
 
 
 WRONG_BODIES = {
-    "captive portal": (b"<!doctype html><title>Sign in to the Wi-Fi</title>", "text/html", "the server sent an HTML page instead of the file"),
+    "captive portal": (
+        b"<!doctype html><title>Sign in to the Wi-Fi</title>",
+        "text/html",
+        "the server sent an HTML page instead of the file",
+    ),
     "empty": (b"", "application/octet-stream", "the server sent an empty body"),
     "short": (b"truncated", "application/octet-stream", "got 9 bytes, the site publishes"),
     "long": (b"x" * (len(FILES["config.yaml"]) + 1), "application/octet-stream", "got 20 bytes, the site publishes 19"),
@@ -199,7 +198,10 @@ def test_a_wrong_body_once_is_retried_with_a_fresh_link(site, tmp_path, wrong_bo
     wrong_body.update(body=WRONG_BODIES[kind], times=1)
     result = run_client(site, "dash", "index-tts", "v2", tmp_path / "v2")
     assert result.returncode == 0, result.stderr
-    assert f"config.yaml: {WRONG_BODIES[kind][2]}" in result.stderr and "asking the stable URL for a fresh link" in result.stderr
+    assert (
+        f"config.yaml: {WRONG_BODIES[kind][2]}" in result.stderr
+        and "asking the stable URL for a fresh link" in result.stderr
+    )
     assert tree(tmp_path / "v2") == FILES and wrong_body["served"] == 1
 
 
@@ -219,7 +221,9 @@ def test_a_wrong_body_every_time_exits_5_after_the_retries_and_keeps_nothing(sit
 def test_an_object_corrupted_in_storage_fails_and_leaves_nothing(site, tmp_path, local_store):
     import io
 
-    local_store.upload("index-tts/v2/model.pt", io.BytesIO(os.urandom(len(FILES["model.pt"]))), content_type="application/octet-stream")
+    local_store.upload(
+        "index-tts/v2/model.pt", io.BytesIO(os.urandom(len(FILES["model.pt"]))), content_type="application/octet-stream"
+    )
     result = run_client(site, "sh", "index-tts", "v2", tmp_path / "v2", env={"FETCH_MODEL_RETRIES": "2"})
     assert result.returncode == 5
     assert "model.pt: SHA-256 mismatch" in result.stderr and "model.pt: giving up after 2 tries" in result.stderr

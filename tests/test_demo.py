@@ -55,7 +55,11 @@ def test_make_run_serves_the_embedded_default_without_external_services(tmp_path
     env["DRAIN_OUTBOX_INTERVAL"] = "1"
     log = open(tmp_path / "make-run.log", "w+")
     process = subprocess.Popen(
-        ["make", "run", f"RUN_ADDR={address}"], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        ["make", "run", f"RUN_ADDR={address}"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:
@@ -68,7 +72,9 @@ def test_make_run_serves_the_embedded_default_without_external_services(tmp_path
             assert stylesheet.status == 200  # collected and served by WhiteNoise, hashed name
         with urllib.request.urlopen(f"http://{address}/api/v1/models/demo-tts/versions/latest") as api:
             assert b'"version":"v2"' in api.read()
-        wait_until(lambda: "drain-outbox: {" in (tmp_path / "make-run.log").read_text(), 60, what="a beat job in the log")
+        wait_until(
+            lambda: "drain-outbox: {" in (tmp_path / "make-run.log").read_text(), 60, what="a beat job in the log"
+        )
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)

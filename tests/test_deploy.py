@@ -30,7 +30,9 @@ def settings_variables() -> set[str]:
 def test_env_example_lists_every_setting_and_gunicorn_option():
     listed = set(example_env())
     assert settings_variables() - listed == set()
-    gunicorn = set(re.findall(r'os\.environ\.get\("([A-Z_]+)"', (REPO_ROOT / "site_config" / "gunicorn.py").read_text()))
+    gunicorn = set(
+        re.findall(r'os\.environ\.get\("([A-Z_]+)"', (REPO_ROOT / "site_config" / "gunicorn.py").read_text())
+    )
     assert gunicorn - listed == set()
     assert "WAIT_TIMEOUT" in listed  # the entrypoint's
 
@@ -57,8 +59,15 @@ def test_compose_file_wires_every_service():
 
 
 def test_dockerfile_is_multi_stage_non_root_and_collects_static_files():
-    lines = [line.strip() for line in (DOCKER / "Dockerfile").read_text().splitlines() if line.strip() and not line.startswith("#")]
-    assert [line for line in lines if line.startswith("FROM")] == ["FROM python:3.11-slim AS build", "FROM python:3.11-slim"]
+    lines = [
+        line.strip()
+        for line in (DOCKER / "Dockerfile").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert [line for line in lines if line.startswith("FROM")] == [
+        "FROM python:3.11-slim AS build",
+        "FROM python:3.11-slim",
+    ]
     assert "USER app" in lines
     assert any("requirements/prod.txt -c /tmp/requirements/constraints.txt" in line for line in lines)
     assert any("collectstatic --noinput" in line for line in lines)
@@ -85,10 +94,14 @@ def manage_py(env: dict, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_check_deploy_is_clean_with_the_production_environment_once_static_files_are_collected(tmp_path):
-    env = production_env(DATA_DIR=str(tmp_path), STATIC_ROOT=str(tmp_path / "static"), DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite3")
+    env = production_env(
+        DATA_DIR=str(tmp_path), STATIC_ROOT=str(tmp_path / "static"), DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite3"
+    )
     missing = manage_py(env, "check", "--deploy", "--fail-level", "WARNING")
     assert missing.returncode != 0 and "releases.E003" in missing.stderr
-    assert f"{tmp_path / 'static' / 'staticfiles.json'} is missing: run `python manage.py collectstatic" in missing.stderr
+    assert (
+        f"{tmp_path / 'static' / 'staticfiles.json'} is missing: run `python manage.py collectstatic" in missing.stderr
+    )
     assert manage_py(env, "collectstatic", "--noinput", "-v", "0").returncode == 0  # its own checks pass without it
     result = manage_py(env, "check", "--deploy", "--fail-level", "WARNING")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -132,7 +145,9 @@ def test_gunicorn_without_collectstatic(tmp_path, production):
 )
 def test_production_fails_fast_without_its_secrets(tmp_path, change, message):
     env = {**production_env(DATA_DIR=str(tmp_path)), **change}
-    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=REPO_ROOT, env=env, capture_output=True, text=True
+    )
     assert result.returncode != 0 and message in result.stderr
 
 
@@ -142,7 +157,9 @@ def test_entrypoint_migrates_then_serves_with_gunicorn(tmp_path):
 
     env = {**django_env(), "DJANGO_ENV": "development", "WAIT_TIMEOUT": "20", "GUNICORN_BIND": f"127.0.0.1:{free_port()}",
            "WEB_CONCURRENCY": "1", "STATIC_ROOT": str(tmp_path / "static"), "PATH": VENV_PATH}  # fmt: skip
-    migrate = subprocess.run([str(DOCKER / "entrypoint.sh"), "migrate"], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    migrate = subprocess.run(
+        [str(DOCKER / "entrypoint.sh"), "migrate"], cwd=REPO_ROOT, env=env, capture_output=True, text=True
+    )
     assert migrate.returncode == 0, migrate.stderr
     assert "database: up" in migrate.stdout and "No migrations to apply." in migrate.stdout
     web = subprocess.Popen([str(DOCKER / "entrypoint.sh"), "web"], cwd=REPO_ROOT, env=env,
@@ -165,6 +182,8 @@ def test_entrypoint_migrates_then_serves_with_gunicorn(tmp_path):
 def test_entrypoint_gives_up_clearly_when_a_service_never_comes(tmp_path):
     env = {**os.environ, "DATABASE_URL": f"postgres://nobody@127.0.0.1:{free_port()}/none", "WAIT_TIMEOUT": "2",
            "DATA_DIR": str(tmp_path), "PATH": VENV_PATH}  # fmt: skip
-    result = subprocess.run([str(DOCKER / "entrypoint.sh"), "migrate"], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [str(DOCKER / "entrypoint.sh"), "migrate"], cwd=REPO_ROOT, env=env, capture_output=True, text=True
+    )
     assert result.returncode != 0
     assert "database is not reachable" in result.stderr

@@ -82,7 +82,9 @@ def lose_aws_credentials(settings, tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    options = {k: v for k, v in settings.STORAGES["releases"]["OPTIONS"].items() if k not in {"access_key", "secret_key"}}
+    options = {
+        k: v for k, v in settings.STORAGES["releases"]["OPTIONS"].items() if k not in {"access_key", "secret_key"}
+    }
     settings.STORAGES = {**settings.STORAGES, "releases": {**settings.STORAGES["releases"], "OPTIONS": options}}
     from releases import signing
 
@@ -96,7 +98,9 @@ def test_links_that_cannot_be_signed_are_a_503_that_says_so(client, settings, s3
     assert redirect.status_code == 503 and redirect["Retry-After"] == "30" and "no-store" in redirect["Cache-Control"]
     assert redirect.content.decode().startswith("Download links cannot be signed right now")
     api = client.get("/api/v1/models/index-tts/versions/v1")
-    assert api.status_code == 503 and api.json() == {"detail": "Download links cannot be signed right now; try again in a minute."}
+    assert api.status_code == 503 and api.json() == {
+        "detail": "Download links cannot be signed right now; try again in a minute."
+    }
     assert client.get("/models/index-tts/v1/").status_code == 503
     settings.METRICS_TOKEN = "t0ken"
     ready = client.get("/readyz", **TOKEN)
@@ -117,7 +121,9 @@ def test_metrics_show_the_signing_credentials(client, settings, s3_store):
 def test_readyz_warns_while_links_would_end_before_the_ttl(client, settings, s3_store, metrics_token):
     from releases import aws, signing
 
-    near_rotation = aws.CredentialKeeper(lambda: aws.CredentialSet("ASIA1", "s", "t", expires_at=time.time() + 300), 600)
+    near_rotation = aws.CredentialKeeper(
+        lambda: aws.CredentialSet("ASIA1", "s", "t", expires_at=time.time() + 300), 600
+    )
     signing._signer = signing.S3Signer(600, s3_store.signing_location(), near_rotation)
     body = client.get("/readyz")
     assert body.status_code == 200 and body.json() == {"status": "ok", "warnings": ["signing"]}

@@ -28,7 +28,9 @@ def test_ranges_that_can_be_served(header, size, expected):
     assert requested_range("GET", header, "", ETAG, size) == expected
 
 
-@pytest.mark.parametrize("header, size", [("bytes=100-200", 100), ("bytes=100-", 100), ("bytes=-0", 100), ("bytes=0-", 0), ("bytes=-5", 0)])
+@pytest.mark.parametrize(
+    "header, size", [("bytes=100-200", 100), ("bytes=100-", 100), ("bytes=-0", 100), ("bytes=0-", 0), ("bytes=-5", 0)]
+)
 def test_ranges_no_byte_of_which_exists_are_unsatisfiable(header, size):
     with pytest.raises(Unsatisfiable):
         requested_range("GET", header, "", ETAG, size)

@@ -33,7 +33,9 @@ def test_a_task_runs_under_the_request_id_it_was_queued_with(monkeypatch):
     from releases import outbox, tasks
 
     seen = []
-    monkeypatch.setattr(outbox, "drain", lambda kind, **kw: seen.append(observability.request_id_var.get()) or outbox.DrainResult())
+    monkeypatch.setattr(
+        outbox, "drain", lambda kind, **kw: seen.append(observability.request_id_var.get()) or outbox.DrainResult()
+    )
     tasks.drain_outbox.apply(headers={"request_id": "from-headers"})  # as a worker receives it
     token = observability.request_id_var.set("req-42")
     try:
@@ -80,7 +82,10 @@ def test_metrics_count_redirects_signing_backlog_and_verify_failures(client, set
     text = client.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret").content.decode()
     samples = parsed(text)
     assert samples["model_releases_redirects_total", (("model", "index-tts"),)] == 3
-    hits, misses = samples["model_releases_signing_cache_hits_total", ()], samples["model_releases_signing_cache_misses_total", ()]
+    hits, misses = (
+        samples["model_releases_signing_cache_hits_total", ()],
+        samples["model_releases_signing_cache_misses_total", ()],
+    )
     assert hits + misses == 5 and misses >= 1
     assert samples["model_releases_outbox_entries", (("state", "failed"),)] == 1
     assert samples["model_releases_verify_failures", ()] == 1

@@ -46,8 +46,15 @@ def test_publishes_with_paths_relative_to_the_deepest_common_directory(any_store
 def test_root_notes_prerelease_and_draft(release_dir, write_file):
     notes = write_file("notes.md", "# Changes\n\n* faster vocoder ✓\n".encode())
     publish(
-        "index-tts", "2.0.0rc1", release_dir / "model.pt", "--root", release_dir.parent,
-        "--notes", notes, "--prerelease", "--draft",
+        "index-tts",
+        "2.0.0rc1",
+        release_dir / "model.pt",
+        "--root",
+        release_dir.parent,
+        "--notes",
+        notes,
+        "--prerelease",
+        "--draft",
     )
     version = Version.objects.get()
     assert (version.status, version.prerelease, version.notes) == ("draft", True, "# Changes\n\n* faster vocoder ✓\n")
@@ -117,12 +124,16 @@ def test_s3_backend_configured_from_the_environment(manage, release_dir, moto_en
         "AWS_ACCESS_KEY_ID": S3_TEST_CREDENTIALS["access_key"],
         "AWS_SECRET_ACCESS_KEY": S3_TEST_CREDENTIALS["secret_key"],
     }
-    result = manage("publish_release", "index-tts", "v1", str(release_dir / "model.pt"), str(release_dir / "sub/c.yaml"), env=env)
+    result = manage(
+        "publish_release", "index-tts", "v1", str(release_dir / "model.pt"), str(release_dir / "sub/c.yaml"), env=env
+    )
     assert result.returncode == 0, result.stderr
     body = s3_client.get_object(Bucket=s3_bucket, Key="index-tts/v1/sub/c.yaml")["Body"].read()
     assert body == b"a: 1\n"
     assert File.objects.get(path="model.pt").sha256 == sha256(b"weights" * 1000)
-    again = manage("publish_release", "index-tts", "v1", str(release_dir / "model.pt"), str(release_dir / "sub/c.yaml"), env=env)
+    again = manage(
+        "publish_release", "index-tts", "v1", str(release_dir / "model.pt"), str(release_dir / "sub/c.yaml"), env=env
+    )
     assert again.returncode == 0 and "nothing to do" in again.stdout
 
 

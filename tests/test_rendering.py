@@ -69,7 +69,8 @@ def test_the_admin_shows_the_limit_on_the_form(admin_client):
     model = Model.objects.create(slug="m", name="m")
     page = admin_client.get(reverse("admin:releases_version_add"))
     response = admin_client.post(
-        reverse("admin:releases_version_add"), form_data(page, model=str(model.pk), version="v1", notes="x" * (LIMIT + 1))
+        reverse("admin:releases_version_add"),
+        form_data(page, model=str(model.pk), version="v1", notes="x" * (LIMIT + 1)),
     )
     assert response.status_code == 200  # the form again, not a redirect
     assert "at most 4,096 are allowed" in response.content.decode()

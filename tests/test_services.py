@@ -16,7 +16,6 @@ from .servers import wait_until
 pytestmark = pytest.mark.django_db
 
 
-
 @pytest.fixture
 def draft():
     return services.create_version(services.get_or_create_model("index-tts"), "v1", notes="First.")

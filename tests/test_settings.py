@@ -89,7 +89,9 @@ def _pem(kind: str) -> bytes:
         return b"-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n"
     key = ec.generate_private_key(ec.SECP256R1()) if kind == "ec" else rsa.generate_private_key(65537, 2048)
     encryption = (
-        serialization.BestAvailableEncryption(b"passphrase") if kind == "encrypted rsa" else serialization.NoEncryption()
+        serialization.BestAvailableEncryption(b"passphrase")
+        if kind == "encrypted rsa"
+        else serialization.NoEncryption()
     )
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
 

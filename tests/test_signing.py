@@ -42,7 +42,12 @@ def test_local_links_cover_the_whole_path_and_the_expiry():
     refusals = [
         ("/files/m/v1/sub/other.pt", query["expires"], query["signature"], "does not match"),
         (parts.path, str(int(query["expires"]) + 1), query["signature"], "does not match"),
-        (parts.path, query["expires"], query["signature"][:-1] + ("1" if query["signature"][-1] == "0" else "0"), "does not match"),
+        (
+            parts.path,
+            query["expires"],
+            query["signature"][:-1] + ("1" if query["signature"][-1] == "0" else "0"),
+            "does not match",
+        ),
         (parts.path, "soon", query["signature"], "malformed"),
         (parts.path, None, None, "malformed"),
     ]
@@ -72,11 +77,15 @@ def s3_store_for(bucket: str, endpoint_url: str | None, region: str, addressing_
     )
 
 
-def botocore_presigned_url(store: S3Store, credentials: aws.CredentialSet, key: str, filename: str, window: Window, monkeypatch) -> str:
+def botocore_presigned_url(
+    store: S3Store, credentials: aws.CredentialSet, key: str, filename: str, window: Window, monkeypatch
+) -> str:
     """The URL botocore itself signs for the same request at the window's start: the oracle."""
     from datetime import UTC, datetime
 
-    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: datetime.fromtimestamp(window.start, UTC).replace(tzinfo=None))
+    monkeypatch.setattr(
+        botocore.auth, "get_current_datetime", lambda: datetime.fromtimestamp(window.start, UTC).replace(tzinfo=None)
+    )
     client = boto3.client(
         "s3",
         endpoint_url=store.storage.endpoint_url,
@@ -84,11 +93,17 @@ def botocore_presigned_url(store: S3Store, credentials: aws.CredentialSet, key: 
         aws_access_key_id=credentials.access_key,
         aws_secret_access_key=credentials.secret_key,
         aws_session_token=credentials.token,
-        config=botocore.config.Config(signature_version="s3v4", s3={"addressing_style": store.storage.addressing_style}),
+        config=botocore.config.Config(
+            signature_version="s3v4", s3={"addressing_style": store.storage.addressing_style}
+        ),
     )
     return client.generate_presigned_url(
         "get_object",
-        Params={"Bucket": store.bucket, "Key": key, "ResponseContentDisposition": signing.content_disposition(filename)},
+        Params={
+            "Bucket": store.bucket,
+            "Key": key,
+            "ResponseContentDisposition": signing.content_disposition(filename),
+        },
         ExpiresIn=window.lifetime,
     )
 
@@ -144,7 +159,11 @@ def test_every_endpoint_form_signs_like_botocore(endpoint, credentials, monkeypa
 
 
 @pytest.mark.parametrize("key", KEYS, ids=str)
-@pytest.mark.parametrize("endpoint", ["aws eu-west-1", "custom endpoint, explicit https port", "custom endpoint behind a path prefix"], ids=str)
+@pytest.mark.parametrize(
+    "endpoint",
+    ["aws eu-west-1", "custom endpoint, explicit https port", "custom endpoint behind a path prefix"],
+    ids=str,
+)
 def test_every_key_signs_like_botocore(endpoint, key, monkeypatch):
     check_against_botocore(endpoint, KEYS[key], CREDENTIALS["session token"], monkeypatch)
 
@@ -170,10 +189,14 @@ def test_sigv4_refuses_lifetimes_beyond_seven_days():
 
 def test_content_disposition_keeps_non_ascii_names():
     assert signing.content_disposition("model.pt") == 'attachment; filename="model.pt"'
-    assert signing.content_disposition('vö"x.bin') == "attachment; filename=\"v__x.bin\"; filename*=UTF-8''v%C3%B6%22x.bin"
+    assert (
+        signing.content_disposition('vö"x.bin') == "attachment; filename=\"v__x.bin\"; filename*=UTF-8''v%C3%B6%22x.bin"
+    )
 
 
-@pytest.mark.parametrize("key", ["index-tts/v1/model.pt", "index-tts/v1/sub dir/caf\u00e9 +.bin"], ids=["plain", "encoded"])
+@pytest.mark.parametrize(
+    "key", ["index-tts/v1/model.pt", "index-tts/v1/sub dir/caf\u00e9 +.bin"], ids=["plain", "encoded"]
+)
 def test_cloudfront_links_are_the_ones_botocore_signs(key):
     """botocore's CloudFrontSigner is the oracle: same URL, same canned policy, same RSA-SHA1 signature."""
     from datetime import UTC, datetime
@@ -181,13 +204,19 @@ def test_cloudfront_links_are_the_ones_botocore_signs(key):
     from botocore.signers import CloudFrontSigner as BotocoreCloudFrontSigner
 
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     link = CloudFrontSigner(TTL, "https://cdn.example.org/", "K2JCJMDEHXQW5F", pem).link(key, key.rsplit("/", 1)[-1])
 
-    oracle = BotocoreCloudFrontSigner("K2JCJMDEHXQW5F", lambda message: private.sign(message, padding.PKCS1v15(), hashes.SHA1()))
+    oracle = BotocoreCloudFrontSigner(
+        "K2JCJMDEHXQW5F", lambda message: private.sign(message, padding.PKCS1v15(), hashes.SHA1())
+    )
     resource = link.url.split("?", 1)[0]
     assert resource == "https://cdn.example.org/" + quote(key, safe="/")
-    expected = oracle.generate_presigned_url(resource, date_less_than=datetime.fromtimestamp(link.expires_at.timestamp(), UTC))
+    expected = oracle.generate_presigned_url(
+        resource, date_less_than=datetime.fromtimestamp(link.expires_at.timestamp(), UTC)
+    )
     assert link.url == expected
 
 

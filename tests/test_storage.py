@@ -15,7 +15,6 @@ from .servers import free_port
 MIB = 1024 * 1024
 
 
-
 def test_upload_stat_read_back_and_delete(any_store):
     data = os.urandom(300_000)
     stored = any_store.upload("m/v1/sub/model.pt", io.BytesIO(data), content_type="application/octet-stream")
@@ -30,7 +29,9 @@ def test_upload_stat_read_back_and_delete(any_store):
 
 def test_upload_reports_progress(any_store):
     seen = []
-    any_store.upload("m/v1/a.bin", io.BytesIO(b"x" * 5000), content_type="application/octet-stream", progress=seen.append)
+    any_store.upload(
+        "m/v1/a.bin", io.BytesIO(b"x" * 5000), content_type="application/octet-stream", progress=seen.append
+    )
     assert sum(seen) == 5000
 
 
@@ -184,7 +185,9 @@ def test_s3_multipart_upload_is_checked_against_the_composite_checksum(settings,
     # The store answers with part checksums of other bytes: the upload is refused and removed.
     real_stat = type(s3_store).stat
     monkeypatch.setattr(
-        type(s3_store), "stat", lambda self, key: real_stat(self, "m/v1/good.pt") if key == "m/v1/bad.pt" else real_stat(self, key)
+        type(s3_store),
+        "stat",
+        lambda self, key: real_stat(self, "m/v1/good.pt") if key == "m/v1/bad.pt" else real_stat(self, key),
     )
     other = os.urandom(11 * MIB)
     with pytest.raises(StorageError, match="different part checksums"):

@@ -73,7 +73,9 @@ def test_a_publish_purges_varnish_through_a_real_worker(settings, varnish, publi
     assert "releases.tasks.process_outbox" in worker.log()
 
 
-def test_with_the_broker_down_publishing_succeeds_and_the_outbox_drains_later(manage, write_file, recording_server, start_worker):
+def test_with_the_broker_down_publishing_succeeds_and_the_outbox_drains_later(
+    manage, write_file, recording_server, start_worker
+):
     broker = RedisServer()  # its port is free: nothing listens yet
     cdn = {"CDN_BACKEND": "varnish", "CDN_PURGE_URL": recording_server.url}
     result = manage(

@@ -108,12 +108,16 @@ def test_several_reads_at_once_record_each_file_in_order(any_store, publish, set
     contents = {f"part-{n}.bin": bytes([n]) * (1000 + n) for n in range(8)}
     publish("m", "v1", contents)
     any_store.delete(File.objects.get(path="part-2.bin").key)
-    any_store.upload(File.objects.get(path="part-5.bin").key, io.BytesIO(b"x" * 1005), content_type="application/octet-stream")
+    any_store.upload(
+        File.objects.get(path="part-5.bin").key, io.BytesIO(b"x" * 1005), content_type="application/octet-stream"
+    )
     files = list(verification.published_files().order_by("path"))
     progressed = []
     results = list(verification.checked(files, rehash=lambda f: True, progress=progressed.append))
     statuses = [(file.path, status) for file, _, (status, _, _) in results]
-    assert statuses == [(path, {"part-2.bin": "missing", "part-5.bin": "mismatch"}.get(path, "ok")) for path in sorted(contents)]
+    assert statuses == [
+        (path, {"part-2.bin": "missing", "part-5.bin": "mismatch"}.get(path, "ok")) for path in sorted(contents)
+    ]
     assert sum(progressed) == sum(hashed for _, _, (_, _, hashed) in results) >= 6 * 1000
 
 

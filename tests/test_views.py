@@ -13,7 +13,6 @@ from .factories import sha256
 pytestmark = pytest.mark.django_db
 
 
-
 # --- stable URLs ----------------------------------------------------------------------------
 
 
@@ -126,7 +125,11 @@ def test_a_range_past_the_end_is_416_and_a_stale_if_range_gets_the_whole_file(cl
     assert stale.status_code == 200 and b"".join(stale.streaming_content) == content
 
 
-@pytest.mark.parametrize("spelling", ["+{}", " {} ", "0{}", "{}.0", "\uff11{}"], ids=["plus", "spaces", "leading zero", "decimal", "full-width"])
+@pytest.mark.parametrize(
+    "spelling",
+    ["+{}", " {} ", "0{}", "{}.0", "\uff11{}"],
+    ids=["plus", "spaces", "leading zero", "decimal", "full-width"],
+)
 def test_expires_has_one_spelling(client, catalogue, spelling):
     link = signed_link(client)
     expires = parse_qs(urlsplit(link).query)["expires"][0]
@@ -179,7 +182,9 @@ def test_model_page_shows_every_listed_version_with_its_state(client, catalogue)
     for name in ["v23", "v12", "v11", "v10", "v9"]:
         assert f">{name}<" in page
     assert "v13" not in page  # draft
-    assert table.index(">v23<") < table.index(">v12<") < table.index(">v11<") < table.index(">v10<") < table.index(">v9<")
+    assert (
+        table.index(">v23<") < table.index(">v12<") < table.index(">v11<") < table.index(">v10<") < table.index(">v9<")
+    )
     assert "Corrupt vocoder; use v10." in page and "withdrawn" in page and "prerelease" in page
     assert '<span class="badge latest">latest</span>' in page
 
@@ -219,7 +224,10 @@ def test_version_page_has_checksums_stable_urls_and_commands(client, catalogue):
 def test_copy_paste_commands_quote_paths(client, publish):
     publish("m", "v1", {"sub dir/it's.bin": b"x"})
     page = client.get("/models/m/v1/").content.decode()
-    assert "curl -fL --create-dirs -o &#x27;sub dir/it&#x27;&quot;&#x27;&quot;&#x27;s.bin&#x27; http://testserver/models/m/v1/sub%20dir/it%27s.bin" in page
+    assert (
+        "curl -fL --create-dirs -o &#x27;sub dir/it&#x27;&quot;&#x27;&quot;&#x27;s.bin&#x27; http://testserver/models/m/v1/sub%20dir/it%27s.bin"
+        in page
+    )
 
 
 def test_yanked_version_page_carries_a_banner(client, catalogue):
@@ -227,7 +235,9 @@ def test_yanked_version_page_carries_a_banner(client, catalogue):
     assert 'class="banner yanked"' in page and "Corrupt vocoder; use v10." in page
 
 
-@pytest.mark.parametrize("url, status", [("/models/index-tts/v12/", 410), ("/models/nope/", 404), ("/models/index-tts/v99/", 404)])
+@pytest.mark.parametrize(
+    "url, status", [("/models/index-tts/v12/", 410), ("/models/nope/", 404), ("/models/index-tts/v99/", 404)]
+)
 def test_page_errors(client, catalogue, url, status):
     response = client.get(url)
     assert response.status_code == status and response["Content-Type"].startswith("text/html")

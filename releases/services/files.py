@@ -24,7 +24,9 @@ def delete_draft(version: Version) -> None:
     with version_lock(version), transaction.atomic():
         version = locked(version)
         if not version.is_draft:
-            raise ReleaseError(f"{version.model.slug} {version.version} is {version.status}; only drafts can be deleted.")
+            raise ReleaseError(
+                f"{version.model.slug} {version.version} is {version.status}; only drafts can be deleted."
+            )
         keys = list(version.files.filter(managed_object=True).values_list("key", flat=True))
         version.delete()
         # Nothing public showed a draft, but whatever a cache kept of it under its key goes too.
@@ -112,7 +114,12 @@ def add_file(
         stored = upload(key, fileobj, content_type, progress, uploaded)
         with transaction.atomic():
             return create_file_row(
-                locked_draft(draft), path=path, key=key, size=stored.size, sha256=stored.sha256, content_type=content_type
+                locked_draft(draft),
+                path=path,
+                key=key,
+                size=stored.size,
+                sha256=stored.sha256,
+                content_type=content_type,
             )
 
 
@@ -156,7 +163,9 @@ def remove_file(file: File) -> None:
     with version_lock(file.version), transaction.atomic():
         version = locked(file.version)
         if not version.is_draft:
-            raise ReleaseError(f"{file.path} belongs to {version.status} version {version.version}; it cannot be removed.")
+            raise ReleaseError(
+                f"{file.path} belongs to {version.status} version {version.version}; it cannot be removed."
+            )
         key, managed = file.key, file.managed_object
         File.objects.filter(pk=file.pk).delete()
     if managed:
@@ -170,4 +179,3 @@ def delete_objects(keys: Iterable[str]) -> None:
             store.delete(key)
         except StorageError:
             logger.warning("could not delete object %s; it is orphaned and safe to remove by hand", key)
-

@@ -68,9 +68,7 @@ def release_local_files(
         render_markdown(notes)  # refused notes are refused before the first byte is sent
     _check_local_files(files)
     existing = (
-        Version.objects.select_related("model")
-        .filter(model__slug=model_slug, version__iexact=version_string)
-        .first()
+        Version.objects.select_related("model").filter(model__slug=model_slug, version__iexact=version_string).first()
     )
     if existing and not existing.is_draft:
         return _compare_with_released(existing, files)
@@ -108,7 +106,12 @@ def _upload_and_record(version: Version, item: LocalFile, uploaded: list[str], p
         stored = upload(key, source, content_type, progress, uploaded)  # no transaction open
     with transaction.atomic():
         return create_file_row(
-            locked_draft(version), path=item.path, key=key, size=stored.size, sha256=stored.sha256, content_type=content_type
+            locked_draft(version),
+            path=item.path,
+            key=key,
+            size=stored.size,
+            sha256=stored.sha256,
+            content_type=content_type,
         )
 
 
@@ -175,4 +178,3 @@ def _identical_draft_files(version: Version, files: list[LocalFile]) -> set[str]
             )
         kept.add(item.path)
     return kept
-

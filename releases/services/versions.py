@@ -40,9 +40,7 @@ def create_version(model: Model, version: str, *, notes: str = "", prerelease: b
 
 def _require_transition(version: Version, status: str) -> None:
     if not version.can_become(status):
-        raise ReleaseError(
-            f"{version.model.slug} {version.version} is {version.status} and cannot become {status}."
-        )
+        raise ReleaseError(f"{version.model.slug} {version.version} is {version.status} and cannot become {status}.")
 
 
 def publish_version(version: Version) -> Version:
@@ -167,11 +165,12 @@ def update_version_details(version: Version, *, notes: str, prerelease: bool) ->
     with transaction.atomic():
         current = locked(version)
         if prerelease != current.prerelease and not current.is_draft:
-            raise ReleaseError(f"{current.model.slug} {current.version} is {current.status}; its prerelease flag is fixed.")
+            raise ReleaseError(
+                f"{current.model.slug} {current.version} is {current.status}; its prerelease flag is fixed."
+            )
         changed = (current.notes, current.prerelease) != (notes, prerelease)
         current.notes, current.notes_html, current.prerelease = notes, notes_html, prerelease
         current.save(update_fields=["notes", "notes_html", "prerelease", "updated_at"])
         if changed and not current.is_draft:
             record_change(current.model.slug, current)
     return current
-

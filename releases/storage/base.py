@@ -69,5 +69,3 @@ def _reporting(chunks: Iterator[bytes], progress: Progress) -> Iterator[bytes]:
     for chunk in chunks:
         progress(len(chunk))
         yield chunk
-
-

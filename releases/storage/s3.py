@@ -58,7 +58,9 @@ class S3Location:
     def from_presigned(cls, url: str, probe_key: str) -> S3Location:
         parts = urlsplit(url)
         if not parts.path.endswith("/" + probe_key):
-            raise StorageError(f"Cannot learn the S3 address for links from {parts.scheme}://{parts.netloc}{parts.path}.")
+            raise StorageError(
+                f"Cannot learn the S3 address for links from {parts.scheme}://{parts.netloc}{parts.path}."
+            )
         default_port = {"http": 80, "https": 443}[parts.scheme]
         host = parts.hostname if parts.port in (None, default_port) else parts.netloc.rsplit("@", 1)[-1]
         credential = parse_qs(parts.query)["X-Amz-Credential"][0]  # KEY/date/REGION/s3/aws4_request
@@ -195,7 +197,11 @@ class S3Store(ReleaseStore):
             return None
         except StorageError as error:
             cause = error.__cause__
-            if isinstance(cause, ClientError) and aws.error_code(cause) in {"NotImplemented", "501", "MethodNotAllowed"}:
+            if isinstance(cause, ClientError) and aws.error_code(cause) in {
+                "NotImplemented",
+                "501",
+                "MethodNotAllowed",
+            }:
                 return self._stat_by_head(key)
             raise
         checksum = attributes.get("Checksum") or {}

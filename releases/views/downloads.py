@@ -99,4 +99,3 @@ def _limited(handle, length: int, chunk_size: int = 1024 * 1024):
             yield chunk
     finally:
         handle.close()
-

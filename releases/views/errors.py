@@ -20,4 +20,6 @@ def error_page(request, error: Exception):
 
 
 def plain_error(error: Exception):
-    return caching.uncacheable(HttpResponse(f"{error}\n", status=status_of(error), content_type="text/plain; charset=utf-8"))
+    return caching.uncacheable(
+        HttpResponse(f"{error}\n", status=status_of(error), content_type="text/plain; charset=utf-8")
+    )

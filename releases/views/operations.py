@@ -91,7 +91,8 @@ def fetch_model_script(request):
     site = site_url(request)
     if "'" in site or "\n" in site:  # never true for a valid host; the script quotes it in single quotes
         return HttpResponse("Invalid site address.\n", status=400, content_type="text/plain")
-    response = HttpResponse(_client_source().replace(SITE_PLACEHOLDER, site), content_type="text/x-shellscript; charset=utf-8")
+    response = HttpResponse(
+        _client_source().replace(SITE_PLACEHOLDER, site), content_type="text/x-shellscript; charset=utf-8"
+    )
     response["Content-Disposition"] = 'inline; filename="fetch-model.sh"'
     return caching.cacheable(response, request, ["client"])
-

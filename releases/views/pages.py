@@ -45,7 +45,9 @@ def version_page(request, model, version):
         "version": resolved,
         "requested": version,
         "rows": rows,
-        "curl_commands": "".join(f"curl -fL --create-dirs -o {shlex.quote(row['path'])} {row['stable_url']}\n" for row in rows),
+        "curl_commands": "".join(
+            f"curl -fL --create-dirs -o {shlex.quote(row['path'])} {row['stable_url']}\n" for row in rows
+        ),
         "notes_html": resolved.notes_html,  # rendered when the notes were written
         "links": links,
         "is_latest": version == selectors.LATEST or _is_latest(resolved),
@@ -75,4 +77,3 @@ def _file_rows(files: list[FileLinks]) -> list[dict]:
 def _is_latest(version: Version) -> bool:
     latest = Version.objects.latest_for(version.model_id)
     return latest is not None and latest.pk == version.pk
-

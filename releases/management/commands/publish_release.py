@@ -24,8 +24,7 @@ class Command(BaseCommand):
         parser.add_argument("files", nargs="+", metavar="FILE", help="files to publish")
         parser.add_argument(
             "--root",
-            help="directory the files' paths are relative to "
-            "(default: the deepest directory that contains all FILEs)",
+            help="directory the files' paths are relative to (default: the deepest directory that contains all FILEs)",
         )
         parser.add_argument("--notes", metavar="FILE", help="release notes (Markdown) to read from FILE")
         parser.add_argument("--prerelease", action="store_true", help="mark the version as a prerelease")
@@ -49,19 +48,25 @@ class Command(BaseCommand):
         release = outcome.version
         label = f"{release.model.slug} {release.version}"
         if outcome.unchanged:
-            self.stdout.write(f"{label} is already {release.status} with these {len(local_files)} files; nothing to do.")
+            self.stdout.write(
+                f"{label} is already {release.status} with these {len(local_files)} files; nothing to do."
+            )
             return
         for file in release.files.order_by("path"):
             self.stdout.write(f"  {file.path}  {filesizeformat(file.size)}  sha256 {file.sha256}")
         state = "saved as a draft" if release.is_draft else "published"
-        self.stdout.write(self.style.SUCCESS(f"{label} {state}: {len(outcome.uploaded)} uploaded, {len(outcome.kept)} kept."))
+        self.stdout.write(
+            self.style.SUCCESS(f"{label} {state}: {len(outcome.uploaded)} uploaded, {len(outcome.kept)} kept.")
+        )
 
     def progress_bar(self, item: LocalFile, size: int):
         if size < PROGRESS_BAR_MIN_BYTES:
             return None
         from tqdm import tqdm
 
-        bar = tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=item.path, file=sys.stderr, disable=None)
+        bar = tqdm(
+            total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=item.path, file=sys.stderr, disable=None
+        )
 
         def advance(transferred: int) -> None:
             bar.update(transferred)
@@ -99,9 +104,7 @@ def _refuse_links_out_of(base: Path, source: Path) -> None:
     outside it: pointed at the site's own secret key, it would publish it."""
     target, inside = source.resolve(), base.resolve()
     if not target.is_relative_to(inside):
-        raise CommandError(
-            f"{source} is a symbolic link to {target}, outside --root {base}; refusing to publish it."
-        )
+        raise CommandError(f"{source} is a symbolic link to {target}, outside --root {base}; refusing to publish it.")
 
 
 def read_notes(name: str) -> str:

@@ -18,7 +18,9 @@ class Command(BaseCommand):
         from tqdm import tqdm
 
         total = published_files().aggregate(total=Sum("size"))["total"] or 0
-        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="verify", file=sys.stderr, disable=None) as bar:
+        with tqdm(
+            total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="verify", file=sys.stderr, disable=None
+        ) as bar:
             report = verify_everything(progress=bar.update)
         for failure in report.failures:
             self.stderr.write(f"FAILED {failure}")
