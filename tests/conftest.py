@@ -27,7 +27,8 @@ SLOW_MODULES = {
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES or item.get_closest_marker("slow"):
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        if module in SLOW_MODULES or "manage" in item.fixturenames:  # `manage` runs manage.py in a process
             item.add_marker(pytest.mark.slow)
 
 
@@ -196,6 +197,12 @@ def catalogue(publish):
     versions["v12"] = services.withdraw_version(versions["v12"])
     publish("hidden-model", "v1", {"model.pt": b"x"}, draft=True)
     return {name: Version.objects.get(pk=version.pk) for name, version in versions.items()}
+
+
+@pytest.fixture(autouse=True)
+def quick_password_hashing(settings):
+    """Test users' passwords need no key stretching (it cost about half a second per admin test)."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture(autouse=True)
