@@ -12,6 +12,7 @@ import http.client
 import os
 import queue
 import threading
+import weakref
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
@@ -26,6 +27,7 @@ PROBE_KEY = "model-releases-probe"
 READ_BUFFER, READ_AHEAD = 4 * 1024 * 1024, 3
 _rings = threading.local()
 _client_lock = threading.Lock()  # verify's threads share one S3 client
+_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # per configured storage, gone with it
 
 
 def _read_ring() -> list[bytearray]:
@@ -93,11 +95,11 @@ class S3Store(ReleaseStore):
         We hash what we read ourselves, so botocore is told not to validate response checksums too
         (it would hash every byte a second time); uploads still send the checksums we ask for.
         """
-        client = getattr(self.storage, "_releases_client", None)
+        client = _clients.get(self.storage)
         if client is None:
             with _client_lock:  # verify reads on several threads; build one client, not one each
-                client = getattr(self.storage, "_releases_client", None) or self._new_client()
-                self.storage._releases_client = client
+                client = _clients.get(self.storage) or self._new_client()
+                _clients[self.storage] = client
         return client
 
     def _new_client(self):
@@ -234,14 +236,11 @@ class S3Store(ReleaseStore):
         """Read into a ring of buffers in one thread while hashing in this one.
 
         Socket reads and SHA-256 both release the GIL, so the two overlap. The bytes go
-        from the socket straight into reused buffers: urllib3's own readinto would read
-        into a new object and copy it, so we read from the http.client response under it.
+        from the socket straight into reused buffers: botocore's body (urllib3) would read
+        into a new object and copy it, so the GET is a presigned URL read with http.client.
         """
-        with _storage_errors(f"read object {key!r}"):
-            response = self.client.get_object(Bucket=self.bucket, Key=key)
-        stream = response["Body"]._raw_stream  # (keep a reference: closing it closes the socket)
-        source = stream._fp if isinstance(getattr(stream, "_fp", None), http.client.HTTPResponse) else stream
-        expected = response.get("ContentLength")
+        connection, source = self._open_presigned(key)
+        expected = source.length
         free, full = queue.Queue(), queue.Queue()
         for buffer in _read_ring():
             free.put(buffer)
@@ -269,7 +268,7 @@ class S3Store(ReleaseStore):
 
         reader = threading.Thread(target=read_ahead, daemon=True)
         reader.start()
-        digest, size, complete = hashlib.sha256(), 0, False
+        digest, size = hashlib.sha256(), 0
         try:
             while (item := full.get()) is not None:
                 if isinstance(item, StorageError):
@@ -280,18 +279,35 @@ class S3Store(ReleaseStore):
                 if progress:
                     progress(filled)
                 free.put(buffer)
-            complete = True
         finally:
             free.put(None)
             reader.join(timeout=5)
             if reader.is_alive():  # still stuck in a read into one of the buffers: never hand them out again
                 _rings.buffers = None
-            # A connection with unread bytes cannot serve the next request: close it instead.
-            if complete:
-                stream.release_conn()
-            else:
-                stream.close()
+            source.close()
+            connection.close()
         return digest.hexdigest(), size
+
+    def _open_presigned(self, key: str) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """A GET of the object through a presigned URL (botocore signs, locally), read with http.client."""
+        with _storage_errors(f"read object {key!r}"):
+            url = self.client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key})
+        parts = urlsplit(url)
+        kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        config = self.storage.client_config
+        connection = kind(parts.netloc, timeout=getattr(config, "read_timeout", None) or 60)
+        try:
+            connection.request("GET", f"{parts.path}?{parts.query}")
+            response = connection.getresponse()
+        except (OSError, http.client.HTTPException) as error:
+            connection.close()
+            raise StorageError(f"Could not read object {key!r}: {error}.") from error
+        if response.status != 200:
+            connection.close()
+            if response.status == 404:
+                raise MissingObject(f"Object {key!r} does not exist.")
+            raise StorageError(f"Could not read object {key!r}: storage answered {response.status} {response.reason}.")
+        return connection, response
 
     def iter_bytes(self, key, chunk_size=CHUNK_SIZE):
         with _storage_errors(f"read object {key!r}"):
