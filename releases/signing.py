@@ -92,17 +92,24 @@ class Signer:
         self.ttl = ttl
         self._cache: dict[tuple, tuple[Window, SignedLink]] = {}
         self._lock = threading.Lock()
+        self._last_window: Window | None = None
         self.hits = 0
         self.misses = 0
 
     def window(self, now: float | None) -> Window:
-        return Window.current(self.ttl, now)
+        """The current window; the same object for every link of a window (so the cache compares by identity)."""
+        now = time.time() if now is None else now
+        last = self._last_window
+        if last is not None and last.start <= now < last.start + self.ttl:
+            return last
+        self._last_window = Window.current(self.ttl, now)
+        return self._last_window
 
     def link(self, key: str, filename: str, *, base_url: str = "", now: float | None = None) -> SignedLink:
         window = self.window(now)
         cache_key = (key, filename, base_url)
         cached = self._cache.get(cache_key)
-        if cached is not None and cached[0] == window:
+        if cached is not None and (cached[0] is window or cached[0] == window):
             self.hits += 1
             return cached[1]
         self.misses += 1
@@ -193,9 +200,14 @@ class S3Signer(Signer):
     def __init__(self, ttl: int, location: S3Location, credentials: aws.CredentialKeeper):
         super().__init__(ttl)
         self.location, self.credentials = location, credentials
+        self._last_limited: Window | None = None
 
     def window(self, now):
-        return super().window(now).limited_to(self.credentials.current(now))
+        base, credentials = super().window(now), self.credentials.current(now)
+        limited = self._last_limited
+        if limited is None or limited.start != base.start or limited.credentials is not credentials:
+            limited = self._last_limited = base.limited_to(credentials)
+        return limited
 
     def _sign(self, key, filename, base_url, window):
         return presign_s3_get(
