@@ -7,6 +7,7 @@ fails here, at start-up, with ImproperlyConfigured.
 
 import os
 import secrets
+from email.utils import getaddresses
 from pathlib import Path
 
 import dj_database_url
@@ -354,11 +355,11 @@ OUTBOX_BACKOFF_SECONDS = env_int("OUTBOX_BACKOFF_SECONDS", 30, minimum=1, maximu
 OUTBOX_LEASE_SECONDS = env_int("OUTBOX_LEASE_SECONDS", 600, minimum=10, maximum=86400)
 JOB_LOCK_SECONDS = env_int("JOB_LOCK_SECONDS", 3600, minimum=10, maximum=86400)
 
-# Who hears about verify failures and CDN work that keeps failing: "Name <a@b>, Name <c@d>".
-ADMINS = [
-    (entry.split("<")[0].strip() or entry, entry.split("<")[-1].rstrip(">").strip())
-    for entry in env_list("DJANGO_ADMINS", [])
-]
+# Who hears about verify failures and CDN work that keeps failing: "Name <a@b>, Name <c@d>"
+# (RFC 5322 address lists, read by the standard library: quoted names may hold commas).
+ADMINS = [(name or address, address) for name, address in getaddresses([env_str("DJANGO_ADMINS")]) if name or address]
+if any("@" not in address for _, address in ADMINS):
+    raise ImproperlyConfigured(f"DJANGO_ADMINS must be addresses like 'Ops <ops@example.org>'; got {ADMINS!r}.")
 SERVER_EMAIL = env_str("SERVER_EMAIL", "model-releases@localhost")
 EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
 EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1, maximum=65535)

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from .conftest import REPO_ROOT
+from .servers import REPO_ROOT
 
 PRINT_SETTINGS = (
     "import django; django.setup(); from django.conf import settings; "
@@ -121,3 +121,21 @@ def test_cloudfront_keys_other_than_plain_rsa_fail_at_start_up(tmp_path, kind, m
     else:
         assert result.returncode != 0 and "ImproperlyConfigured" in result.stderr
         assert f"CLOUDFRONT_PRIVATE_KEY_FILE {key_file} {message}" in result.stderr
+
+
+def test_admins_are_read_as_an_address_list(tmp_path):
+    admins = 'Ops Team <ops@example.org>, "Doe, Jane" <jane@example.org>, noname@example.org'
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup(); from django.conf import settings; print(settings.ADMINS)"],
+        cwd=REPO_ROOT, env={"PATH": "/usr/bin:/bin", "DJANGO_SETTINGS_MODULE": "site_config.settings",
+                            "DATA_DIR": str(tmp_path), "DJANGO_ADMINS": admins},
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    expected = [
+        ("Ops Team", "ops@example.org"),
+        ("Doe, Jane", "jane@example.org"),
+        ("noname@example.org", "noname@example.org"),
+    ]
+    assert result.stdout.strip() == repr(expected)
+    assert "DJANGO_ADMINS must be addresses" in load_settings(tmp_path, DJANGO_ADMINS="just a name").stderr
