@@ -17,7 +17,9 @@ from moto.server import ThreadedMotoServer
 
 from releases.storage import release_store
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from .data import S3_TEST_CREDENTIALS, WEIGHTS
+from .servers import REPO_ROOT
+
 # Modules whose tests start servers or processes: the slow tier (`make test` runs every tier).
 SLOW_MODULES = {
     "test_browser", "test_cdn", "test_checked_s3", "test_client", "test_demo", "test_deploy",
@@ -30,9 +32,6 @@ def pytest_collection_modifyitems(items):
         module = item.module.__name__.rsplit(".", 1)[-1]
         if module in SLOW_MODULES or "manage" in item.fixturenames:  # `manage` runs manage.py in a process
             item.add_marker(pytest.mark.slow)
-
-
-S3_TEST_CREDENTIALS = {"access_key": "testing-key", "secret_key": "testing-secret"}
 
 
 @pytest.fixture(scope="session")
@@ -176,9 +175,6 @@ def publish(tmp_path):
         return release_local_files(model, version, local, **options).version
 
     return run
-
-
-WEIGHTS = {"model.pt": b"\x00\x01weights" * 512, "sub/config.yaml": b"sample_rate: 24000\n"}
 
 
 @pytest.fixture

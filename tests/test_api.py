@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from openapi_spec_validator import validate
 
-from .conftest import WEIGHTS
+from .data import WEIGHTS
 
 pytestmark = pytest.mark.django_db
 

@@ -11,7 +11,8 @@ import pytest
 
 from releases.models import Version
 
-from .conftest import REPO_ROOT, WEIGHTS
+from .data import WEIGHTS
+from .servers import REPO_ROOT
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -11,8 +11,7 @@ from django.core.management import call_command
 
 from releases.models import Model, Version
 
-from .conftest import REPO_ROOT
-from .servers import free_port, wait_until
+from .servers import REPO_ROOT, free_port, wait_until
 
 
 @pytest.mark.django_db

@@ -7,7 +7,7 @@ import urllib.request
 
 import pytest
 
-from .servers import REPO_ROOT, PostgresServer, free_port, stop, wait_until
+from .servers import REPO_ROOT, Gunicorn, PostgresServer, wait_until
 
 
 @pytest.fixture
@@ -33,16 +33,11 @@ def test_the_site_recovers_after_postgresql_restarts(own_postgres, tmp_path):
         "DATABASE_URL": own_postgres.url(),
         "DATA_DIR": str(tmp_path),
         "STATIC_ROOT": str(tmp_path / "static"),
-        "GUNICORN_BIND": f"127.0.0.1:{free_port()}",
-        "WEB_CONCURRENCY": "2",
     }
     for command in (["migrate", "-v0"], ["collectstatic", "--noinput", "-v0"], ["seed_demo"]):
         subprocess.run([sys.executable, "manage.py", *command], cwd=REPO_ROOT, env=env, check=True, capture_output=True)
-    web = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "site_config/gunicorn.py", "site_config.wsgi"],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    site = f"http://{env['GUNICORN_BIND']}"
+    web = Gunicorn(env, workers=2)
+    site = web.url
     urls = [f"{site}/api/v1/models/demo-tts/versions/latest", f"{site}/models/demo-tts/", f"{site}/readyz"]
     try:
         wait_until(lambda: get(urls[0]) == 200, 60, what="gunicorn")
@@ -51,5 +46,5 @@ def test_the_site_recovers_after_postgresql_restarts(own_postgres, tmp_path):
         own_postgres.restart()  # every one of those connections is dead
         statuses = [get(url) for url in urls * 8]
     finally:
-        stop(web)
+        web.stop()
     assert statuses == [200] * len(statuses)  # health checks on reuse: no request sees the dead connections

@@ -7,7 +7,7 @@ from django.core.management import CommandError, call_command
 
 from releases.models import File, Model, Version
 
-from .conftest import S3_TEST_CREDENTIALS
+from .data import S3_TEST_CREDENTIALS
 from .factories import sha256
 
 

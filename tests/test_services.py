@@ -231,19 +231,27 @@ def test_a_refused_publish_leaves_nothing_behind(any_store, sources, monkeypatch
     assert [key for key in uploads if real_stat(any_store, key) is not None] == []  # really gone from storage
 
 
-def test_release_local_files_input_checks(write_file, tmp_path):
-    good = LocalFile("model.pt", write_file("model.pt", b"x"))
-    cases = [
-        (("Bad", "v1", [good]), "not a valid model name"),
-        (("m", "v 1", [good]), "not a valid version"),
-        (("m", "v1", []), "at least one file"),
-        (("m", "v1", [LocalFile("gone.pt", tmp_path / "gone.pt")]), "no such file"),
-        (("m", "v1", [good, LocalFile("model.pt", write_file("other/model.pt", b"y"))]), "would both be published"),
-        (("m", "v1", [LocalFile("../model.pt", good.source)]), "'..'"),
-    ]
-    for args, message in cases:
-        with pytest.raises(ReleaseError, match=message):
-            services.release_local_files(*args)
+@pytest.mark.parametrize(
+    "model, version, files, message",
+    [
+        ("Bad", "v1", ["good"], "not a valid model name"),
+        ("m", "v 1", ["good"], "not a valid version"),
+        ("m", "v1", [], "at least one file"),
+        ("m", "v1", ["missing"], "no such file"),
+        ("m", "v1", ["good", "same path"], "would both be published"),
+        ("m", "v1", ["climbing"], "'..'"),
+    ],
+)
+def test_release_local_files_input_checks(write_file, tmp_path, model, version, files, message):
+    good = write_file("model.pt", b"x")
+    kinds = {
+        "good": LocalFile("model.pt", good),
+        "missing": LocalFile("gone.pt", tmp_path / "gone.pt"),
+        "same path": LocalFile("model.pt", write_file("other/model.pt", b"y")),
+        "climbing": LocalFile("../model.pt", good),
+    }
+    with pytest.raises(ReleaseError, match=message):
+        services.release_local_files(model, version, [kinds[kind] for kind in files])
     assert not Model.objects.exists()
 
 

@@ -33,29 +33,44 @@ def test_the_cache_reuses_a_link_within_its_window_and_renews_it_after():
     assert LocalSigner(TTL).link("m/v1/model.pt", "model.pt", base_url="https://x", now=start + 7).url == first.url
 
 
-def test_local_links_cover_the_whole_path_and_the_expiry():
+def local_link() -> tuple[str, str, str]:
+    """(path, expires, signature) of a fresh local link."""
     link = LocalSigner(TTL).link("m/v1/sub/model.pt", "model.pt", base_url="https://site")
     parts = urlsplit(link.url)
     query = {k: v[0] for k, v in parse_qs(parts.query).items()}
-    assert parts.path == "/files/m/v1/sub/model.pt"
-    verify_local_link(parts.path, query["expires"], query["signature"])
-    refusals = [
-        ("/files/m/v1/sub/other.pt", query["expires"], query["signature"], "does not match"),
-        (parts.path, str(int(query["expires"]) + 1), query["signature"], "does not match"),
-        (
-            parts.path,
-            query["expires"],
-            query["signature"][:-1] + ("1" if query["signature"][-1] == "0" else "0"),
-            "does not match",
-        ),
-        (parts.path, "soon", query["signature"], "malformed"),
-        (parts.path, None, None, "malformed"),
-    ]
-    for path, expires, signature, message in refusals:
-        with pytest.raises(LinkRefused, match=message):
-            verify_local_link(path, expires, signature)
+    return parts.path, query["expires"], query["signature"]
+
+
+def test_a_local_link_covers_the_whole_path():
+    path, expires, signature = local_link()
+    assert path == "/files/m/v1/sub/model.pt"
+    verify_local_link(path, expires, signature)
+
+
+def _other_hex(text: str) -> str:
+    return text[:-1] + ("1" if text[-1] == "0" else "0")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda p, e, s: ("/files/m/v1/sub/other.pt", e, s), "does not match"),
+        (lambda p, e, s: (p, str(int(e) + 1), s), "does not match"),
+        (lambda p, e, s: (p, e, _other_hex(s)), "does not match"),
+        (lambda p, e, s: (p, "soon", s), "malformed"),
+        (lambda p, e, s: (p, None, None), "malformed"),
+    ],
+    ids=["another path", "another expiry", "another signature", "a word for the expiry", "nothing"],
+)
+def test_a_changed_local_link_is_refused(change, message):
+    with pytest.raises(LinkRefused, match=message):
+        verify_local_link(*change(*local_link()))
+
+
+def test_an_expired_local_link_is_refused():
+    path, expires, signature = local_link()
     with pytest.raises(LinkRefused, match="has expired"):
-        verify_local_link(parts.path, query["expires"], query["signature"], now=int(query["expires"]))
+        verify_local_link(path, expires, signature, now=int(expires))
 
 
 def static(access_key="AKIDEXAMPLE", secret_key="secret/key+1", token=None, ttl=TTL) -> aws.CredentialKeeper:

@@ -220,6 +220,4 @@ def test_hashing_reports_progress_and_spans_many_buffers(any_store, monkeypatch)
     any_store.upload("m/v1/big.bin", io.BytesIO(data), content_type="application/octet-stream")
     seen = []
     assert any_store.compute_sha256("m/v1/big.bin", progress=seen.append) == (sha256(data), len(data))
-    assert sum(seen) == len(data) and len(seen) >= 4
-    if any_store.backend_name == "s3":
-        assert len(seen) == 13
+    assert sum(seen) == len(data) and len(seen) >= 4  # progress as it goes, not once at the end
