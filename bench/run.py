@@ -135,7 +135,7 @@ def bench_signing() -> list[tuple]:
             client.generate_presigned_url(
                 "get_object",
                 Params={
-                    "Bucket": location.bucket,
+                    "Bucket": store.bucket,
                     "Key": key,
                     "ResponseContentDisposition": content_disposition(key.rsplit("/", 1)[-1]),
                 },
