@@ -348,5 +348,12 @@ def prepare() -> None:
 @receiver(setting_changed)
 def _forget_signer(setting, **kwargs):
     global _signer
-    if setting in {"STORAGES", "SIGNED_URL_TTL", "CDN_BACKEND", "CDN_BASE_URL", "CLOUDFRONT_KEY_ID", "SECRET_KEY"}:
+    if setting in {
+        "RELEASE_STORAGE",
+        "SIGNED_URL_TTL",
+        "CDN_BACKEND",
+        "CDN_BASE_URL",
+        "CLOUDFRONT_KEY_ID",
+        "SECRET_KEY",
+    }:
         _signer = None

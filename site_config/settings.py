@@ -217,18 +217,16 @@ if AWS_S3_ADDRESSING_STYLE not in ("", "auto", "path", "virtual"):
 
 
 def release_storage() -> dict:
+    """Where release files live (releases.storage builds the store from this)."""
     if STORAGE_BACKEND == "local":
-        return {
-            "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {"location": str(DATA_DIR / "objects"), "base_url": None},
-        }
+        return {"BACKEND": "local", "OPTIONS": {"location": str(DATA_DIR / "objects")}}
     bucket = env_str("AWS_STORAGE_BUCKET_NAME")
     if not bucket:
         raise ImproperlyConfigured("STORAGE_BACKEND=s3 needs AWS_STORAGE_BUCKET_NAME.")
     endpoint_url = env_str("AWS_S3_ENDPOINT_URL") or None
     access_key, secret_key = AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
     return {
-        "BACKEND": "storages.backends.s3.S3Storage",
+        "BACKEND": "s3",
         "OPTIONS": {
             "bucket_name": bucket,
             "endpoint_url": endpoint_url,
@@ -236,11 +234,8 @@ def release_storage() -> dict:
             "access_key": access_key or None,
             "secret_key": secret_key or None,
             "security_token": AWS_SESSION_TOKEN or None,
-            "signature_version": "s3v4",
             # S3-compatible stores on a custom endpoint rarely have per-bucket DNS.
             "addressing_style": AWS_S3_ADDRESSING_STYLE or ("path" if endpoint_url else "auto"),
-            "file_overwrite": True,
-            "querystring_auth": True,
         },
     }
 
@@ -254,8 +249,8 @@ STORAGES = {
         if PRODUCTION
         else "django.contrib.staticfiles.storage.StaticFilesStorage"
     },
-    "releases": release_storage(),
 }
+RELEASE_STORAGE = release_storage()
 MEDIA_ROOT = DATA_DIR / "media"
 
 # Signed download links: valid for at least the TTL and at most twice it.

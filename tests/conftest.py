@@ -71,11 +71,8 @@ def local_store(settings, tmp_path):
     settings.STORAGES = {
         **settings.STORAGES,
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-        "releases": {
-            "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {"location": str(tmp_path / "objects"), "base_url": None},
-        },
     }
+    settings.RELEASE_STORAGE = {"BACKEND": "local", "OPTIONS": {"location": str(tmp_path / "objects")}}
     return release_store()
 
 
@@ -84,7 +81,6 @@ def s3_storage_options(endpoint: str, bucket: str) -> dict:
         "bucket_name": bucket,
         "endpoint_url": endpoint,
         "region_name": "us-east-1",
-        "signature_version": "s3v4",
         "addressing_style": "path",
         **S3_TEST_CREDENTIALS,
     }
@@ -111,13 +107,7 @@ def s3_bucket(s3_client):
 @pytest.fixture
 def s3_store(settings, moto_endpoint, s3_bucket, local_store):
     """Point the site's release storage at a fresh bucket on the moto server."""
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "releases": {
-            "BACKEND": "storages.backends.s3.S3Storage",
-            "OPTIONS": s3_storage_options(moto_endpoint, s3_bucket),
-        },
-    }
+    settings.RELEASE_STORAGE = {"BACKEND": "s3", "OPTIONS": s3_storage_options(moto_endpoint, s3_bucket)}
     return release_store()
 
 

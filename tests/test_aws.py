@@ -96,10 +96,8 @@ def test_the_default_chain_reads_an_assume_role_profiles_expiry_from_sts(assume_
 def test_check_deploy_refuses_a_ttl_the_credentials_cannot_cover(s3_store, assume_role_profile, settings, ttl, error):
     from django.core.checks import run_checks
 
-    options = {
-        k: v for k, v in settings.STORAGES["releases"]["OPTIONS"].items() if k not in {"access_key", "secret_key"}
-    }
-    settings.STORAGES = {**settings.STORAGES, "releases": {**settings.STORAGES["releases"], "OPTIONS": options}}
+    options = {k: v for k, v in settings.RELEASE_STORAGE["OPTIONS"].items() if k not in {"access_key", "secret_key"}}
+    settings.RELEASE_STORAGE = {**settings.RELEASE_STORAGE, "OPTIONS": options}
     settings.SIGNED_URL_TTL = ttl
     found = [message for message in run_checks(include_deployment_checks=True) if message.id.startswith("releases.")]
     assert [message.id for message in found] == ([error] if error else [])

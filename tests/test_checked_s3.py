@@ -44,10 +44,7 @@ def checked_s3(settings, localstack_endpoint):
                  aws_secret_access_key=SECRET, config=config).create_bucket(Bucket=bucket)  # fmt: skip
     options = {"bucket_name": bucket, "endpoint_url": localstack_endpoint, "region_name": "us-east-1",
                "addressing_style": "path", "access_key": "test", "secret_key": SECRET}  # fmt: skip
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "releases": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": options},
-    }
+    settings.RELEASE_STORAGE = {"BACKEND": "s3", "OPTIONS": options}
     signing._signer = None
     return release_store()
 
@@ -111,8 +108,8 @@ def test_an_expired_link_is_refused_and_the_stable_url_hands_out_a_fresh_one(cli
 
 
 def test_a_session_token_link(client, published, settings):
-    options = {**settings.STORAGES["releases"]["OPTIONS"], "security_token": "session/token+value="}
-    settings.STORAGES = {**settings.STORAGES, "releases": {**settings.STORAGES["releases"], "OPTIONS": options}}
+    options = {**settings.RELEASE_STORAGE["OPTIONS"], "security_token": "session/token+value="}
+    settings.RELEASE_STORAGE = {**settings.RELEASE_STORAGE, "OPTIONS": options}
     link = fresh_link(client)
     assert parse_qs(urlsplit(link).query)["X-Amz-Security-Token"] == ["session/token+value="]
     assert http_get(link) == (200, CONTENT)

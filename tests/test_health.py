@@ -34,11 +34,11 @@ def dead_s3(settings):
     from botocore.config import Config
 
     options = {
-        **settings.STORAGES["releases"]["OPTIONS"],
+        **settings.RELEASE_STORAGE["OPTIONS"],
         "endpoint_url": f"http://127.0.0.1:{free_port()}",
         "client_config": Config(retries={"max_attempts": 1}, connect_timeout=1),
     }
-    settings.STORAGES = {**settings.STORAGES, "releases": {**settings.STORAGES["releases"], "OPTIONS": options}}
+    settings.RELEASE_STORAGE = {**settings.RELEASE_STORAGE, "OPTIONS": options}
 
 
 def test_readyz_names_storage_when_it_is_down(client, settings, s3_store, metrics_token):
@@ -82,10 +82,8 @@ def lose_aws_credentials(settings, tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    options = {
-        k: v for k, v in settings.STORAGES["releases"]["OPTIONS"].items() if k not in {"access_key", "secret_key"}
-    }
-    settings.STORAGES = {**settings.STORAGES, "releases": {**settings.STORAGES["releases"], "OPTIONS": options}}
+    options = {k: v for k, v in settings.RELEASE_STORAGE["OPTIONS"].items() if k not in {"access_key", "secret_key"}}
+    settings.RELEASE_STORAGE = {**settings.RELEASE_STORAGE, "OPTIONS": options}
     from releases import signing
 
     signing._signer = None

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from releases import aws, signing
 from releases.signing import CloudFrontSigner, LinkRefused, LocalSigner, S3Signer, Window, verify_local_link
-from releases.storage.s3 import S3Store
+from releases.storage.s3 import S3Config, S3Store
 
 TTL = 3600
 
@@ -78,10 +78,8 @@ def static(access_key="AKIDEXAMPLE", secret_key="secret/key+1", token=None, ttl=
 
 
 def s3_store_for(bucket: str, endpoint_url: str | None, region: str, addressing_style: str) -> S3Store:
-    from storages.backends.s3 import S3Storage
-
     return S3Store(
-        S3Storage(
+        S3Config(
             bucket_name=bucket,
             endpoint_url=endpoint_url,
             region_name=region,
@@ -235,10 +233,10 @@ def test_cloudfront_links_are_the_ones_botocore_signs(key):
     assert link.url == expected
 
 
-def test_signer_follows_settings(settings, s3_store):
+def test_signer_follows_settings(settings, s3_store, tmp_path):
     signing._signer = None
     assert signing.signer().name == "s3"
-    settings.STORAGES = {**settings.STORAGES, "releases": {"BACKEND": "django.core.files.storage.FileSystemStorage"}}
+    settings.RELEASE_STORAGE = {"BACKEND": "local", "OPTIONS": {"location": str(tmp_path)}}
     assert signing.signer().name == "local"
     settings.SIGNED_URL_TTL = 60
     assert signing.signer().ttl == 60

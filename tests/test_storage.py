@@ -5,7 +5,6 @@ import io
 import os
 
 import pytest
-from django.core.files.storage import storages
 
 from releases.storage import HashingReader, MissingObject, StorageError, release_store
 
@@ -77,9 +76,9 @@ def s3_store_at(settings, endpoint: str, **config):
     """The release store pointed at another S3 endpoint, trying each request once."""
     from botocore.config import Config
 
-    options = {**settings.STORAGES["releases"]["OPTIONS"], "endpoint_url": endpoint}
+    options = {**settings.RELEASE_STORAGE["OPTIONS"], "endpoint_url": endpoint}
     options["client_config"] = Config(retries={"max_attempts": 1}, **config)
-    settings.STORAGES = {**settings.STORAGES, "releases": {**settings.STORAGES["releases"], "OPTIONS": options}}
+    settings.RELEASE_STORAGE = {**settings.RELEASE_STORAGE, "OPTIONS": options}
     return release_store()
 
 
@@ -160,8 +159,16 @@ def test_hashing_reader_admits_when_it_missed_bytes():
 
 
 def test_release_store_follows_settings(settings, s3_store, tmp_path):
-    assert release_store().backend_name == "s3"
-    assert storages["releases"].bucket_name.startswith("releases-")
+    assert release_store().backend_name == "s3" and release_store().bucket.startswith("releases-")
+    assert release_store() is release_store()  # one store (and S3 client) per configuration
+    settings.RELEASE_STORAGE = {"BACKEND": "local", "OPTIONS": {"location": str(tmp_path / "other")}}
+    assert release_store().backend_name == "local"
+
+
+def test_an_unknown_backend_is_refused(settings):
+    settings.RELEASE_STORAGE = {"BACKEND": "ftp", "OPTIONS": {}}
+    with pytest.raises(StorageError, match="Unsupported release storage backend 'ftp'; use local or s3"):
+        release_store()
 
 
 def test_hashing_reader_computes_s3_composite_checksums():

@@ -1,5 +1,6 @@
-"""Object storage for release files: the only package that touches django-storages and boto3
-(through `releases.aws`, which owns sessions and credentials).
+"""Object storage for release files: the only package that touches boto3 for storage
+(through `releases.aws`, which owns sessions and credentials), configured by
+settings.RELEASE_STORAGE.
 
 * `base`: the interface the services use (`ReleaseStore`), what it returns and raises;
 * `hashing`: hashing while bytes move, content types;
@@ -10,7 +11,12 @@ Everything is hashed while it is written, so callers always learn the SHA-256 of
 what they stored without reading the source twice.
 """
 
-from django.core.files.storage import FileSystemStorage, storages
+import threading
+
+from django.conf import settings
+from django.core.files.storage import FileSystemStorage
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 from .base import MissingObject, Progress, ReleaseStore, StorageError, StoredObject
 from .hashing import CHUNK_SIZE, HashingReader, guess_content_type, sha256_of_file, sha256_of_stream
@@ -30,17 +36,35 @@ __all__ = [
 ]
 
 
+_store: ReleaseStore | None = None
+_store_lock = threading.Lock()
+
+
 def release_store() -> ReleaseStore:
-    """The store configured in settings.STORAGES['releases']."""
-    backend = storages["releases"]
-    if isinstance(backend, FileSystemStorage):
+    """The store settings.RELEASE_STORAGE describes, one per process (its S3 client is reused)."""
+    global _store
+    if _store is None:
+        with _store_lock:
+            if _store is None:
+                _store = _build(settings.RELEASE_STORAGE)
+    return _store
+
+
+def _build(config: dict) -> ReleaseStore:
+    backend, options = config["BACKEND"], config.get("OPTIONS", {})
+    if backend == "local":
         from .local import LocalStore
 
-        return LocalStore(backend)
-    from storages.backends.s3 import S3Storage
+        return LocalStore(FileSystemStorage(location=options["location"]))
+    if backend == "s3":
+        from .s3 import S3Config, S3Store
 
-    if isinstance(backend, S3Storage):
-        from .s3 import S3Store
+        return S3Store(S3Config(**options))
+    raise StorageError(f"Unsupported release storage backend {backend!r}; use local or s3.")
 
-        return S3Store(backend)
-    raise StorageError(f"Unsupported release storage backend {type(backend).__name__}.")
+
+@receiver(setting_changed)
+def _forget_store(setting, **kwargs):
+    global _store
+    if setting == "RELEASE_STORAGE":
+        _store = None

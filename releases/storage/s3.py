@@ -1,5 +1,4 @@
-"""The S3 backend: django-storages' S3Storage holds the configuration, and a boto3 client
-from `releases.aws` does the work: managed multipart uploads that ask S3 for SHA-256
+"""The S3 backend: a boto3 client from `releases.aws` does the work: managed multipart uploads that ask S3 for SHA-256
 checksums, object attributes to read size and checksum back, streamed reads. It also
 tells the signer where links for this bucket point (`S3Location`).
 """
@@ -12,7 +11,6 @@ import http.client
 import os
 import queue
 import threading
-import weakref
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
@@ -27,7 +25,6 @@ PROBE_KEY = "model-releases-probe"
 READ_BUFFER, READ_AHEAD = 4 * 1024 * 1024, 3
 _rings = threading.local()
 _client_lock = threading.Lock()  # verify's threads share one S3 client
-_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # per configured storage, gone with it
 
 
 def _read_ring() -> list[bytearray]:
@@ -74,33 +71,47 @@ class S3Location:
         )
 
 
+@dataclass(frozen=True)
+class S3Config:
+    """settings.RELEASE_STORAGE["OPTIONS"] for the s3 backend."""
+
+    bucket_name: str
+    endpoint_url: str | None = None
+    region_name: str | None = None
+    addressing_style: str | None = None
+    access_key: str | None = None
+    secret_key: str | None = None
+    security_token: str | None = None
+    client_config: object = None  # a botocore Config: timeouts and retries (tests use it)
+
+
 class S3Store(ReleaseStore):
     backend_name = "s3"
 
-    def __init__(self, storage):
-        self.storage = storage
-        self.bucket = storage.bucket_name
-        self.region = storage.region_name or settings.AWS_REGION_NAME
-        # Static keys from the storage options (the environment fills them), else the default chain.
+    def __init__(self, config: S3Config):
+        self.storage = config
+        self.bucket = config.bucket_name
+        self.region = config.region_name or settings.AWS_REGION_NAME
+        # Static keys from the options (the environment fills them), else botocore's default chain.
         self.keys = (
-            aws.CredentialSet(storage.access_key, storage.secret_key, storage.security_token)
-            if storage.access_key and storage.secret_key
+            aws.CredentialSet(config.access_key, config.secret_key, config.security_token)
+            if config.access_key and config.secret_key
             else None
         )
+        self._client = None
 
     @property
     def client(self):
-        """One boto3 client per configured storage (Django rebuilds the storage when settings change).
+        """One boto3 client per store (release_store() keeps one store per configuration).
 
         We hash what we read ourselves, so botocore is told not to validate response checksums too
         (it would hash every byte a second time); uploads still send the checksums we ask for.
         """
-        client = _clients.get(self.storage)
-        if client is None:
+        if self._client is None:
             with _client_lock:  # verify reads on several threads; build one client, not one each
-                client = _clients.get(self.storage) or self._new_client()
-                _clients[self.storage] = client
-        return client
+                if self._client is None:
+                    self._client = self._new_client()
+        return self._client
 
     def _new_client(self):
         return aws.client(
