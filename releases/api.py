@@ -154,7 +154,7 @@ def get_model(request: HttpRequest, response: HttpResponse, model: str):
 def get_version(request: HttpRequest, model: str, version: str):
     page = selectors.version_with_files(model, version, request.user)
     resolved = page.version
-    files = [vars(row) for row in file_links(request, page.files, VersionLinks(request, model, resolved.version))]
+    files = [row.as_json() for row in file_links(request, page.files, VersionLinks(request, model, resolved.version))]
     body = {
         "model": resolved.model.slug,
         "version": resolved.version,

@@ -51,7 +51,7 @@ class VersionLinks:
         return self.base + "/fetch-model.sh"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a page builds fifty, and frozen dataclasses are slower to build
 class FileLinks:
     path: str
     size: int
@@ -59,6 +59,16 @@ class FileLinks:
     url: str  # signed, absolute
     expires_at: str  # ISO 8601 with Z
     stable_url: str
+
+    def as_json(self) -> dict:
+        return {
+            "path": self.path,
+            "size": self.size,
+            "sha256": self.sha256,
+            "url": self.url,
+            "expires_at": self.expires_at,
+            "stable_url": self.stable_url,
+        }
 
 
 def file_links(request, files, links: VersionLinks) -> list[FileLinks]:
