@@ -63,6 +63,7 @@ def _file_rows(files: list[FileLinks]) -> list[dict]:
     """Everything a row shows, formatted here: rows are many, template lookups are not free."""
     return [
         {
+            "n": str(number),  # a string: Django localizes every integer it renders, four times a row
             "path": file.path,
             "download_url": file.url,
             "stable_url": file.stable_url,
@@ -70,7 +71,7 @@ def _file_rows(files: list[FileLinks]) -> list[dict]:
             "bytes": f"{file.size:,}" if file.size >= 1024 else "",  # small sizes already show bytes
             "sha256": file.sha256,
         }
-        for file in files
+        for number, file in enumerate(files, start=1)
     ]
 
 
