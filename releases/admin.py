@@ -161,14 +161,15 @@ class YankForm(forms.Form):
     )
 
 
-# Admin transitions: name -> (label, service, form asking for extra input or None).
-TRANSITIONS = {
+# The admin's status actions: name -> (label, service call, form asking for extra input or None).
+# (Which status may follow which is Version.TRANSITIONS, checked by the services.)
+ADMIN_ACTIONS = {
     "publish": ("Publish", lambda version, data: services.change_status(version, "publish"), None),
     "yank": ("Yank", lambda version, data: services.change_status(version, "yank", reason=data["reason"]), YankForm),
     "withdraw": ("Withdraw", lambda version, data: services.change_status(version, "withdraw"), None),
     "delete_draft": ("Delete draft", lambda version, data: services.delete_draft(version), None),
 }
-TRANSITION_HELP = {
+ADMIN_ACTION_HELP = {
     "publish": "Publishing checks that every file is complete and present in storage. Published files "
     "can never change; a change is a new version.",
     "yank": "A yanked version stays downloadable by its exact version, shows the reason, and is never "
@@ -287,7 +288,7 @@ class VersionAdmin(admin.ModelAdmin):
     def transition_view(self, request, object_id, name):
         version = get_object_or_404(Version, pk=object_id)
         permission = "delete" if name == "delete_draft" else "change"
-        if name not in TRANSITIONS or not getattr(self, f"has_{permission}_permission")(request, version):
+        if name not in ADMIN_ACTIONS or not getattr(self, f"has_{permission}_permission")(request, version):
             return HttpResponseRedirect(reverse("admin:releases_version_change", args=[object_id]))
         response = self.confirm_transition(request, Version.objects.filter(pk=object_id), name, single=True)
         if response is not None:
@@ -298,7 +299,7 @@ class VersionAdmin(admin.ModelAdmin):
 
     def confirm_transition(self, request, queryset, name, *, single=False):
         """Show the confirmation page; on the confirmed POST, apply the service to each version."""
-        label, service, form_class = TRANSITIONS[name]
+        label, service, form_class = ADMIN_ACTIONS[name]
         versions = list(queryset.select_related("model"))
         confirmed = request.POST.get("confirm") == "yes"
         form = form_class(request.POST if confirmed else None) if form_class else None
@@ -315,7 +316,7 @@ class VersionAdmin(admin.ModelAdmin):
             "versions": versions,
             "action": name,
             "action_label": label,
-            "help": TRANSITION_HELP[name],
+            "help": ADMIN_ACTION_HELP[name],
             "form": form,
             "single": single,
             "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,

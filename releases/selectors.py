@@ -129,6 +129,24 @@ def resolve_file(slug: str, version: str, path: str, user) -> File:
     return file
 
 
+def file_by_key(key: str) -> File:
+    """The file whose object a signed local link names (the link is the permission). One query.
+
+    Withdrawn is Gone; a draft's file is served to whoever holds a link to it (staff got it)."""
+    file = File.objects.select_related("version__model").filter(key=key).first()
+    if file is None:
+        raise NotFound("This file no longer exists.")
+    if file.version.status == Version.Status.WITHDRAWN:
+        raise Gone("This version was withdrawn.")
+    return file
+
+
+def is_latest(version: Version) -> bool:
+    """Whether `version` is its model's latest. One query."""
+    latest = Version.objects.latest_for(version.model_id)
+    return latest is not None and latest.pk == version.pk
+
+
 @dataclass(frozen=True)
 class VersionPage:
     version: Version

@@ -10,7 +10,7 @@ from django.views.decorators.http import require_safe
 
 from .. import caching, http_ranges, observability, selectors
 from ..links import download_base
-from ..models import File, Version
+from ..models import File
 from ..signing import LinkRefused, content_disposition, local_file_path, signer, verify_local_link
 from ..storage import release_store
 from .errors import plain_error
@@ -41,11 +41,10 @@ def local_file(request, key):
         verify_local_link(local_file_path(key), request.GET.get("expires"), request.GET.get("signature"))
     except LinkRefused as error:
         return caching.uncacheable(HttpResponse(f"{error}\n", status=403, content_type="text/plain; charset=utf-8"))
-    file = File.objects.select_related("version__model").filter(key=key).first()
-    if file is None:
-        return plain_error(selectors.NotFound("This file no longer exists."))
-    if file.version.status == Version.Status.WITHDRAWN:
-        return plain_error(selectors.Gone("This version was withdrawn."))
+    try:
+        file = selectors.file_by_key(key)
+    except (selectors.NotFound, selectors.Gone) as error:
+        return plain_error(error)
     store = release_store()
     if store.backend_name != "local":
         return plain_error(selectors.NotFound("Files are not served by this site."))

@@ -10,7 +10,6 @@ from django.views.decorators.http import require_safe
 
 from .. import caching, selectors
 from ..links import FileLinks, VersionLinks, file_links
-from ..models import Version
 from .errors import error_page
 
 
@@ -50,7 +49,7 @@ def version_page(request, model, version):
         ),
         "notes_html": resolved.notes_html,  # rendered when the notes were written
         "links": links,
-        "is_latest": version == selectors.LATEST or _is_latest(resolved),
+        "is_latest": version == selectors.LATEST or selectors.is_latest(resolved),
         "total_size": sum(file.size for file in page.files),
     }
     response = render(request, "releases/version.html", context)
@@ -73,8 +72,3 @@ def _file_rows(files: list[FileLinks]) -> list[dict]:
         }
         for number, file in enumerate(files, start=1)
     ]
-
-
-def _is_latest(version: Version) -> bool:
-    latest = Version.objects.latest_for(version.model_id)
-    return latest is not None and latest.pk == version.pk
