@@ -36,11 +36,10 @@ from urllib.parse import quote, urlencode
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.core.signals import setting_changed
-from django.dispatch import receiver
 from django.utils.crypto import constant_time_compare, salted_hmac
 
 from . import aws
+from .process_cache import PerProcess
 from .storage import release_store
 from .storage.s3 import S3Location
 
@@ -297,18 +296,10 @@ def cloudfront_b64(data: bytes) -> str:
 
 # --- choosing one ---------------------------------------------------------------
 
-_signer: Signer | None = None
-_signer_lock = threading.Lock()
-
 
 def signer() -> Signer:
     """The process-wide signer for the configured backends (its cache lives as long as the process)."""
-    global _signer
-    if _signer is None:
-        with _signer_lock:
-            if _signer is None:
-                _signer = _build_signer()
-    return _signer
+    return SIGNER.get()
 
 
 def _build_signer() -> Signer:
@@ -345,15 +336,7 @@ def prepare() -> None:
         built.credentials.start()
 
 
-@receiver(setting_changed)
-def _forget_signer(setting, **kwargs):
-    global _signer
-    if setting in {
-        "RELEASE_STORAGE",
-        "SIGNED_URL_TTL",
-        "CDN_BACKEND",
-        "CDN_BASE_URL",
-        "CLOUDFRONT_KEY_ID",
-        "SECRET_KEY",
-    }:
-        _signer = None
+SIGNER = PerProcess(
+    _build_signer,
+    {"RELEASE_STORAGE", "SIGNED_URL_TTL", "CDN_BACKEND", "CDN_BASE_URL", "CLOUDFRONT_KEY_ID", "SECRET_KEY"},
+)

@@ -45,7 +45,7 @@ def checked_s3(settings, localstack_endpoint):
     options = {"bucket_name": bucket, "endpoint_url": localstack_endpoint, "region_name": "us-east-1",
                "addressing_style": "path", "access_key": "test", "secret_key": SECRET}  # fmt: skip
     settings.RELEASE_STORAGE = {"BACKEND": "s3", "OPTIONS": options}
-    signing._signer = None
+    signing.SIGNER.set(None)
     return release_store()
 
 
@@ -130,7 +130,7 @@ def test_short_lived_credentials_give_links_that_work_until_their_expiry(live_se
         return aws.CredentialSet(issued.access_key, SECRET, issued.token, issued.expires_at)
 
     keeper = aws.CredentialKeeper(slow_sts, ttl)
-    signing._signer = signing.S3Signer(ttl, published.signing_location(), keeper)
+    signing.SIGNER.set(signing.S3Signer(ttl, published.signing_location(), keeper))
     keeper.start()
 
     checks, results = [], []

@@ -66,7 +66,7 @@ def test_pages_api_and_redirects_keep_working_while_storage_is_down(client, sett
     dead_s3(settings)
     from releases import signing
 
-    signing._signer = None  # a fresh process: nothing cached
+    signing.SIGNER.set(None)  # a fresh process: nothing cached
     assert client.get("/models/index-tts/").status_code == 200
     assert client.get("/models/index-tts/v1/").status_code == 200
     api = client.get("/api/v1/models/index-tts/versions/latest")
@@ -86,7 +86,7 @@ def lose_aws_credentials(settings, tmp_path, monkeypatch):
     settings.RELEASE_STORAGE = {**settings.RELEASE_STORAGE, "OPTIONS": options}
     from releases import signing
 
-    signing._signer = None
+    signing.SIGNER.set(None)
 
 
 def test_links_that_cannot_be_signed_are_a_503_that_says_so(client, settings, s3_store, publish, tmp_path, monkeypatch):
@@ -109,7 +109,7 @@ def test_links_that_cannot_be_signed_are_a_503_that_says_so(client, settings, s3
 def test_metrics_show_the_signing_credentials(client, settings, s3_store):
     from releases import signing
 
-    signing._signer = None
+    signing.SIGNER.set(None)
     settings.METRICS_TOKEN = "t0ken"
     text = client.get("/metrics", HTTP_AUTHORIZATION="Bearer t0ken").content.decode()
     assert "model_releases_signing_credentials_seconds_left +Inf" in text  # static keys never expire
@@ -122,7 +122,7 @@ def test_readyz_warns_while_links_would_end_before_the_ttl(client, settings, s3_
     near_rotation = aws.CredentialKeeper(
         lambda: aws.CredentialSet("ASIA1", "s", "t", expires_at=time.time() + 300), 600
     )
-    signing._signer = signing.S3Signer(600, s3_store.signing_location(), near_rotation)
+    signing.SIGNER.set(signing.S3Signer(600, s3_store.signing_location(), near_rotation))
     body = client.get("/readyz")
     assert body.status_code == 200 and body.json() == {"status": "ok", "warnings": ["signing"]}
     detail = client.get("/readyz", **TOKEN).json()["warning_details"]["signing"]

@@ -234,7 +234,7 @@ def test_cloudfront_links_are_the_ones_botocore_signs(key):
 
 
 def test_signer_follows_settings(settings, s3_store, tmp_path):
-    signing._signer = None
+    signing.SIGNER.set(None)
     assert signing.signer().name == "s3"
     settings.RELEASE_STORAGE = {"BACKEND": "local", "OPTIONS": {"location": str(tmp_path)}}
     assert signing.signer().name == "local"

@@ -11,13 +11,10 @@ Everything is hashed while it is written, so callers always learn the SHA-256 of
 what they stored without reading the source twice.
 """
 
-import threading
-
 from django.conf import settings
 from django.core.files.storage import FileSystemStorage
-from django.core.signals import setting_changed
-from django.dispatch import receiver
 
+from ..process_cache import PerProcess
 from .base import MissingObject, Progress, ReleaseStore, StorageError, StoredObject
 from .hashing import CHUNK_SIZE, HashingReader, guess_content_type, sha256_of_file, sha256_of_stream
 
@@ -36,18 +33,9 @@ __all__ = [
 ]
 
 
-_store: ReleaseStore | None = None
-_store_lock = threading.Lock()
-
-
 def release_store() -> ReleaseStore:
     """The store settings.RELEASE_STORAGE describes, one per process (its S3 client is reused)."""
-    global _store
-    if _store is None:
-        with _store_lock:
-            if _store is None:
-                _store = _build(settings.RELEASE_STORAGE)
-    return _store
+    return STORE.get()
 
 
 def _build(config: dict) -> ReleaseStore:
@@ -63,8 +51,4 @@ def _build(config: dict) -> ReleaseStore:
     raise StorageError(f"Unsupported release storage backend {backend!r}; use local or s3.")
 
 
-@receiver(setting_changed)
-def _forget_store(setting, **kwargs):
-    global _store
-    if setting == "RELEASE_STORAGE":
-        _store = None
+STORE = PerProcess(lambda: _build(settings.RELEASE_STORAGE), {"RELEASE_STORAGE"})
