@@ -197,7 +197,6 @@ class CredentialKeeper:
         self._current: CredentialSet | None = None
         self._started_in: int | None = None  # the process whose thread keeps the credentials fresh
         self._start_lock = threading.Lock()
-        self._wake = threading.Event()
         self.next_refresh = 0.0
         self.failures = 0  # consecutive failed fetches
         self.last_error = ""
@@ -279,8 +278,8 @@ class CredentialKeeper:
     def _keep_fresh(self) -> None:
         while True:
             delay = self.next_refresh - self._clock()
-            if delay > 0 and self._wake.wait(min(delay, 3600)):
-                self._wake.clear()
+            if delay > 0:
+                time.sleep(min(delay, 3600))  # the renewal schedule (checked again at least hourly)
             if self._clock() >= self.next_refresh:
                 self.refresh()
 

@@ -17,10 +17,6 @@ class ByteRange:
     start: int
     end: int  # inclusive
 
-    @property
-    def length(self) -> int:
-        return self.end - self.start + 1
-
 
 class Unsatisfiable(Exception):
     """416: no byte of the requested range exists."""

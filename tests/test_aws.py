@@ -13,6 +13,8 @@ from releases import aws
 from releases.signing import S3Signer
 from releases.storage.s3 import S3Location
 
+from .servers import wait_until
+
 LOCATION = S3Location(origin="https://models.s3.eu-west-1.amazonaws.com", host="models.s3.eu-west-1.amazonaws.com",
                       prefix="/", region="eu-west-1")  # fmt: skip
 
@@ -144,10 +146,7 @@ def test_renewal_runs_in_the_background_thread():
     keeper = aws.CredentialKeeper(provider, 1)
     keeper.start()
     first = keeper.current()
-    wait = time.monotonic() + 10
-    while keeper.current() == first and time.monotonic() < wait:
-        time.sleep(0.05)
-    assert keeper.current() != first
+    wait_until(lambda: keeper.current() != first, 10, interval=0.05, what="the background renewal")
     assert provider.threads[0] == threading.current_thread().name
     assert set(provider.threads[1:]) == {"aws-credentials"}
 
