@@ -12,7 +12,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from . import services
-from .models import File, Model, OutboxEntry, Version, validate_relative_path
+from .models import File, MLModel, OutboxEntry, Version, validate_relative_path
 
 
 class VersionInline(admin.TabularInline):
@@ -28,8 +28,8 @@ class VersionInline(admin.TabularInline):
         return False
 
 
-@admin.register(Model)
-class ModelAdmin(admin.ModelAdmin):
+@admin.register(MLModel)
+class MLModelAdmin(admin.ModelAdmin):
     list_display = ("slug", "name", "version_count", "latest_version")
     search_fields = ("slug", "name", "summary")
     prepopulated_fields = {"slug": ("name",)}

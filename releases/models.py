@@ -1,4 +1,4 @@
-"""The release domain: a Model has Versions, a Version has Files.
+"""The release domain: an MLModel (a published model) has Versions, a Version has Files.
 
 Querysets own the two rules everybody else uses: what is *public* and what is
 *latest*. Services (services.py) are the only writers.
@@ -106,7 +106,7 @@ def default_object_key(model_slug: str, version: str, path: str) -> str:
     return f"{model_slug}/{version}/{path}"
 
 
-class ModelQuerySet(models.QuerySet):
+class MLModelQuerySet(models.QuerySet):
     def public(self):
         """Models with at least one version an anonymous visitor may see."""
         return self.filter(versions__status__in=Version.Status.listed()).distinct()
@@ -115,7 +115,7 @@ class ModelQuerySet(models.QuerySet):
         return self if user_sees_drafts(user) else self.public()
 
 
-class Model(models.Model):
+class MLModel(models.Model):
     slug = models.CharField(
         max_length=100,
         unique=True,
@@ -128,9 +128,11 @@ class Model(models.Model):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
-    objects = ModelQuerySet.as_manager()
+    objects = MLModelQuerySet.as_manager()
 
     class Meta:
+        # "Model" would shadow Django's own; visitors and the admin still say "model".
+        verbose_name = "model"
         ordering = ["slug"]
 
     def __str__(self) -> str:
@@ -184,7 +186,7 @@ class Version(models.Model):
         Status.WITHDRAWN: set(),
     }
 
-    model = models.ForeignKey(Model, on_delete=models.PROTECT, related_name="versions")
+    model = models.ForeignKey(MLModel, on_delete=models.PROTECT, related_name="versions")
     version = models.CharField(max_length=64, validators=[validate_version_string])
     sort_key = models.CharField(max_length=400, editable=False, db_index=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT, db_index=True)

@@ -14,7 +14,7 @@ from django.db.models import OuterRef, Subquery
 
 from .models import (
     File,
-    Model,
+    MLModel,
     Version,
     user_sees_drafts,
     validate_model_slug,
@@ -37,16 +37,16 @@ def _latest_version_subquery():
     return Subquery(Version.objects.filter(model=OuterRef("pk")).latest_candidates().values("version")[:1])
 
 
-def models_for_index(user) -> list[Model]:
+def models_for_index(user) -> list[MLModel]:
     """Models visible to `user`, each with `latest_version` (a version string or None). One query."""
-    return list(Model.objects.visible_to(user).annotate(latest_version=_latest_version_subquery()).order_by("slug"))
+    return list(MLModel.objects.visible_to(user).annotate(latest_version=_latest_version_subquery()).order_by("slug"))
 
 
-def model_with_versions(slug: str, user) -> tuple[Model, list[Version], Version | None]:
+def model_with_versions(slug: str, user) -> tuple[MLModel, list[Version], Version | None]:
     """A model, its versions newest first, and its latest version. Two queries."""
     if not _plausible(slug, LATEST):
         raise NotFound(f"There is no model {slug!r}.")
-    model = Model.objects.visible_to(user).filter(slug=slug).annotate(latest_version=_latest_version_subquery()).first()
+    model = MLModel.objects.visible_to(user).filter(slug=slug).annotate(latest_version=_latest_version_subquery()).first()
     if model is None:
         raise NotFound(f"There is no model {slug!r}.")
     versions = list(Version.objects.visible_to(user).filter(model=model).natural_order())
@@ -96,7 +96,7 @@ def resolve_version(slug: str, version: str, user) -> Version:
 
 def _model_is_public(slug: str, user) -> bool:
     """Only asked on the error path, to word the 404."""
-    return Model.objects.visible_to(user).filter(slug=slug).exists()
+    return MLModel.objects.visible_to(user).filter(slug=slug).exists()
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,8 @@ urlpatterns = [
     path("readyz", operations.readyz, name="readyz"),
     path("metrics", operations.metrics, name="metrics"),
     path("fetch-model.sh", operations.fetch_model_script, name="fetch-model"),
-    path("models/<str:model>/", pages.model_page, name="model"),
-    path("models/<str:model>/<str:version>/", pages.version_page, name="version"),
-    path("models/<str:model>/<str:version>/<path:path>", downloads.download, name="download"),
+    path("models/<str:model_slug>/", pages.model_page, name="model"),
+    path("models/<str:model_slug>/<str:version>/", pages.version_page, name="version"),
+    path("models/<str:model_slug>/<str:version>/<path:path>", downloads.download, name="download"),
     re_path(r"^files/(?P<key>.+)$", downloads.local_file, name="local-file"),
 ]

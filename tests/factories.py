@@ -3,7 +3,7 @@ import hashlib
 import factory
 from django.utils import timezone
 
-from releases.models import File, Model, Version, default_object_key
+from releases.models import File, MLModel, Version, default_object_key
 
 CONTENT = b"model weights\n"
 
@@ -14,7 +14,7 @@ def sha256(data: bytes) -> str:
 
 class ModelFactory(factory.django.DjangoModelFactory):
     class Meta:
-        model = Model
+        model = MLModel
 
     slug = factory.Sequence(lambda n: f"model-{n}")
     name = factory.LazyAttribute(lambda o: o.slug.replace("-", " ").title())

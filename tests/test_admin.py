@@ -9,7 +9,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from releases import services
-from releases.models import File, Model, Version
+from releases.models import File, MLModel, Version
 
 from .factories import FileFactory, VersionFactory
 
@@ -66,12 +66,12 @@ def messages_of(response):
 
 
 def test_maintainer_journey_create_upload_publish_yank_withdraw(admin_client, local_store):
-    response = admin_client.get(reverse("admin:releases_model_add"))
+    response = admin_client.get(reverse("admin:releases_mlmodel_add"))
     response = admin_client.post(
-        reverse("admin:releases_model_add"), form_data(response, slug="index-tts", name="IndexTTS")
+        reverse("admin:releases_mlmodel_add"), form_data(response, slug="index-tts", name="IndexTTS")
     )
     assert response.status_code == 302, response.content
-    model = Model.objects.get(slug="index-tts")
+    model = MLModel.objects.get(slug="index-tts")
 
     response = admin_client.get(reverse("admin:releases_version_add"))
     data = form_data(response, model=str(model.pk), version="v23", notes="Better prosody.")
@@ -201,4 +201,4 @@ def test_lists_search_and_filters(admin_client):
     assert b"v8" in admin_client.get(reverse("admin:releases_version_changelist"), {"q": "v8"}).content
     files = admin_client.get(reverse("admin:releases_file_changelist"), {"verification_status__exact": "missing"})
     assert files.context["cl"].result_count == 1
-    assert admin_client.get(reverse("admin:releases_model_changelist")).status_code == 200
+    assert admin_client.get(reverse("admin:releases_mlmodel_changelist")).status_code == 200

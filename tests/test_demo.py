@@ -9,7 +9,7 @@ from io import StringIO
 import pytest
 from django.core.management import call_command
 
-from releases.models import Model, Version
+from releases.models import MLModel, Version
 
 from .servers import REPO_ROOT, free_port, wait_until
 
@@ -19,7 +19,7 @@ def test_seed_demo_publishes_two_versions_once(local_store):
     out = StringIO()
     call_command("seed_demo", stdout=out)
     call_command("seed_demo", stdout=out)
-    model = Model.objects.get(slug="demo-tts")
+    model = MLModel.objects.get(slug="demo-tts")
     assert list(model.versions.natural_order().values_list("version", "status")) == [
         ("v2", "published"),
         ("v1", "published"),

@@ -6,7 +6,7 @@ from django.db import IntegrityError, transaction
 from releases.models import (
     File,
     ImmutableError,
-    Model,
+    MLModel,
     Version,
     natural_sort_key,
     validate_model_slug,
@@ -114,15 +114,15 @@ def test_public_models_and_versions_hide_drafts(django_user_model):
     released = VersionFactory(published=True).model
     VersionFactory(model=released)  # a draft beside it
     withdrawn = VersionFactory(status=Version.Status.WITHDRAWN).model
-    assert set(Model.objects.public()) == {released, withdrawn}
-    assert set(Model.objects.visible_to(AnonymousUser())) == {released, withdrawn}
+    assert set(MLModel.objects.public()) == {released, withdrawn}
+    assert set(MLModel.objects.visible_to(AnonymousUser())) == {released, withdrawn}
     from django.contrib.auth.models import Permission
 
     maintainer = django_user_model.objects.create_user("maintainer", is_staff=True)
     maintainer.user_permissions.add(Permission.objects.get(codename="view_version"))
     staff_without_permissions = django_user_model.objects.create_user("staff", is_staff=True)
-    assert only_drafts in Model.objects.visible_to(maintainer)
-    assert only_drafts not in Model.objects.visible_to(staff_without_permissions)
+    assert only_drafts in MLModel.objects.visible_to(maintainer)
+    assert only_drafts not in MLModel.objects.visible_to(staff_without_permissions)
     assert Version.objects.visible_to(AnonymousUser()).filter(status="draft").count() == 0
     assert Version.objects.visible_to(staff_without_permissions).filter(status="draft").count() == 0
     assert Version.objects.visible_to(maintainer).filter(status="draft").count() == 2

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
-from releases.models import File, Model, Version
+from releases.models import File, MLModel, Version
 
 from .data import S3_TEST_CREDENTIALS
 from .factories import sha256
@@ -73,7 +73,7 @@ def test_refusals_raise_command_error_in_process(release_dir):
         publish("m", "v1", release_dir / "model.pt", "--root", release_dir / "sub")
     with pytest.raises(CommandError, match="--root .*no such directory"):
         publish("m", "v1", release_dir / "model.pt", "--root", release_dir / "nope")
-    assert not Model.objects.exists()
+    assert not MLModel.objects.exists()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -93,7 +93,7 @@ def test_bad_input_exits_non_zero_with_one_line_and_writes_nothing(manage, relea
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
-    assert not Model.objects.exists() and not Version.objects.exists()
+    assert not MLModel.objects.exists() and not Version.objects.exists()
     assert not (tmp_path / "objects").exists()
 
 
@@ -148,7 +148,7 @@ def test_a_symlink_out_of_the_root_is_refused_and_nothing_is_written(release_dir
     (release_dir / "sub-link").symlink_to(secret.parent, target_is_directory=True)  # a folder on the way
     with pytest.raises(CommandError, match="outside --root"):
         publish("index-tts", "v1", "--root", release_dir, release_dir / "sub-link" / "secret_key")
-    assert not Version.objects.exists() and not Model.objects.exists()
+    assert not Version.objects.exists() and not MLModel.objects.exists()
     assert not [path for path in Path(local_store.storage.location).rglob("*") if path.is_file()]
 
 

@@ -9,7 +9,7 @@ from django.core.management import CommandError, call_command
 from django.urls import reverse
 
 from releases import rendering, services
-from releases.models import Model, Version
+from releases.models import MLModel, Version
 
 from .test_admin import form_data
 
@@ -61,12 +61,12 @@ def test_publish_release_refuses_long_notes_with_one_line_and_leaves_nothing(wri
     notes = write_file("notes.md", b"x" * (LIMIT + 1))
     with pytest.raises(CommandError, match="Release notes are 4,097 bytes; at most 4,096"):
         call_command("publish_release", "m", "v1", str(source), "--notes", str(notes))
-    assert not Version.objects.exists() and not Model.objects.exists()
+    assert not Version.objects.exists() and not MLModel.objects.exists()
     assert not [path for path in Path(local_store.storage.location).rglob("*") if path.is_file()]
 
 
 def test_the_admin_shows_the_limit_on_the_form(admin_client):
-    model = Model.objects.create(slug="m", name="m")
+    model = MLModel.objects.create(slug="m", name="m")
     page = admin_client.get(reverse("admin:releases_version_add"))
     response = admin_client.post(
         reverse("admin:releases_version_add"),

@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from releases import services
-from releases.models import File, Model, Version
+from releases.models import File, MLModel, Version
 from releases.services import LocalFile, ReleaseError
 from releases.storage import StorageError
 
@@ -147,7 +147,7 @@ def test_metadata_edits(draft):
     model = draft.model
     model.name = "IndexTTS"
     services.save_model_details(model)
-    assert Model.objects.get().name == "IndexTTS"
+    assert MLModel.objects.get().name == "IndexTTS"
     services.update_version_details(draft, notes="New notes", prerelease=True)
     services.add_file(draft, "m.pt", io.BytesIO(b"x"))
     services.publish_version(draft)
@@ -207,7 +207,7 @@ def test_a_failed_upload_leaves_nothing_behind(any_store, sources, monkeypatch):
     monkeypatch.setattr(type(any_store), "upload", failing_second_upload)
     with pytest.raises(ReleaseError, match="connection reset"):
         services.release_local_files("index-tts", "v1", sources)
-    assert not Model.objects.exists() and not Version.objects.exists() and not File.objects.exists()
+    assert not MLModel.objects.exists() and not Version.objects.exists() and not File.objects.exists()
     assert any_store.stat(calls[0]) is None  # the first, finished upload was removed again
 
 
@@ -227,7 +227,7 @@ def test_a_refused_publish_leaves_nothing_behind(any_store, sources, monkeypatch
     monkeypatch.setattr(store, "stat", stat)
     with pytest.raises(ReleaseError, match="is missing from storage"):
         services.release_local_files("index-tts", "v1", sources)
-    assert not Model.objects.exists() and not File.objects.exists()
+    assert not MLModel.objects.exists() and not File.objects.exists()
     assert [key for key in uploads if real_stat(any_store, key) is not None] == []  # really gone from storage
 
 
@@ -252,7 +252,7 @@ def test_release_local_files_input_checks(write_file, tmp_path, model, version, 
     }
     with pytest.raises(ReleaseError, match=message):
         services.release_local_files(model, version, [kinds[kind] for kind in files])
-    assert not Model.objects.exists()
+    assert not MLModel.objects.exists()
 
 
 def test_a_refusal_never_deletes_an_object_owned_by_another_file(any_store, write_file):

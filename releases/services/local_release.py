@@ -10,7 +10,7 @@ from django.db import transaction
 
 from ..models import (
     File,
-    Model,
+    MLModel,
     Version,
     canonical_path,
     default_object_key,
@@ -72,7 +72,7 @@ def release_local_files(
     )
     if existing and not existing.is_draft:
         return _compare_with_released(existing, files)
-    model_existed = Model.objects.filter(slug=model_slug).exists()
+    model_existed = MLModel.objects.filter(slug=model_slug).exists()
     with removing_uploads_on_failure() as uploaded:
         version = existing or create_version(
             get_or_create_model(model_slug), version_string, notes=notes, prerelease=prerelease
@@ -122,7 +122,7 @@ def _undo(version: Version, recorded: list[int], *, created_version: bool, creat
         if created_version:
             Version.objects.filter(pk=version.pk, status=Version.Status.DRAFT).delete()
         if created_model:
-            Model.objects.filter(slug=version.model.slug, versions__isnull=True).delete()
+            MLModel.objects.filter(slug=version.model.slug, versions__isnull=True).delete()
 
 
 def _check_local_files(files: list[LocalFile]) -> None:

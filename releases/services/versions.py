@@ -7,7 +7,7 @@ import logging
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from ..models import File, Model, Version, validate_model_slug, validate_object_key, validate_version_string
+from ..models import File, MLModel, Version, validate_model_slug, validate_object_key, validate_version_string
 from ..rendering import render_markdown
 from ..storage import release_store
 from .common import ReleaseError, as_release_error, locked, record_change, version_lock
@@ -15,14 +15,14 @@ from .common import ReleaseError, as_release_error, locked, record_change, versi
 logger = logging.getLogger(__name__)
 
 
-def get_or_create_model(slug: str, *, name: str = "", summary: str = "") -> Model:
+def get_or_create_model(slug: str, *, name: str = "", summary: str = "") -> MLModel:
     with as_release_error():
         validate_model_slug(slug)
-    model, _ = Model.objects.get_or_create(slug=slug, defaults={"name": name or slug, "summary": summary})
+    model, _ = MLModel.objects.get_or_create(slug=slug, defaults={"name": name or slug, "summary": summary})
     return model
 
 
-def create_version(model: Model, version: str, *, notes: str = "", prerelease: bool = False) -> Version:
+def create_version(model: MLModel, version: str, *, notes: str = "", prerelease: bool = False) -> Version:
     with as_release_error():
         validate_version_string(version)
         notes_html = render_markdown(notes)
@@ -141,11 +141,11 @@ def withdraw_version(version: Version) -> Version:
     return version
 
 
-def save_model_details(model: Model) -> Model:
+def save_model_details(model: MLModel) -> MLModel:
     """Create or update a model's name, summary and description."""
     with as_release_error():
         model.full_clean()
-    if model.pk and Model.objects.filter(pk=model.pk).exclude(slug=model.slug).exists():
+    if model.pk and MLModel.objects.filter(pk=model.pk).exclude(slug=model.slug).exists():
         if File.objects.filter(version__model=model).exists():
             raise ReleaseError(
                 f"{model.slug}: the slug is part of its files' object keys and URLs, so it cannot change once "

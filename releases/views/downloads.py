@@ -17,10 +17,10 @@ from .errors import plain_error
 
 
 @require_safe
-def download(request, model, version, path):
+def download(request, model_slug, version, path):
     """302 to a freshly signed link; GET and HEAD alike, never cached."""
     try:
-        file = selectors.resolve_file(model, version, path, request.user)
+        file = selectors.resolve_file(model_slug, version, path, request.user)
     except (selectors.NotFound, selectors.Gone) as error:
         return plain_error(error)
     counter = observability.SigningCounter(signer())

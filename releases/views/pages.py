@@ -21,23 +21,23 @@ def index(request):
 
 
 @require_safe
-def model_page(request, model):
+def model_page(request, model_slug):
     try:
-        found, versions, latest = selectors.model_with_versions(model, request.user)
+        found, versions, latest = selectors.model_with_versions(model_slug, request.user)
     except selectors.NotFound as error:
         return error_page(request, error)
     response = render(request, "releases/model.html", {"model": found, "versions": versions, "latest": latest})
-    return caching.cacheable(response, request, [caching.model_key(model)])
+    return caching.cacheable(response, request, [caching.model_key(model_slug)])
 
 
 @require_safe
-def version_page(request, model, version):
+def version_page(request, model_slug, version):
     try:
-        page = selectors.version_with_files(model, version, request.user)
+        page = selectors.version_with_files(model_slug, version, request.user)
     except (selectors.NotFound, selectors.Gone) as error:
         return error_page(request, error)
     resolved = page.version
-    links = VersionLinks(request, model, resolved.version)
+    links = VersionLinks(request, model_slug, resolved.version)
     rows = _file_rows(file_links(request, page.files, links))
     context = {
         "model": resolved.model,
@@ -54,7 +54,7 @@ def version_page(request, model, version):
     }
     response = render(request, "releases/version.html", context)
     return caching.cacheable(
-        response, request, [caching.model_key(model), caching.version_key(model, resolved.version)]
+        response, request, [caching.model_key(model_slug), caching.version_key(model_slug, resolved.version)]
     )
 
 
