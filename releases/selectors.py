@@ -46,7 +46,9 @@ def model_with_versions(slug: str, user) -> tuple[MLModel, list[Version], Versio
     """A model, its versions newest first, and its latest version. Two queries."""
     if not _plausible(slug, LATEST):
         raise NotFound(f"There is no model {slug!r}.")
-    model = MLModel.objects.visible_to(user).filter(slug=slug).annotate(latest_version=_latest_version_subquery()).first()
+    model = (
+        MLModel.objects.visible_to(user).filter(slug=slug).annotate(latest_version=_latest_version_subquery()).first()
+    )
     if model is None:
         raise NotFound(f"There is no model {slug!r}.")
     versions = list(Version.objects.visible_to(user).filter(model=model).natural_order())
