@@ -9,7 +9,6 @@ from urllib.parse import quote
 from django.conf import settings
 from django.urls import reverse
 
-from . import observability
 from .signing import signer
 
 
@@ -72,12 +71,10 @@ class FileLinks:
 
 
 def file_links(request, files, links: VersionLinks) -> list[FileLinks]:
-    """Each file with a freshly signed link and its stable URL; the signing is counted once per request."""
-    counter = observability.SigningCounter(signer())
-    sign, base = counter.signer.link, download_base(request)
+    """Each file with a freshly signed link and its stable URL."""
+    sign, base = signer().link, download_base(request)
     rows = []
     for file in files:
         link = sign(file.key, file.name, base_url=base)
         rows.append(FileLinks(file.path, file.size, file.sha256, link.url, link.expires_at_iso, links.file(file.path)))
-    counter.report()
     return rows

@@ -1,8 +1,8 @@
-"""Request ids that follow a request into the tasks it queues, JSON log lines, and metrics.
+"""Request ids that follow a request into the tasks it queues, JSON log lines, and counters.
 
-Metrics live in Redis when REDIS_URL is set (shared by every web process and
+Counters live in Redis when REDIS_URL is set (shared by every web process and
 worker), in this process otherwise. Counting never breaks a request: a
-failure to count is logged and forgotten.
+failure to count is logged and forgotten. metrics.py turns them into /metrics.
 """
 
 from __future__ import annotations
@@ -109,8 +109,23 @@ def _client():
     return _redis
 
 
+_batch: contextvars.ContextVar[Counter | None] = contextvars.ContextVar("metrics_batch", default=None)
+
+
 def count(**fields: int) -> None:
-    """Add to named counters, e.g. count(**{"redirects:index-tts": 1, "signing_hits": 50})."""
+    """Add to named counters, e.g. count(**{"redirects:index-tts": 1, "signing_hits": 1}).
+
+    Inside a request the counts wait in the request's batch (see CountsMiddleware), so a page
+    that signs fifty links costs one Redis round trip, not fifty.
+    """
+    batch = _batch.get()
+    if batch is not None:
+        batch.update(fields)
+        return
+    _write(fields)
+
+
+def _write(fields: dict[str, int]) -> None:
     fields = {name: value for name, value in fields.items() if value}
     if not fields:
         return
@@ -127,67 +142,25 @@ def count(**fields: int) -> None:
         logger.debug("could not count metrics: %s", error)
 
 
+class CountsMiddleware:
+    """Collects what a request counts and writes it once, after the response is made."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        batch = Counter()
+        token = _batch.set(batch)
+        try:
+            return self.get_response(request)
+        finally:
+            _batch.reset(token)
+            _write(batch)
+
+
 def counters() -> dict[str, int]:
     if not settings.REDIS_URL:
         with _local_lock:
             return dict(_local)
     raw = _client().hgetall(KEY)
     return {name.decode(): int(value) for name, value in raw.items()}
-
-
-class SigningCounter:
-    """Counts a signer's cache hits and misses during one request and reports the difference."""
-
-    def __init__(self, signer):
-        self.signer, self.hits, self.misses = signer, signer.hits, signer.misses
-
-    def report(self, **more: int) -> None:
-        count(signing_hits=self.signer.hits - self.hits, signing_misses=self.signer.misses - self.misses, **more)
-
-
-class ReleasesCollector:
-    """prometheus_client collector over the counters above (shared by every process through Redis)
-    and a few gauges read when scraped."""
-
-    def collect(self):
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        from . import outbox, signing, verification
-        from .models import File
-
-        values = counters()
-        redirects = CounterMetricFamily(
-            "model_releases_redirects", "Stable-URL redirects served, by model.", labels=["model"]
-        )
-        for name, value in sorted(values.items()):
-            if name.startswith("redirects:"):
-                redirects.add_metric([name.split(":", 1)[1]], value)
-        yield redirects
-        yield CounterMetricFamily("model_releases_signing_cache_hits", "Signed links served from the windowed cache.",
-                                  value=values.get("signing_hits", 0))  # fmt: skip
-        yield CounterMetricFamily("model_releases_signing_cache_misses", "Signed links computed.",
-                                  value=values.get("signing_misses", 0))  # fmt: skip
-        backlog = GaugeMetricFamily("model_releases_outbox_entries", "CDN outbox entries by state (pending, failed).",
-                                    labels=["state"])  # fmt: skip
-        for state, count_ in outbox.backlog().items():
-            backlog.add_metric([state], count_)
-        yield backlog
-        credentials = signing.credentials_status()
-        if credentials is not None:
-            yield GaugeMetricFamily("model_releases_signing_credentials_seconds_left",
-                                    "Seconds until the credentials that sign S3 links expire (+Inf for static keys).",
-                                    value=credentials["seconds_left"])  # fmt: skip
-            yield GaugeMetricFamily("model_releases_signing_credentials_refresh_failures",
-                                    "Consecutive failed renewals of the signing credentials.", value=credentials["failures"])  # fmt: skip
-        failures = File.objects.published().filter(verification_status__in=verification.FAILURES).count()
-        yield GaugeMetricFamily("model_releases_verify_failures", "Published files whose last verification failed.",
-                                value=failures)  # fmt: skip
-
-
-def prometheus_text() -> str:
-    """The text exposition format, written by prometheus_client (which escapes label values)."""
-    from prometheus_client import CollectorRegistry, generate_latest
-
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(ReleasesCollector())
-    return generate_latest(registry).decode()

@@ -38,7 +38,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.crypto import constant_time_compare, salted_hmac
 
-from . import aws
+from . import aws, observability
 from .process_cache import PerProcess
 from .storage import release_store
 from .storage.s3 import S3Location
@@ -110,8 +110,10 @@ class Signer:
         cached = self._cache.get(cache_key)
         if cached is not None and (cached[0] is window or cached[0] == window):
             self.hits += 1
+            observability.count(signing_hits=1)
             return cached[1]
         self.misses += 1
+        observability.count(signing_misses=1)
         link = SignedLink(
             url=self._sign(key, filename, base_url, window),
             expires_at=datetime.fromtimestamp(window.expires, tz=UTC),

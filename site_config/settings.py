@@ -149,6 +149,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "releases.observability.RequestIdMiddleware",
+    "releases.observability.CountsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "releases.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",

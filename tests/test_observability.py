@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from releases import observability
+from releases import metrics, observability
 
 pytestmark = pytest.mark.django_db
 
@@ -106,4 +106,27 @@ def test_label_values_are_escaped(settings):
     settings.REDIS_URL = ""  # this process's counters
     odd = 'a"b\\c\nd'
     observability.count(**{f"redirects:{odd}": 2})
-    assert parsed(observability.prometheus_text())["model_releases_redirects_total", (("model", odd),)] == 2
+    assert parsed(metrics.prometheus_text())["model_releases_redirects_total", (("model", odd),)] == 2
+
+
+def test_a_request_writes_its_counts_once_after_the_response(settings):
+    settings.REDIS_URL = ""  # this process's counters, read without a round trip
+    before = observability.counters().get("signing_hits", 0)
+    seen_during = []
+
+    def view(request):
+        observability.count(signing_hits=1)
+        observability.count(signing_hits=2)
+        seen_during.append(observability.counters().get("signing_hits", 0))
+        return "response"
+
+    assert observability.CountsMiddleware(view)(object()) == "response"
+    assert seen_during == [before]  # nothing written while the request ran
+    assert observability.counters()["signing_hits"] == before + 3
+
+
+def test_counts_outside_a_request_are_written_at_once(settings):
+    settings.REDIS_URL = ""
+    before = observability.counters().get("signing_misses", 0)
+    observability.count(signing_misses=2)
+    assert observability.counters()["signing_misses"] == before + 2

@@ -23,9 +23,8 @@ def download(request, model_slug, version, path):
         file = selectors.resolve_file(model_slug, version, path, request.user)
     except (selectors.NotFound, selectors.Gone) as error:
         return plain_error(error)
-    counter = observability.SigningCounter(signer())
-    link = counter.signer.link(file.key, file.name, base_url=download_base(request))
-    counter.report(**{f"redirects:{file.version.model.slug}": 1})
+    link = signer().link(file.key, file.name, base_url=download_base(request))
+    observability.count(**{f"redirects:{file.version.model.slug}": 1})
     response = HttpResponseRedirect(link.url)
     response["X-Artifact-SHA256"] = file.sha256
     response["X-Artifact-Size"] = str(file.size)

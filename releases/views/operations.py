@@ -11,8 +11,9 @@ from django.utils.crypto import constant_time_compare
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
-from .. import caching, health, observability
+from .. import caching, health
 from ..links import site_url
+from ..metrics import prometheus_text
 
 
 @never_cache
@@ -71,7 +72,7 @@ def metrics(request):
         response = HttpResponse("A valid bearer token is required.\n", status=401, content_type="text/plain")
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
-    return HttpResponse(observability.prometheus_text(), content_type="text/plain; version=0.0.4; charset=utf-8")
+    return HttpResponse(prometheus_text(), content_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 CLIENT_SOURCE = Path(__file__).resolve().parent.parent / "client" / "fetch-model.sh"

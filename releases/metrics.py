@@ -1,0 +1,51 @@
+"""/metrics: a prometheus_client collector over the shared counters (observability.py) and a few
+gauges read when scraped."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from . import outbox, signing, verification
+from .models import File
+from .observability import counters
+
+
+class ReleasesCollector:
+    """The counters shared by every process through Redis, and gauges read when scraped."""
+
+    def collect(self):
+        values = counters()
+        redirects = CounterMetricFamily(
+            "model_releases_redirects", "Stable-URL redirects served, by model.", labels=["model"]
+        )
+        for name, value in sorted(values.items()):
+            if name.startswith("redirects:"):
+                redirects.add_metric([name.split(":", 1)[1]], value)
+        yield redirects
+        yield CounterMetricFamily("model_releases_signing_cache_hits", "Signed links served from the windowed cache.",
+                                  value=values.get("signing_hits", 0))  # fmt: skip
+        yield CounterMetricFamily("model_releases_signing_cache_misses", "Signed links computed.",
+                                  value=values.get("signing_misses", 0))  # fmt: skip
+        backlog = GaugeMetricFamily("model_releases_outbox_entries", "CDN outbox entries by state (pending, failed).",
+                                    labels=["state"])  # fmt: skip
+        for state, count_ in outbox.backlog().items():
+            backlog.add_metric([state], count_)
+        yield backlog
+        credentials = signing.credentials_status()
+        if credentials is not None:
+            yield GaugeMetricFamily("model_releases_signing_credentials_seconds_left",
+                                    "Seconds until the credentials that sign S3 links expire (+Inf for static keys).",
+                                    value=credentials["seconds_left"])  # fmt: skip
+            yield GaugeMetricFamily("model_releases_signing_credentials_refresh_failures",
+                                    "Consecutive failed renewals of the signing credentials.", value=credentials["failures"])  # fmt: skip
+        failures = File.objects.published().filter(verification_status__in=verification.FAILURES).count()
+        yield GaugeMetricFamily("model_releases_verify_failures", "Published files whose last verification failed.",
+                                value=failures)  # fmt: skip
+
+
+def prometheus_text() -> str:
+    """The text exposition format, written by prometheus_client (which escapes label values)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ReleasesCollector())
+    return generate_latest(registry).decode()
