@@ -9,12 +9,11 @@ from collections.abc import Iterable
 from contextlib import contextmanager
 from typing import BinaryIO
 
-from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 from ..models import File, Version, canonical_path, default_object_key, validate_object_key, validate_relative_path
 from ..storage import Progress, StorageError, guess_content_type, release_store
-from .common import ReleaseError, as_release_error, locked, message, record_change, version_lock
+from .common import ReleaseError, as_release_error, locked, record_change, version_lock
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +51,15 @@ def current_draft(version: Version) -> Version:
     return draft_only(Version.objects.select_related("model").get(pk=version.pk))
 
 
-def check_new_file(version: Version, path: str, key: str) -> None:
+def check_file_names(model_slug: str, path: str, key: str) -> None:
+    """The one check of a new file's path and object key (the form checks, the database does not)."""
     with as_release_error():
         validate_relative_path(path)
-        validate_object_key(key, version.model.slug)
+        validate_object_key(key, model_slug)
+
+
+def check_unused(version: Version, path: str, key: str) -> None:
+    """Neither the path nor the key is taken yet (the unique constraints back this under a race)."""
     if version.files.filter(path=path).exists():
         raise ReleaseError(f"{version.model.slug} {version.version} already has a file {path}.")
     if File.objects.filter(key=key).exists():
@@ -84,16 +88,16 @@ def upload(key: str, fileobj: BinaryIO, content_type: str, progress, uploaded: l
 
 
 def create_file_row(version: Version, **fields) -> File:
+    """Record a file whose names check_file_names accepted and whose size and SHA-256 storage gave."""
     try:
         with transaction.atomic():
-            file = File(version=version, **fields)
-            file.full_clean(exclude=["version"], validate_unique=False, validate_constraints=False)
-            file.save()
-            return file
-    except ValidationError as error:
-        raise ReleaseError(message(error)) from error
+            return File.objects.create(version=version, **fields)
     except IntegrityError as error:
-        raise ReleaseError(f"{version.model.slug} {version.version} already has a file {fields['path']}.") from error
+        if "unique_path_per_version" in str(error):
+            raise ReleaseError(
+                f"{version.model.slug} {version.version} already has a file {fields['path']}."
+            ) from error
+        raise ReleaseError(f"Could not record {fields['path']}: {error}") from error
 
 
 def add_file(
@@ -110,7 +114,8 @@ def add_file(
     with version_lock(version), removing_uploads_on_failure() as uploaded:
         draft = current_draft(version)
         key = default_object_key(draft.model.slug, draft.version, path)
-        check_new_file(draft, path, key)
+        check_file_names(draft.model.slug, path, key)
+        check_unused(draft, path, key)
         stored = upload(key, fileobj, content_type, progress, uploaded)
         with transaction.atomic():
             return create_file_row(
@@ -129,7 +134,8 @@ def register_object(version: Version, path: str, key: str | None = None) -> File
     with version_lock(version):
         draft = current_draft(version)
         key = key or default_object_key(draft.model.slug, draft.version, path)
-        check_new_file(draft, path, key)
+        check_file_names(draft.model.slug, path, key)
+        check_unused(draft, path, key)
         size, sha256, content_type = _read_back(key, path)
         with transaction.atomic():
             return create_file_row(

@@ -15,13 +15,20 @@ from ..models import (
     canonical_path,
     default_object_key,
     validate_model_slug,
-    validate_relative_path,
     validate_version_string,
 )
 from ..rendering import render_markdown
 from ..storage import Progress, guess_content_type, sha256_of_file
 from .common import ReleaseError, as_release_error, version_lock
-from .files import check_new_file, create_file_row, current_draft, locked_draft, removing_uploads_on_failure, upload
+from .files import (
+    check_file_names,
+    check_unused,
+    create_file_row,
+    current_draft,
+    locked_draft,
+    removing_uploads_on_failure,
+    upload,
+)
 from .versions import create_version, get_or_create_model, publish_version, update_version_details
 
 
@@ -63,9 +70,9 @@ def release_local_files(
     with as_release_error():
         validate_model_slug(model_slug)
         validate_version_string(version_string)
-        for item in files:
-            validate_relative_path(item.path)
         render_markdown(notes)  # refused notes are refused before the first byte is sent
+    for item in files:
+        check_file_names(model_slug, item.path, default_object_key(model_slug, version_string, item.path))
     _check_local_files(files)
     existing = (
         Version.objects.select_related("model").filter(model__slug=model_slug, version__iexact=version_string).first()
@@ -84,7 +91,7 @@ def release_local_files(
                 kept = _identical_draft_files(version, files)
                 new = [item for item in files if item.path not in kept]
                 for item in new:  # every check before the first byte is sent
-                    check_new_file(version, item.path, default_object_key(model_slug, version.version, item.path))
+                    check_unused(version, item.path, default_object_key(model_slug, version.version, item.path))
                 for item in new:
                     recorded.append(_upload_and_record(version, item, uploaded, progress_for).pk)
                 if existing:
@@ -98,8 +105,7 @@ def release_local_files(
 
 
 def _upload_and_record(version: Version, item: LocalFile, uploaded: list[str], progress_for) -> File:
-    key = default_object_key(version.model.slug, version.version, item.path)
-    check_new_file(version, item.path, key)
+    key = default_object_key(version.model.slug, version.version, item.path)  # checked by the caller
     content_type = guess_content_type(item.path)
     progress = progress_for(item, item.source.stat().st_size) if progress_for else None
     with open(item.source, "rb") as source:
