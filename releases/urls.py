@@ -10,6 +10,7 @@ urlpatterns = [
     path("readyz", operations.readyz, name="readyz"),
     path("metrics", operations.metrics, name="metrics"),
     path("fetch-model.sh", operations.fetch_model_script, name="fetch-model"),
+    path("fetch_model.py", operations.fetch_model_python, name="fetch-model-python"),
     path("models/<str:model_slug>/", pages.model_page, name="model"),
     path("models/<str:model_slug>/<str:version>/", pages.version_page, name="version"),
     path("models/<str:model_slug>/<str:version>/<path:path>", downloads.download, name="download"),

@@ -8,6 +8,7 @@ running in server mode on a free loopback port.
 import logging
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from moto.server import ThreadedMotoServer
 
 from releases.storage import release_store
 
+from .clients import FILES
 from .data import S3_TEST_CREDENTIALS, WEIGHTS
 from .servers import REPO_ROOT
 
@@ -222,3 +224,82 @@ def recording_server():
     server = RecordingServer()
     yield server
     server.stop()
+
+
+# --- the served clients' site and the faults it can be made to show -------------------------
+
+
+@pytest.fixture
+def served(monkeypatch):
+    """Every file response the site sends: (path, Range header, bytes), and a way to replace them."""
+    log, real = [], _downloads().file_response
+
+    def recording(request, handle, file):
+        response = real(request, handle, file)
+        log.append({"path": file.path, "range": request.headers.get("Range"), "bytes": int(response["Content-Length"])})
+        return response
+
+    monkeypatch.setattr(_downloads(), "file_response", recording)
+    return log
+
+
+@pytest.fixture
+def slow_link(monkeypatch):
+    """The site sends file bytes at about 1 MB/s, like a slow link (curl --limit-rate does not
+    slow a loopback transfer that fits in the socket buffers)."""
+    real, pace = _downloads().file_response, {"slow": True}
+
+    def slowly(request, handle, file):
+        response = real(request, handle, file)
+        if not pace["slow"]:
+            return response
+        chunks = response.streaming_content
+        response.file_to_stream = None  # no sendfile: through the slow iterator below
+
+        def paced():
+            step, sent = 64 * 1024, 0
+            for chunk in chunks:
+                for start in range(0, len(chunk), step):
+                    piece = chunk[start : start + step]
+                    if sent // step != (sent + len(piece)) // step:
+                        time.sleep(0.05)  # the link's pace (64 KiB per 50 ms), not a wait for a condition
+                    sent += len(piece)
+                    yield piece
+
+        response.streaming_content = paced()
+        return response
+
+    monkeypatch.setattr(_downloads(), "file_response", slowly)
+    return pace
+
+
+@pytest.fixture
+def client_site(live_server, publish):
+    publish("index-tts", "v1", {"model.pt": b"old weights"})
+    publish("index-tts", "v2", FILES)
+    return live_server.url
+
+
+@pytest.fixture
+def wrong_body(monkeypatch):
+    """The file server answers config.yaml with `body` for the first `times` requests, then rightly."""
+    from django.http import HttpResponse
+
+    real, state = _downloads().file_response, {"body": None, "times": 0, "served": 0}
+
+    def sometimes_wrong(request, handle, file):
+        if file.path == "config.yaml" and state["served"] < state["times"]:
+            state["served"] += 1
+            handle.close()
+            body, content_type, _ = state["body"]
+            return HttpResponse(body, content_type=content_type)
+        return real(request, handle, file)
+
+    monkeypatch.setattr(_downloads(), "file_response", sometimes_wrong)
+    return state
+
+
+def _downloads():
+    from releases.views import downloads
+
+    return downloads

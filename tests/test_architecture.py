@@ -10,6 +10,9 @@ from .servers import REPO_ROOT
 
 APP = REPO_ROOT / "releases"
 MAX_LINES = 420  # "about 400"
+# The served Python client is one file by contract (users save it beside their app), so it is
+# held to a limit of its own.
+CLIENT_MAX_LINES = 900
 
 
 def modules() -> dict[str, Path]:
@@ -83,7 +86,8 @@ def test_the_cycle_finder_finds_a_cycle():
 @pytest.mark.parametrize("name", sorted(modules()))
 def test_modules_stay_readable(name):
     lines = len(modules()[name].read_text().splitlines())
-    assert lines <= MAX_LINES, f"{name} has {lines} lines"
+    limit = CLIENT_MAX_LINES if name == "releases.client.fetch_model" else MAX_LINES
+    assert lines <= limit, f"{name} has {lines} lines"
 
 
 @pytest.mark.parametrize("sdk", ["boto3", "botocore", "storages"])

@@ -9,70 +9,14 @@ import time
 
 import pytest
 
-from releases.views import downloads, operations
+from releases.views import operations
 
+from .clients import FILES, WRONG_BODIES, tree
 from .servers import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 SHELLS = ["dash", "bash"]  # make test installs dash
-FILES = {
-    "model.pt": os.urandom(3 * 1024 * 1024),
-    "config.yaml": b"sample_rate: 24000\n",
-    "checkpoints/vocoder.bin": os.urandom(200_000),
-    "empty.txt": b"",  # an empty file is a file too
-}
-
-
-@pytest.fixture
-def served(monkeypatch):
-    """Every file response the site sends: (path, Range header, bytes), and a way to replace them."""
-    log, real = [], downloads.file_response
-
-    def recording(request, handle, file):
-        response = real(request, handle, file)
-        log.append({"path": file.path, "range": request.headers.get("Range"), "bytes": int(response["Content-Length"])})
-        return response
-
-    monkeypatch.setattr(downloads, "file_response", recording)
-    return log
-
-
-@pytest.fixture
-def slow_link(monkeypatch):
-    """The site sends file bytes at about 1 MB/s, like a slow link (curl --limit-rate does not
-    slow a loopback transfer that fits in the socket buffers)."""
-    real, pace = downloads.file_response, {"slow": True}
-
-    def slowly(request, handle, file):
-        response = real(request, handle, file)
-        if not pace["slow"]:
-            return response
-        chunks = response.streaming_content
-        response.file_to_stream = None  # no sendfile: through the slow iterator below
-
-        def paced():
-            step, sent = 64 * 1024, 0
-            for chunk in chunks:
-                for start in range(0, len(chunk), step):
-                    piece = chunk[start : start + step]
-                    if sent // step != (sent + len(piece)) // step:
-                        time.sleep(0.05)  # the link's pace (64 KiB per 50 ms), not a wait for a condition
-                    sent += len(piece)
-                    yield piece
-
-        response.streaming_content = paced()
-        return response
-
-    monkeypatch.setattr(downloads, "file_response", slowly)
-    return pace
-
-
-@pytest.fixture
-def site(live_server, publish):
-    publish("index-tts", "v1", {"model.pt": b"old weights"})
-    publish("index-tts", "v2", FILES)
-    return live_server.url
 
 
 def run_client(site, shell, *args, env=None, wait=True):
@@ -91,39 +35,35 @@ def run_client(site, shell, *args, env=None, wait=True):
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
-def tree(root):
-    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
-
-
 @pytest.mark.parametrize("shell", SHELLS)
-def test_fresh_download_then_nothing_to_do(site, shell, tmp_path, served):
+def test_fresh_download_then_nothing_to_do(client_site, shell, tmp_path, served):
     dest = tmp_path / "models" / "index tts" / "v2"  # a space in DEST_DIR
-    first = run_client(site, shell, "index-tts", "latest", dest)
+    first = run_client(client_site, shell, "index-tts", "latest", dest)
     assert first.returncode == 0, first.stderr
     assert "fetch-model: index-tts latest is v2" in first.stderr
     assert tree(dest) == FILES
     assert sum(entry["bytes"] for entry in served) == sum(len(c) for c in FILES.values())
     served.clear()
-    second = run_client(site, shell, "index-tts", "v2", dest)
+    second = run_client(client_site, shell, "index-tts", "v2", dest)
     assert second.returncode == 0, second.stderr
     assert second.stderr.count("already there, verified") == len(FILES)
     assert served == []  # not one file byte sent again
     assert tree(dest) == FILES
 
 
-def test_a_corrupted_local_file_is_replaced(site, tmp_path):
+def test_a_corrupted_local_file_is_replaced(client_site, tmp_path):
     dest = tmp_path / "v2"
-    assert run_client(site, "sh", "index-tts", "v2", dest).returncode == 0
+    assert run_client(client_site, "sh", "index-tts", "v2", dest).returncode == 0
     (dest / "checkpoints" / "vocoder.bin").write_bytes(b"bitrot" * 10)
-    again = run_client(site, "sh", "index-tts", "v2", dest)
+    again = run_client(client_site, "sh", "index-tts", "v2", dest)
     assert again.returncode == 0 and "checkpoints/vocoder.bin: downloaded, SHA-256 verified" in again.stderr
     assert tree(dest) == FILES
 
 
-def test_an_interrupted_download_resumes_with_range(site, tmp_path, slow_link, served):
+def test_an_interrupted_download_resumes_with_range(client_site, tmp_path, slow_link, served):
     dest = tmp_path / "v2"
     part = dest / ".model.pt.part"
-    slow = run_client(site, "sh", "index-tts", "v2", dest, wait=False)
+    slow = run_client(client_site, "sh", "index-tts", "v2", dest, wait=False)
     try:
         wait_until(lambda: part.exists() and part.stat().st_size > 300_000, 60, what="half a download")
     except AssertionError:
@@ -135,7 +75,7 @@ def test_an_interrupted_download_resumes_with_range(site, tmp_path, slow_link, s
     assert 0 < cut_at < len(FILES["model.pt"]) and not (dest / "model.pt").exists()
     slow_link["slow"] = False  # the link is fast again
     served.clear()
-    resumed = run_client(site, "sh", "index-tts", "v2", dest)
+    resumed = run_client(client_site, "sh", "index-tts", "v2", dest)
     assert resumed.returncode == 0, resumed.stderr
     assert f"model.pt: resuming at {cut_at} bytes" in resumed.stderr
     model = [entry for entry in served if entry["path"] == "model.pt"]
@@ -143,7 +83,7 @@ def test_an_interrupted_download_resumes_with_range(site, tmp_path, slow_link, s
     assert tree(dest) == FILES
 
 
-def test_an_expired_link_is_replaced_by_a_fresh_one(site, tmp_path, monkeypatch):
+def test_an_expired_link_is_replaced_by_a_fresh_one(client_site, tmp_path, monkeypatch):
     from releases import signing
 
     real_link, calls = signing.Signer.link, []
@@ -155,48 +95,16 @@ def test_an_expired_link_is_replaced_by_a_fresh_one(site, tmp_path, monkeypatch)
         return real_link(self, key, filename, **kwargs)
 
     monkeypatch.setattr(signing.Signer, "link", first_link_already_expired)
-    result = run_client(site, "sh", "index-tts", "v2", tmp_path / "v2")
+    result = run_client(client_site, "sh", "index-tts", "v2", tmp_path / "v2")
     assert result.returncode == 0, result.stderr
     assert "asking the stable URL for a fresh link" in result.stderr
     assert tree(tmp_path / "v2") == FILES
 
 
-WRONG_BODIES = {
-    "captive portal": (
-        b"<!doctype html><title>Sign in to the Wi-Fi</title>",
-        "text/html",
-        "the server sent an HTML page instead of the file",
-    ),
-    "empty": (b"", "application/octet-stream", "the server sent an empty body"),
-    "short": (b"truncated", "application/octet-stream", "got 9 bytes, the site publishes"),
-    "long": (b"x" * (len(FILES["config.yaml"]) + 1), "application/octet-stream", "got 20 bytes, the site publishes 19"),
-    "other bytes": (b"y" * len(FILES["config.yaml"]), "application/octet-stream", "SHA-256 mismatch (got "),
-}
-
-
-@pytest.fixture
-def wrong_body(monkeypatch):
-    """The file server answers config.yaml with `body` for the first `times` requests, then rightly."""
-    from django.http import HttpResponse
-
-    real, state = downloads.file_response, {"body": None, "times": 0, "served": 0}
-
-    def sometimes_wrong(request, handle, file):
-        if file.path == "config.yaml" and state["served"] < state["times"]:
-            state["served"] += 1
-            handle.close()
-            body, content_type, _ = state["body"]
-            return HttpResponse(body, content_type=content_type)
-        return real(request, handle, file)
-
-    monkeypatch.setattr(downloads, "file_response", sometimes_wrong)
-    return state
-
-
 @pytest.mark.parametrize("kind", WRONG_BODIES)
-def test_a_wrong_body_once_is_retried_with_a_fresh_link(site, tmp_path, wrong_body, kind):
+def test_a_wrong_body_once_is_retried_with_a_fresh_link(client_site, tmp_path, wrong_body, kind):
     wrong_body.update(body=WRONG_BODIES[kind], times=1)
-    result = run_client(site, "dash", "index-tts", "v2", tmp_path / "v2")
+    result = run_client(client_site, "dash", "index-tts", "v2", tmp_path / "v2")
     assert result.returncode == 0, result.stderr
     assert (
         f"config.yaml: {WRONG_BODIES[kind][2]}" in result.stderr
@@ -207,9 +115,11 @@ def test_a_wrong_body_once_is_retried_with_a_fresh_link(site, tmp_path, wrong_bo
 
 @pytest.mark.parametrize("kind", WRONG_BODIES)
 @pytest.mark.parametrize("shell", SHELLS)
-def test_a_wrong_body_every_time_exits_5_after_the_retries_and_keeps_nothing(site, tmp_path, wrong_body, shell, kind):
+def test_a_wrong_body_every_time_exits_5_after_the_retries_and_keeps_nothing(
+    client_site, tmp_path, wrong_body, shell, kind
+):
     wrong_body.update(body=WRONG_BODIES[kind], times=10**6)
-    result = run_client(site, shell, "index-tts", "v2", tmp_path / "v2", env={"FETCH_MODEL_RETRIES": "3"})
+    result = run_client(client_site, shell, "index-tts", "v2", tmp_path / "v2", env={"FETCH_MODEL_RETRIES": "3"})
     assert result.returncode == 5, result.stderr
     assert wrong_body["served"] == 3  # bounded: exactly FETCH_MODEL_RETRIES tries
     assert "config.yaml: giving up after 3 tries" in result.stderr
@@ -218,13 +128,13 @@ def test_a_wrong_body_every_time_exits_5_after_the_retries_and_keeps_nothing(sit
     assert landed["model.pt"] == FILES["model.pt"]  # the other files are fine
 
 
-def test_an_object_corrupted_in_storage_fails_and_leaves_nothing(site, tmp_path, local_store):
+def test_an_object_corrupted_in_storage_fails_and_leaves_nothing(client_site, tmp_path, local_store):
     import io
 
     local_store.upload(
         "index-tts/v2/model.pt", io.BytesIO(os.urandom(len(FILES["model.pt"]))), content_type="application/octet-stream"
     )
-    result = run_client(site, "sh", "index-tts", "v2", tmp_path / "v2", env={"FETCH_MODEL_RETRIES": "2"})
+    result = run_client(client_site, "sh", "index-tts", "v2", tmp_path / "v2", env={"FETCH_MODEL_RETRIES": "2"})
     assert result.returncode == 5
     assert "model.pt: SHA-256 mismatch" in result.stderr and "model.pt: giving up after 2 tries" in result.stderr
     assert "model.pt: FAILED" in result.stderr
@@ -233,8 +143,8 @@ def test_an_object_corrupted_in_storage_fails_and_leaves_nothing(site, tmp_path,
 
 
 @pytest.mark.parametrize("model, version, status", [("nope", "v1", 3), ("index-tts", "v9", 3), ("Bad Name", "v1", 3)])
-def test_unknown_model_or_version_exits_with_one_line_and_writes_nothing(site, tmp_path, model, version, status):
-    result = run_client(site, "sh", model, version, tmp_path / "dest")
+def test_unknown_model_or_version_exits_with_one_line_and_writes_nothing(client_site, tmp_path, model, version, status):
+    result = run_client(client_site, "sh", model, version, tmp_path / "dest")
     assert result.returncode == status
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "dest").exists()
@@ -254,9 +164,9 @@ def test_usage_and_an_unreachable_site(tmp_path):
     assert down.returncode == 4 and "cannot reach" in down.stderr
 
 
-def test_two_runs_on_one_dest_take_turns(site, tmp_path, slow_link):
+def test_two_runs_on_one_dest_take_turns(client_site, tmp_path, slow_link):
     dest = tmp_path / "v2"
-    runs = [run_client(site, "sh", "index-tts", "v2", dest, wait=False) for _ in range(2)]
+    runs = [run_client(client_site, "sh", "index-tts", "v2", dest, wait=False) for _ in range(2)]
     results = [process.communicate(timeout=120) for process in runs]
     assert [process.returncode for process in runs] == [0, 0], results
     assert any("another fetch-model run is working" in err for _, err in results)
@@ -280,7 +190,7 @@ def test_the_script_is_shellcheck_clean():
 
 
 @pytest.mark.parametrize("hasher", ["sha256sum", "shasum"])
-def test_needs_only_curl_a_sha256_tool_and_posix_utilities(site, tmp_path, hasher):
+def test_needs_only_curl_a_sha256_tool_and_posix_utilities(client_site, tmp_path, hasher):
     """A PATH with curl, one hashing tool and the POSIX basics: no openssl, python or jq."""
     tools = ["sh", "dash", "curl", hasher, "cut", "tr", "sed", "awk", "od", "tee", "cat", "mkdir", "rm", "mv",
              "mktemp", "dirname", "basename", "wc", "tail", "sleep"]  # fmt: skip
@@ -290,7 +200,7 @@ def test_needs_only_curl_a_sha256_tool_and_posix_utilities(site, tmp_path, hashe
     bin_dir.mkdir()
     for tool in tools:
         (bin_dir / tool).symlink_to(shutil.which(tool))
-    script = subprocess.run(["curl", "-fsSL", f"{site}/fetch-model.sh"], capture_output=True, check=True).stdout
+    script = subprocess.run(["curl", "-fsSL", f"{client_site}/fetch-model.sh"], capture_output=True, check=True).stdout
     result = subprocess.run(
         [str(bin_dir / "sh"), "-s", "--", "index-tts", "v2", str(tmp_path / "v2")],
         input=script, capture_output=True, env={"PATH": str(bin_dir), "HOME": str(tmp_path)},

@@ -75,25 +75,35 @@ def metrics(request):
     return HttpResponse(prometheus_text(), content_type="text/plain; version=0.0.4; charset=utf-8")
 
 
-CLIENT_SOURCE = Path(__file__).resolve().parent.parent / "client" / "fetch-model.sh"
-
+CLIENTS = Path(__file__).resolve().parent.parent / "client"
+CLIENT_SOURCE = CLIENTS / "fetch-model.sh"
+PYTHON_CLIENT_SOURCE = CLIENTS / "fetch_model.py"
 
 SITE_PLACEHOLDER = "__MODEL_SITE__"
 
 
-@lru_cache(maxsize=1)
-def _client_source() -> str:
-    return CLIENT_SOURCE.read_text()
+@lru_cache(maxsize=2)
+def _client_source(path: Path) -> str:
+    return path.read_text()
+
+
+def _served_client(request, path: Path, content_type: str):
+    """A client with this site's address rendered in (MODEL_SITE overrides it)."""
+    site = site_url(request)
+    if "'" in site or "\n" in site:  # never true for a valid host; the clients quote it in single quotes
+        return HttpResponse("Invalid site address.\n", status=400, content_type="text/plain")
+    response = HttpResponse(_client_source(path).replace(SITE_PLACEHOLDER, site), content_type=content_type)
+    response["Content-Disposition"] = f'inline; filename="{path.name}"'
+    return caching.cacheable(response, request, ["client"])
 
 
 @require_safe
 def fetch_model_script(request):
-    """The POSIX sh client, with this site's address rendered in (MODEL_SITE overrides it)."""
-    site = site_url(request)
-    if "'" in site or "\n" in site:  # never true for a valid host; the script quotes it in single quotes
-        return HttpResponse("Invalid site address.\n", status=400, content_type="text/plain")
-    response = HttpResponse(
-        _client_source().replace(SITE_PLACEHOLDER, site), content_type="text/x-shellscript; charset=utf-8"
-    )
-    response["Content-Disposition"] = 'inline; filename="fetch-model.sh"'
-    return caching.cacheable(response, request, ["client"])
+    """The POSIX sh client."""
+    return _served_client(request, CLIENT_SOURCE, "text/x-shellscript; charset=utf-8")
+
+
+@require_safe
+def fetch_model_python(request):
+    """The Python client (standard library only; Linux, macOS and Windows)."""
+    return _served_client(request, PYTHON_CLIENT_SOURCE, "text/x-python; charset=utf-8")

@@ -1,0 +1,436 @@
+"""The served Python client, run for real: `python fetch_model.py ...` as downloaded from the live
+test server (and from gunicorn on S3), through the same faults as the shell client."""
+
+import ast
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .clients import FILES, RECORD, WRONG_BODIES, tree
+from .servers import REPO_ROOT, wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CLIENT = REPO_ROOT / "releases" / "client" / "fetch_model.py"
+PYTHON_MESSAGES = {  # what the Python client says about each wrong body of tests/clients.py
+    "captive portal": "the server sent an HTML page instead of the file",
+    "empty": "the server sent an empty body",
+    "short": "got 9 bytes without a range, the site publishes 19",
+    "long": "got 20 bytes without a range, the site publishes 19",
+    "other bytes": "SHA-256 mismatch (got ",
+}
+
+
+@pytest.fixture
+def script(client_site, tmp_path):
+    """The client as the site serves it, saved where a user would save it."""
+    target = tmp_path / "tools" / "fetch_model.py"
+    target.parent.mkdir()
+    with urllib.request.urlopen(f"{client_site}/fetch_model.py", timeout=10) as response:
+        target.write_bytes(response.read())
+    return target
+
+
+def run(script, *args, env=None, wait=True):
+    process = subprocess.Popen(
+        [sys.executable, str(script), *map(str, args)],
+        env={**os.environ, "FETCH_MODEL_TIMEOUT": "5", **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    if not wait:
+        return process
+    out, err = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def load_client():
+    """The client's source as a module, for its pure functions."""
+    spec = importlib.util.spec_from_file_location("fetch_model", CLIENT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def file_bytes(served, path):
+    return sum(entry["bytes"] for entry in served if entry["path"] == path)
+
+
+# --- the plain journeys -------------------------------------------------------------------------
+
+
+def test_fresh_download_then_nothing_to_do(script, tmp_path, served):
+    dest = tmp_path / "models" / "index tts" / "v2 ünïcode"
+    first = run(script, "index-tts", "latest", dest)
+    assert first.returncode == 0, first.stderr
+    assert "fetch-model: index-tts latest is v2" in first.stderr
+    assert tree(dest) == FILES
+    assert json.loads((dest / RECORD).read_text()) == {"model": "index-tts", "version": "v2"}
+    assert sum(entry["bytes"] for entry in served) == sum(len(content) for content in FILES.values())
+    served.clear()
+    second = run(script, "index-tts", "v2", dest)
+    assert second.returncode == 0, second.stderr
+    assert second.stderr.count("already there, verified") == len(FILES)
+    assert served == [] and tree(dest) == FILES
+
+
+def test_the_script_is_served_with_the_site_address_and_is_cacheable(client, settings):
+    response = client.get("/fetch_model.py")
+    assert response["Content-Type"] == "text/x-python; charset=utf-8" and "public" in response["Cache-Control"]
+    assert 'SITE = "http://testserver"' in response.content.decode()
+    settings.SITE_URL = "https://models.example.org"
+    assert 'SITE = "https://models.example.org"' in client.get("/fetch_model.py").content.decode()
+
+
+def test_paths_with_spaces_and_unicode(client_site, publish, script, tmp_path):
+    files = {"weights dir/模型 v2.bin": os.urandom(50_000), "ä b/c d.json": b"{}"}
+    publish("spaced", "v1", files)
+    result = run(script, "spaced", "v1", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path / "out") == files
+
+
+def test_the_library_call_returns_the_folder_and_raises_clear_exceptions(script, tmp_path):
+    program = f"""
+import sys
+sys.path.insert(0, {str(script.parent)!r})
+from fetch_model import NotFound, ensure_model
+print(ensure_model("index-tts", "v2", {str(tmp_path / "lib")!r}, quiet=True))
+try:
+    ensure_model("index-tts", "v9", {str(tmp_path / "nope")!r}, quiet=True)
+except NotFound as error:
+    print("NotFound:", error)
+"""
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == str(tmp_path / "lib")
+    assert result.stdout.splitlines()[1].startswith("NotFound: ")
+    assert result.stderr == ""  # quiet
+    assert tree(tmp_path / "lib") == FILES and not (tmp_path / "nope").exists()
+
+
+# --- segments and connections -------------------------------------------------------------------
+
+
+def test_a_large_file_comes_in_ranges_over_several_connections(client_site, publish, script, tmp_path, served):
+    big = os.urandom(24 * 1024 * 1024)  # three segments of the client's 8 MiB minimum
+    publish("big", "v1", {"weights.bin": big})
+    result = run(script, "big", "v1", tmp_path / "out", "--connections", "3")
+    assert result.returncode == 0, result.stderr
+    ranges = sorted(entry["range"] for entry in served if entry["path"] == "weights.bin")
+    third = len(big) // 3
+    assert ranges == sorted(
+        [f"bytes=0-{third - 1}", f"bytes={third}-{2 * third - 1}", f"bytes={2 * third}-{len(big) - 1}"]
+    )
+    assert file_bytes(served, "weights.bin") == len(big)
+    assert (tmp_path / "out" / "weights.bin").read_bytes() == big
+
+
+def test_an_interrupted_segmented_download_resumes_each_segment(
+    client_site, publish, script, tmp_path, served, slow_link
+):
+    big = os.urandom(17 * 1024 * 1024)  # two segments
+    publish("big", "v1", {"weights.bin": big})
+    dest = tmp_path / "out"
+    part, state = dest / ".weights.bin.part", dest / ".weights.bin.part.segments"
+
+    def held():
+        try:
+            return sum(n - s for s, n, _ in json.loads(state.read_text())["ranges"])
+        except (OSError, ValueError):
+            return 0
+
+    slow = run(script, "big", "v1", dest, "--connections", "2", wait=False)
+    try:
+        wait_until(lambda: held() > 500_000, 60, what="part of a download, saved")
+    finally:
+        os.killpg(slow.pid, signal.SIGKILL)  # the connections drop mid-file
+        slow.wait(10)
+    kept = held()
+    assert 0 < kept < len(big) and part.exists() and not (dest / "weights.bin").exists()
+    slow_link["slow"] = False
+    served.clear()
+    resumed = run(script, "big", "v1", dest, "--connections", "2")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"weights.bin: resuming at {kept} bytes" in resumed.stderr
+    assert file_bytes(served, "weights.bin") == len(big) - kept  # nothing fetched twice
+    assert (dest / "weights.bin").read_bytes() == big and not part.exists() and not state.exists()
+
+
+def test_a_part_file_left_by_the_shell_client_is_resumed(script, tmp_path, served):
+    dest = tmp_path / "v2"
+    dest.mkdir()
+    (dest / ".model.pt.part").write_bytes(FILES["model.pt"][:1_000_000])  # a prefix, as curl -C - leaves it
+    result = run(script, "index-tts", "v2", dest)
+    assert result.returncode == 0, result.stderr
+    assert "model.pt: resuming at 1000000 bytes" in result.stderr
+    assert [entry["range"] for entry in served if entry["path"] == "model.pt"] == [
+        f"bytes=1000000-{len(FILES['model.pt']) - 1}"
+    ]
+    assert tree(dest) == FILES
+
+
+@pytest.fixture
+def faulty_stream(monkeypatch):
+    """model.pt's first response sends some of its bytes, then stalls (or the connection is cut)."""
+    from releases.views import downloads
+
+    real, state = downloads.file_response, {"mode": None, "done": 0, "sent": 0}
+
+    def faulty(request, handle, file):
+        response = real(request, handle, file)
+        if file.path != "model.pt" or state["done"]:
+            return response
+        state["done"] += 1
+        chunks, response.file_to_stream = response.streaming_content, None
+
+        def half_then_fault():
+            for chunk in chunks:
+                state["sent"] += len(chunk)
+                yield chunk
+                if state["sent"] >= 512 * 1024:
+                    break
+            if state["mode"] == "stall":
+                time.sleep(8)  # longer than FETCH_MODEL_TIMEOUT below: the client must give up on it
+            # returning early closes the connection short of Content-Length: a cut transfer
+
+        response.streaming_content = half_then_fault()
+        return response
+
+    monkeypatch.setattr(downloads, "file_response", faulty)
+    return state
+
+
+@pytest.mark.parametrize("mode", ["stall", "cut"])
+def test_a_stalled_or_cut_transfer_resumes_on_a_fresh_link(script, tmp_path, faulty_stream, served, mode):
+    faulty_stream["mode"] = mode
+    result = run(script, "index-tts", "v2", tmp_path / "v2", env={"FETCH_MODEL_TIMEOUT": "2"})
+    assert result.returncode == 0, result.stderr
+    assert faulty_stream["done"] == 1
+    assert "model.pt: resuming" not in result.stderr  # within one run: the segment carries on
+    ranges = [entry["range"] for entry in served if entry["path"] == "model.pt"]
+    assert len(ranges) == 2 and ranges[1] == f"bytes={faulty_stream['sent']}-{len(FILES['model.pt']) - 1}", ranges
+    assert tree(tmp_path / "v2") == FILES
+
+
+# --- links and bodies ---------------------------------------------------------------------------
+
+
+def test_an_expired_link_is_replaced_by_a_fresh_one(script, tmp_path, monkeypatch):
+    from releases import signing
+
+    real_link, calls = signing.Signer.link, []
+
+    def first_link_already_expired(self, key, filename, **kwargs):
+        calls.append(key)
+        if key == "index-tts/v2/model.pt" and calls.count(key) == 2:  # 1: the API's listing, 2: the redirect
+            kwargs["now"] = time.time() - 10 * self.ttl  # minted long ago: expired on arrival
+        return real_link(self, key, filename, **kwargs)
+
+    monkeypatch.setattr(signing.Signer, "link", first_link_already_expired)
+    result = run(script, "index-tts", "v2", tmp_path / "v2", "--connections", "1")
+    assert result.returncode == 0, result.stderr
+    assert "the link was refused (403, expired?)" in result.stderr
+    assert tree(tmp_path / "v2") == FILES
+
+
+@pytest.mark.parametrize("kind", WRONG_BODIES)
+def test_a_wrong_body_once_is_retried_with_a_fresh_link(script, tmp_path, wrong_body, kind):
+    wrong_body.update(body=WRONG_BODIES[kind], times=1)
+    result = run(script, "index-tts", "v2", tmp_path / "v2")
+    assert result.returncode == 0, result.stderr
+    assert f"config.yaml: {PYTHON_MESSAGES[kind]}" in result.stderr
+    assert "asking the stable URL for a fresh link" in result.stderr
+    assert tree(tmp_path / "v2") == FILES and wrong_body["served"] == 1
+
+
+@pytest.mark.parametrize("kind", WRONG_BODIES)
+def test_a_wrong_body_every_time_exits_5_after_the_retries_and_keeps_nothing(script, tmp_path, wrong_body, kind):
+    wrong_body.update(body=WRONG_BODIES[kind], times=10**6)
+    result = run(script, "index-tts", "v2", tmp_path / "v2", env={"FETCH_MODEL_RETRIES": "3"})
+    assert result.returncode == 5, result.stderr
+    assert wrong_body["served"] == 3  # bounded: exactly FETCH_MODEL_RETRIES tries
+    assert "config.yaml: giving up after 3 tries" in result.stderr
+    landed = tree(tmp_path / "v2")
+    assert not {"config.yaml", ".config.yaml.part", ".config.yaml.part.segments"} & set(landed)
+    assert landed["model.pt"] == FILES["model.pt"]  # the other files are fine
+
+
+def test_a_corrupted_local_file_is_replaced(script, tmp_path):
+    dest = tmp_path / "v2"
+    assert run(script, "index-tts", "v2", dest).returncode == 0
+    (dest / "checkpoints" / "vocoder.bin").write_bytes(b"bitrot" * 10)
+    again = run(script, "index-tts", "v2", dest)
+    assert again.returncode == 0 and "checkpoints/vocoder.bin: downloaded, SHA-256 verified" in again.stderr
+    assert tree(dest) == FILES
+
+
+def test_an_object_corrupted_in_storage_fails_and_leaves_nothing(script, tmp_path, local_store):
+    import io
+
+    local_store.upload(
+        "index-tts/v2/model.pt", io.BytesIO(os.urandom(len(FILES["model.pt"]))), content_type="application/octet-stream"
+    )
+    result = run(script, "index-tts", "v2", tmp_path / "v2", env={"FETCH_MODEL_RETRIES": "2"})
+    assert result.returncode == 5
+    assert "model.pt: SHA-256 mismatch" in result.stderr and "model.pt: FAILED" in result.stderr
+    dest = tmp_path / "v2"
+    assert not (dest / "model.pt").exists() and not (dest / ".model.pt.part").exists()
+    assert (dest / "config.yaml").read_bytes() == FILES["config.yaml"]
+
+
+# --- refusals and exit codes ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model, version", [("nope", "v1"), ("index-tts", "v9"), ("Bad Name", "v1")])
+def test_unknown_model_or_version_exits_3_with_one_line_and_writes_nothing(script, tmp_path, model, version):
+    result = run(script, model, version, tmp_path / "dest")
+    assert result.returncode == 3
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "dest").exists()
+
+
+def test_usage_and_an_unreachable_site(tmp_path):
+    from .servers import free_port
+
+    usage = run(CLIENT, "only-one-arg")
+    assert usage.returncode == 1 and "usage: fetch_model.py" in usage.stderr
+    connections = run(CLIENT, "m", "v1", tmp_path / "d", "--connections", "0")
+    assert connections.returncode == 1 and "--connections must be between 1 and 64" in connections.stderr
+    down = run(CLIENT, "m", "v1", tmp_path / "d",
+               env={"MODEL_SITE": f"http://127.0.0.1:{free_port()}", "FETCH_MODEL_RETRIES": "1"})  # fmt: skip
+    assert down.returncode == 4 and "cannot reach" in down.stderr and not (tmp_path / "d").exists()
+    unserved = run(CLIENT, "m", "v1", tmp_path / "d", env={"MODEL_SITE": ""})
+    assert unserved.returncode == 4 and "set MODEL_SITE" in unserved.stderr
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/etc/passwd", "../escape", "a/../../b", "C:/Windows/x", "c:evil", "a\\b", "CON", "nul.txt", "sub/COM1.bin",
+     "lpt9", "name.", "trailing ", "a//b", "./x", "tab\there"],
+)  # fmt: skip
+def test_paths_that_are_unsafe_on_any_platform_are_refused(path):
+    client = load_client()
+    with pytest.raises(client.WrongContent, match="refusing the unsafe path"):
+        client.safe_relative_path(path)
+
+
+@pytest.mark.parametrize("path", ["model.pt", "sub/dir/weights.bin", "CONFIG.yaml", "com10.txt", "模型.bin", "a b/c"])
+def test_ordinary_paths_are_accepted(path):
+    assert load_client().safe_relative_path(path) == path
+
+
+def test_a_version_with_a_name_windows_reserves_is_refused_before_anything_is_written(
+    client_site, publish, script, tmp_path
+):
+    publish("odd", "v1", {"model.pt": b"fine", "aux/config.yaml": b"reserved on Windows"})
+    result = run(script, "odd", "v1", tmp_path / "out")
+    assert result.returncode == 5 and "refusing the unsafe path 'aux/config.yaml'" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# --- one folder, one run ----------------------------------------------------------------------------
+
+
+def test_two_runs_on_one_dest_take_turns(script, tmp_path, slow_link):
+    dest = tmp_path / "v2"
+    runs = [run(script, "index-tts", "v2", dest, wait=False) for _ in range(2)]
+    results = [process.communicate(timeout=120) for process in runs]
+    assert [process.returncode for process in runs] == [0, 0], results
+    assert any("another fetch-model run is working" in err for _, err in results)
+    assert tree(dest) == FILES and not (dest / ".fetch-model.lock").exists()
+
+
+def test_a_lock_left_by_a_dead_run_is_taken_over(script, tmp_path):
+    dest = tmp_path / "v2"
+    (dest / ".fetch-model.lock").mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (dest / ".fetch-model.lock" / "pid").write_text(str(dead.pid))
+    result = run(script, "index-tts", "v2", dest)
+    assert result.returncode == 0, result.stderr
+    assert "waiting" not in result.stderr and tree(dest) == FILES
+
+
+# --- reuse across versions -----------------------------------------------------------------------
+
+
+def test_an_unchanged_file_is_reused_from_another_folder_not_downloaded(client_site, publish, script, tmp_path, served):
+    shared = os.urandom(2_000_000)
+    publish("tts", "v1", {"model.pt": shared, "old.txt": b"old"})
+    publish("tts", "v2", {"renamed/model.pt": shared, "new.txt": b"new"})
+    elsewhere = tmp_path / "elsewhere" / "v1"
+    assert run(script, "tts", "v1", elsewhere).returncode == 0
+    served.clear()
+    result = run(script, "tts", "v2", tmp_path / "models" / "v2", "--from", elsewhere)
+    assert result.returncode == 0, result.stderr
+    assert f"renamed/model.pt: reused {elsewhere / 'model.pt'}" in result.stderr
+    assert file_bytes(served, "renamed/model.pt") == 0 and file_bytes(served, "new.txt") == 3
+    assert tree(tmp_path / "models" / "v2") == {"renamed/model.pt": shared, "new.txt": b"new"}
+
+
+def test_sibling_version_folders_are_reused_by_default(client_site, publish, script, tmp_path, served):
+    shared = os.urandom(1_500_000)
+    publish("tts", "v1", {"model.pt": shared})
+    publish("tts", "v2", {"model.pt": shared, "extra.bin": b"x"})
+    assert run(script, "tts", "v1", tmp_path / "models" / "v1").returncode == 0
+    (tmp_path / "models" / "v1" / "model.pt").chmod(0o444)  # a reused file is linked or copied, never written
+    served.clear()
+    result = run(script, "tts", "v2", tmp_path / "models" / "v2")
+    assert result.returncode == 0, result.stderr
+    assert file_bytes(served, "model.pt") == 0
+    assert (tmp_path / "models" / "v2" / "model.pt").read_bytes() == shared
+
+
+def test_a_reuse_candidate_with_other_bytes_is_not_used(client_site, publish, script, tmp_path, served):
+    publish("tts", "v1", {"model.pt": b"a" * 1000})
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "model.pt").write_bytes(b"b" * 1000)  # same size and path, other content
+    result = run(script, "tts", "v1", tmp_path / "new", "--from", old)
+    assert result.returncode == 0 and ": reused " not in result.stderr
+    assert file_bytes(served, "model.pt") == 1000 and (tmp_path / "new" / "model.pt").read_bytes() == b"a" * 1000
+
+
+# --- what Python it needs ---------------------------------------------------------------------------
+
+
+def test_the_client_parses_as_python_3_8():
+    ast.parse(CLIENT.read_text(), feature_version=(3, 8))
+
+
+def test_the_client_uses_nothing_newer_than_python_3_8():
+    """vermin reads which Python each construct and standard-library name needs."""
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "vermin"),
+            "--no-tips",
+            "--violations",
+            "-t=3.8-",
+            str(CLIENT),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_client_imports_only_the_standard_library():
+    tree_ = ast.parse(CLIENT.read_text())
+    imported = {
+        alias.name.split(".")[0] for node in ast.walk(tree_) if isinstance(node, ast.Import) for alias in node.names
+    }
+    imported |= {
+        node.module.split(".")[0] for node in ast.walk(tree_) if isinstance(node, ast.ImportFrom) and node.module
+    }
+    assert imported <= set(sys.stdlib_module_names), imported - set(sys.stdlib_module_names)
