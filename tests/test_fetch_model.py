@@ -434,3 +434,56 @@ def test_the_client_imports_only_the_standard_library():
         node.module.split(".")[0] for node in ast.walk(tree_) if isinstance(node, ast.ImportFrom) and node.module
     }
     assert imported <= set(sys.stdlib_module_names), imported - set(sys.stdlib_module_names)
+
+
+# --- on S3, behind gunicorn -------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["moto", "localstack"])
+def s3_site(request, settings, publish):
+    """gunicorn with the shipped configuration, its release storage on moto's S3 or on LocalStack's
+    (which checks every signature)."""
+    import uuid
+
+    import boto3
+
+    from releases import signing
+
+    from .data import S3_TEST_CREDENTIALS
+    from .servers import Gunicorn, django_env
+
+    endpoint = request.getfixturevalue(f"{request.param}_endpoint")
+    keys = S3_TEST_CREDENTIALS if request.param == "moto" else {"access_key": "test", "secret_key": "test"}
+    bucket = f"releases-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=keys["access_key"],
+                 aws_secret_access_key=keys["secret_key"]).create_bucket(Bucket=bucket)  # fmt: skip
+    settings.RELEASE_STORAGE = {"BACKEND": "s3", "OPTIONS": {"bucket_name": bucket, "endpoint_url": endpoint,
+                                "region_name": "us-east-1", "addressing_style": "path", **keys}}  # fmt: skip
+    signing.SIGNER.set(None)
+    env = django_env(
+        STORAGE_BACKEND="s3",
+        AWS_STORAGE_BUCKET_NAME=bucket,
+        AWS_S3_ENDPOINT_URL=endpoint,
+        AWS_S3_REGION_NAME="us-east-1",
+        AWS_ACCESS_KEY_ID=keys["access_key"],
+        AWS_SECRET_ACCESS_KEY=keys["secret_key"],
+    )
+    site = Gunicorn(env)
+    yield site
+    site.stop()
+
+
+def test_on_s3_through_gunicorn_segments_resume_and_reuse(s3_site, publish, tmp_path):
+    big = os.urandom(17 * 1024 * 1024)  # two segments, each a Range request to S3
+    publish("tts", "v1", {"weights.bin": big, "config.yaml": b"a: 1\n"})
+    publish("tts", "v2", {"weights.bin": big, "config.yaml": b"a: 2\n"})
+    script = tmp_path / "fetch_model.py"
+    with urllib.request.urlopen(f"{s3_site.url}/fetch_model.py", timeout=10) as response:
+        script.write_bytes(response.read())
+    first = run(script, "tts", "v1", tmp_path / "m" / "v1", "--connections", "2")
+    assert first.returncode == 0, first.stderr + s3_site.log()
+    assert tree(tmp_path / "m" / "v1") == {"weights.bin": big, "config.yaml": b"a: 1\n"}
+    second = run(script, "tts", "latest", tmp_path / "m" / "v2")  # v1 beside it: reused, not fetched
+    assert second.returncode == 0, second.stderr
+    assert "weights.bin: reused" in second.stderr and "config.yaml: downloaded, SHA-256 verified" in second.stderr
+    assert tree(tmp_path / "m" / "v2") == {"weights.bin": big, "config.yaml": b"a: 2\n"}
