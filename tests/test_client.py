@@ -207,3 +207,20 @@ def test_needs_only_curl_a_sha256_tool_and_posix_utilities(client_site, tmp_path
     )  # fmt: skip
     assert result.returncode == 0, result.stderr.decode()
     assert tree(tmp_path / "v2") == FILES
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_files_in_the_from_folders_are_reused_not_downloaded(client_site, shell, tmp_path, served):
+    old = tmp_path / "v2-elsewhere"
+    assert run_client(client_site, shell, "index-tts", "v2", old).returncode == 0
+    (old / "config.yaml").write_bytes(b"edited by hand\n")  # same path, other bytes: not reused
+    served.clear()
+    dest = tmp_path / "v2"
+    result = run_client(
+        client_site, shell, "index-tts", "v2", dest, env={"FETCH_MODEL_FROM": f"{tmp_path / 'missing'}:{old}"}
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"model.pt: reused {old / 'model.pt'}, SHA-256 verified" in result.stderr
+    assert "config.yaml: downloaded, SHA-256 verified" in result.stderr
+    assert [entry["path"] for entry in served] == ["config.yaml"]  # the only file bytes sent
+    assert tree(dest) == FILES

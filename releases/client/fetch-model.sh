@@ -16,6 +16,8 @@
 #     like after a network failure;
 #   - moves the verified file into place atomically. A partial or wrong file never
 #     appears at DEST_DIR/<path>.
+# With FETCH_MODEL_FROM=OLD_DIR[:OLD_DIR...], a file found at the same path in one of those
+# folders with the published SHA-256 is hard-linked (or copied) instead of downloaded.
 # Two runs on the same DEST_DIR take turns (a lock directory in DEST_DIR).
 #
 # Needs: sh, curl, and sha256sum (or shasum -a 256); uses openssl for hashing when present.
@@ -34,6 +36,7 @@ SITE=${MODEL_SITE:-'__MODEL_SITE__'}
 SITE=${SITE%/}
 RETRIES=${FETCH_MODEL_RETRIES:-5}
 CURL_OPTS=${FETCH_MODEL_CURL_OPTS:-}
+FROM=${FETCH_MODEL_FROM:-}
 
 say() { printf '%s\n' "fetch-model: $*" >&2; }
 die() { code=$1; shift; say "$*"; exit "$code"; }
@@ -72,6 +75,21 @@ urlencode() {
 }
 
 size_of() { wc -c <"$1" | tr -d ' '; }
+
+# Print a verified copy of PATH (its SHA-256 is EXPECTED) from the FETCH_MODEL_FROM folders.
+reusable() {
+  from_rest=$FROM
+  while [ -n "$from_rest" ]; do
+    from_dir=${from_rest%%:*}
+    case $from_rest in *:*) from_rest=${from_rest#*:} ;; *) from_rest='' ;; esac
+    if [ -z "$from_dir" ] || [ ! -f "$from_dir/$1" ]; then continue; fi
+    if [ "$(sha256_stdin <"$from_dir/$1")" = "$2" ]; then
+      printf '%s\n' "$from_dir/$1"
+      return 0
+    fi
+  done
+  return 1
+}
 
 # Fetch the stable URL (-L: every try asks it again, so an expired link is replaced
 # by a fresh one) into PART. A fresh download is hashed while it arrives (into
@@ -272,6 +290,7 @@ main() {
 
   failed=0
   downloaded=0
+  reused=0
   kept=0
   while IFS= read -r line || [ -n "$line" ]; do
     [ -n "$line" ] || continue
@@ -290,6 +309,16 @@ main() {
     fi
     mkdir -p "$dir" 2>/dev/null || die 6 "cannot create $dir"
     rm -f "$target"  # present but wrong: never leave it there
+    if [ -n "$FROM" ] && source=$(reusable "$path" "$expected"); then
+      copy="$dir/.$(basename "$target").reuse"
+      rm -f "$copy"
+      if ! { ln "$source" "$copy" 2>/dev/null || cp "$source" "$copy"; } || ! mv -f "$copy" "$target"; then
+        die 6 "cannot copy $source to $target"
+      fi
+      reused=$((reused + 1))
+      say "$path: reused $source, SHA-256 verified"
+      continue
+    fi
     if download "$path" "$expected" "$part"; then
       mv -f "$part" "$target" || die 6 "cannot move $path into place"
       downloaded=$((downloaded + 1))
@@ -304,7 +333,7 @@ main() {
   if [ "$failed" -ne 0 ]; then
     die "$failed" "$MODEL $RESOLVED: not every file could be fetched; run again to resume"
   fi
-  say "$MODEL $RESOLVED: $downloaded downloaded, $kept already there, in $DEST"
+  say "$MODEL $RESOLVED: $downloaded downloaded, $reused reused, $kept already there, in $DEST"
 }
 
 # The whole script is read before it runs (it may arrive on stdin: curl ... | sh).
