@@ -487,3 +487,29 @@ def test_on_s3_through_gunicorn_segments_resume_and_reuse(s3_site, publish, tmp_
     assert second.returncode == 0, second.stderr
     assert "weights.bin: reused" in second.stderr and "config.yaml: downloaded, SHA-256 verified" in second.stderr
     assert tree(tmp_path / "m" / "v2") == {"weights.bin": big, "config.yaml": b"a: 2\n"}
+
+
+def test_a_terminal_gets_a_progress_bar_and_a_log_gets_one_line_per_file(script, tmp_path, slow_link):
+    import pty
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen([sys.executable, str(script), "index-tts", "v2", str(tmp_path / "a" / "tty")],
+                               stdout=subprocess.DEVNULL, stderr=follower)  # fmt: skip
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not data:
+            break
+        seen += data
+    assert process.wait(60) == 0
+    os.close(leader)
+    text = seen.decode(errors="replace")
+    assert "\r[" in text and "MB/s" in text  # the bar, redrawn in place
+    slow_link["slow"] = False
+    logged = run(script, "index-tts", "v2", tmp_path / "b" / "log")  # not beside the first: no reuse
+    assert "\r" not in logged.stderr and "MB/s" not in logged.stderr
+    assert logged.stderr.count("downloaded, SHA-256 verified") == len(FILES)
