@@ -51,7 +51,11 @@ from urllib.parse import quote, urljoin, urlsplit
 
 SITE = "__MODEL_SITE__"
 BLOCK = 1024 * 1024
-SEGMENT_MIN = 8 * BLOCK  # a file is split into Range segments of at least this size
+# A file is fetched in segments of this size (more for huge files: at most MAX_SEGMENTS), handed
+# out in order to the connections, so the bytes on disk grow from the front and the SHA-256,
+# taken behind them, is nearly done when the last segment lands.
+SEGMENT_SIZE = 8 * BLOCK
+MAX_SEGMENTS = 2048
 STATE_EVERY = 0.5  # seconds: how often a segment's progress is saved (what a kill -9 can lose)
 WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"} | {
     f"{name}{digit}" for name in ("COM", "LPT") for digit in "123456789"
@@ -243,7 +247,7 @@ class Segments:
         self.lock = threading.Condition()
 
     @classmethod
-    def load_or_plan(cls, part: Path, state: Path, size: int, sha256: str, pieces: int) -> Segments:
+    def load_or_plan(cls, part: Path, state: Path, size: int, sha256: str) -> Segments:
         try:
             saved = json.loads(state.read_text())
             if saved["size"] == size and saved["sha256"] == sha256 and part.exists():
@@ -257,10 +261,11 @@ class Segments:
             have = 0
         if not part.exists():
             part.touch()
-        rest, count = size - have, max(1, min(pieces, (size - have) // SEGMENT_MIN))
-        bounds = [have + rest * i // count for i in range(count + 1)]
+        rest = size - have
+        step = max(SEGMENT_SIZE, -(-rest // MAX_SEGMENTS))
+        bounds = list(range(have, size, step)) + [size] if rest else [have, have]
         ranges = [[0, have, have]] if have else []
-        ranges += [[bounds[i], bounds[i], bounds[i + 1]] for i in range(count)]
+        ranges += [[bounds[i], bounds[i], bounds[i + 1]] for i in range(len(bounds) - 1)]
         segments = cls(state, size, sha256, ranges)
         segments.save()
         return segments
@@ -295,7 +300,7 @@ class FileFetch:
     def download(self) -> None:
         """Fetch, verify and move into place; a wrong file is fetched again, up to the retries."""
         for attempt in range(1, self.run.retries + 1):
-            segments = Segments.load_or_plan(self.part, self.state, self.size, self.sha256, self.run.connections)
+            segments = Segments.load_or_plan(self.part, self.state, self.size, self.sha256)
             if segments.held():
                 self.run.report.say(f"{self.path}: resuming at {segments.held()} bytes")
             try:
