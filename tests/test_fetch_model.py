@@ -513,3 +513,65 @@ def test_a_terminal_gets_a_progress_bar_and_a_log_gets_one_line_per_file(script,
     logged = run(script, "index-tts", "v2", tmp_path / "b" / "log")  # not beside the first: no reuse
     assert "\r" not in logged.stderr and "MB/s" not in logged.stderr
     assert logged.stderr.count("downloaded, SHA-256 verified") == len(FILES)
+
+
+# --- delta planning (pure functions of the client) ------------------------------------------------
+
+
+def manifest(chunks: list[bytes]) -> tuple[bytes, int, str]:
+    """A version-1 chunk manifest of the file made of `chunks`, written from the documented format."""
+    import hashlib
+    import struct
+
+    whole = b"".join(chunks)
+    body, offset = b"", 0
+    for chunk in chunks:
+        body += struct.pack(">QI32s", offset, len(chunk), hashlib.sha256(chunk).digest())
+        offset += len(chunk)
+    header = struct.pack(">8sIIIQ32sI", b"MRCHUNK1", 16384, 65536, 262144, len(whole),
+                         hashlib.sha256(whole).digest(), len(chunks))  # fmt: skip
+    return header + body, len(whole), hashlib.sha256(whole).hexdigest()
+
+
+def test_a_delta_copies_held_chunks_and_fetches_the_rest_with_adjacent_ranges_merged():
+    client = load_client()
+    a, b, c, d, x, y, z = (bytes([n]) * (1000 + n) for n in range(7))
+    _, old = client.parse_manifest(*manifest([a, b, c, d]))
+    _, new = client.parse_manifest(*manifest([a, x, y, c, z, d]))
+    copies, ranges, fetched = client.plan_delta(old, new)
+    offsets = [0]
+    for chunk in (a, x, y, c, z, d):
+        offsets.append(offsets[-1] + len(chunk))
+    assert copies == [
+        (0, 0, len(a)),
+        (offsets[3], len(a) + len(b), len(c)),
+        (offsets[5], offsets[0] + len(a) + len(b) + len(c), len(d)),
+    ]
+    assert ranges == [[offsets[1], offsets[1], offsets[3]], [offsets[4], offsets[4], offsets[5]]]  # x+y merged
+    assert [offset for offset, _, _ in fetched] == [offsets[1], offsets[2], offsets[4]]
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda data, size, sha: (b"NOTCHUNK" + data[8:], size, sha), "not one of this file"),
+        (lambda data, size, sha: (data, size + 1, sha), "not one of this file"),
+        (lambda data, size, sha: (data, size, "0" * 64), "not one of this file"),
+        (lambda data, size, sha: (data[:-1], size, sha), "length does not match its count"),
+        (lambda data, size, sha: (data[:10], size, sha), "truncated"),
+    ],
+)
+def test_a_manifest_that_does_not_describe_the_file_is_refused(damage, message):
+    client = load_client()
+    with pytest.raises(ValueError, match=message):
+        client.parse_manifest(*damage(*manifest([b"a" * 100, b"b" * 200])))
+
+
+def test_a_manifest_whose_chunks_leave_a_gap_is_refused():
+    import struct
+
+    client = load_client()
+    data, size, sha = manifest([b"a" * 100, b"b" * 200])
+    gap = data[:64] + data[64:108] + struct.pack(">Q", 101) + data[116:]  # the second chunk starts at 101
+    with pytest.raises(ValueError, match="do not follow each other"):
+        client.parse_manifest(gap, size, sha)

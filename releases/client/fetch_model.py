@@ -328,7 +328,7 @@ class FileFetch:
         )
         if params != old_params:
             raise ValueError("the two manifests were cut with different parameters")
-        copies, ranges = plan_delta(old_chunks, new_chunks)
+        copies, ranges, self.fetched_chunks = plan_delta(old_chunks, new_chunks)
         with open(older, "rb") as source, open(self.part, "wb") as out:
             out.truncate(self.size)
             for new_offset, old_offset, length in copies:
@@ -336,8 +336,10 @@ class FileFetch:
                 out.seek(new_offset)
                 out.write(source.read(length))
         held = [[offset, offset + length, offset + length] for offset, _, length in copies]
-        Segments(self.state, self.size, self.sha256, sorted(held + ranges)).save()
-        self.fetched_chunks = [chunk for chunk in new_chunks if any(s <= chunk[0] < e for s, _, e in ranges)]
+        pieces = [
+            [at, at, min(at + SEGMENT_SIZE, end)] for start, _, end in ranges for at in range(start, end, SEGMENT_SIZE)
+        ]
+        Segments(self.state, self.size, self.sha256, sorted(held + pieces)).save()
         return sum(end - start for start, _, end in ranges)
 
     def wrong_chunk(self) -> str | None:
@@ -580,18 +582,21 @@ def read_manifest(run: Run, url: str, size: int, sha256: str):
     return parse_manifest(body, size, sha256)
 
 
-def plan_delta(old_chunks, new_chunks) -> tuple[list[tuple[int, int, int]], list[list[int]]]:
-    """Copies (new offset, old offset, length) and ranges [start, start, end] to fetch, adjacent ones merged."""
+def plan_delta(old_chunks, new_chunks) -> tuple[list, list, list]:
+    """What to copy from the older file, as (new offset, old offset, length); the byte ranges to
+    fetch, as [start, start, end] with adjacent chunks merged; and the chunks those ranges hold."""
     held = {digest: offset for offset, _, digest in old_chunks}
-    copies, ranges = [], []
+    copies, ranges, fetched = [], [], []
     for offset, length, digest in new_chunks:
         if digest in held:
             copies.append((offset, held[digest], length))
-        elif ranges and ranges[-1][2] == offset:
+            continue
+        fetched.append((offset, length, digest))
+        if ranges and ranges[-1][2] == offset:
             ranges[-1][2] = offset + length
         else:
             ranges.append([offset, offset, offset + length])
-    return copies, ranges
+    return copies, ranges, fetched
 
 
 # --- a run -------------------------------------------------------------------------------------
