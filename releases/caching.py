@@ -76,7 +76,7 @@ def stale_after_change(model_slug: str, version: str | None = None) -> dict[str,
     (no-store) but are listed for completeness.
     """
     stale = {
-        index_key(): ["/", "/api/v1/models"],
+        index_key(): ["/", "/api/v1/models", "/feeds/releases.atom"],
         model_key(model_slug): [
             f"/models/{model_slug}/*",
             f"/api/v1/models/{model_slug}",

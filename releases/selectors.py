@@ -158,3 +158,23 @@ class VersionPage:
 def version_with_files(slug: str, version: str, user) -> VersionPage:
     resolved = resolve_version(slug, version, user)
     return VersionPage(version=resolved, files=files_of(resolved))
+
+
+# --- feeds ------------------------------------------------------------------------------------------
+
+
+def model_for_feed(slug: str) -> MLModel:
+    """A model anonymous visitors may see (feeds are public, whoever asks). One query."""
+    found = MLModel.objects.public().filter(slug=slug).first() if _plausible(slug, LATEST) else None
+    if found is None:
+        raise NotFound(f"There is no model {slug!r}.")
+    return found
+
+
+def release_events(slug: str | None, limit: int) -> list[Version]:
+    """The latest status changes of listed versions (published, yanked, withdrawn), newest first,
+    site-wide or of one model. One query."""
+    versions = Version.objects.listed().select_related("model").order_by("-updated_at", "-pk")
+    if slug is not None:
+        versions = versions.filter(model__slug=slug)
+    return list(versions.defer("notes")[:limit])

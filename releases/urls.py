@@ -1,5 +1,6 @@
 from django.urls import path, re_path
 
+from . import feeds
 from .views import downloads, operations, pages
 
 app_name = "releases"
@@ -11,7 +12,9 @@ urlpatterns = [
     path("metrics", operations.metrics, name="metrics"),
     path("fetch-model.sh", operations.fetch_model_script, name="fetch-model"),
     path("fetch_model.py", operations.fetch_model_python, name="fetch-model-python"),
+    path("feeds/releases.atom", feeds.site_feed, name="feed"),
     path("models/<str:model_slug>/", pages.model_page, name="model"),
+    path("models/<str:model_slug>/releases.atom", feeds.model_feed, name="model-feed"),
     path("models/<str:model_slug>/<str:version>/", pages.version_page, name="version"),
     path("models/<str:model_slug>/<str:version>/<path:path>", downloads.download, name="download"),
     re_path(r"^files/(?P<key>.+)$", downloads.local_file, name="local-file"),
