@@ -189,10 +189,10 @@ def get_version(request: HttpRequest, model: str, version: str):
     },
 )
 def get_sha256sums(request: HttpRequest, model: str, version: str):
-    page = selectors.version_with_files(model, version, request.user)
-    body = "".join(f"{file.sha256}  {file.path}\n" for file in page.files)
+    resolved = selectors.resolve_version(model, version, request.user)
+    body = "".join(f"{file.sha256}  {file.path}\n" for file in selectors.files_of(resolved))
     response = HttpResponse(body, content_type="text/plain; charset=utf-8")
-    response["X-Artifact-Version"] = page.version.version
+    response["X-Artifact-Version"] = resolved.version
     return caching.cacheable(
-        response, request, [caching.model_key(model), caching.version_key(model, page.version.version)]
+        response, request, [caching.model_key(model), caching.version_key(model, resolved.version)]
     )

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from django.core.exceptions import ValidationError
 from django.db.models import OuterRef, Subquery
 
+from .changes import Changes, FileState, compare
 from .models import (
     File,
     MLModel,
@@ -153,11 +154,35 @@ def is_latest(version: Version) -> bool:
 class VersionPage:
     version: Version
     files: list[FileInfo]
+    changes: Changes
 
 
 def version_with_files(slug: str, version: str, user) -> VersionPage:
+    """A version, its files, and what changed since the published version before it."""
     resolved = resolve_version(slug, version, user)
-    return VersionPage(version=resolved, files=files_of(resolved))
+    files = files_of(resolved)
+    return VersionPage(version=resolved, files=files, changes=changes_since_previous(resolved, files))
+
+
+def changes_since_previous(version: Version, files: list[FileInfo]) -> Changes:
+    """Compared with the highest published version below this one. One query, whatever the history."""
+    previous = (
+        Version.objects.filter(model_id=version.model_id, status=Version.Status.PUBLISHED, sort_key__lt=version.sort_key)
+        .order_by("-sort_key")
+        .values("pk")[:1]
+    )
+    rows = list(
+        File.objects.filter(version_id=Subquery(previous))
+        .order_by("path")
+        .values_list("version__version", "path", "size", "sha256")
+    )
+    if not rows:  # no published version before this one (a published version has files)
+        return compare(None, [], [])
+    return compare(
+        rows[0][0],
+        [FileState(*row[1:]) for row in rows],
+        [FileState(file.path, file.size, file.sha256) for file in files],
+    )
 
 
 # --- feeds ------------------------------------------------------------------------------------------

@@ -51,6 +51,8 @@ def version_page(request, model_slug, version):
         "links": links,
         "is_latest": version == selectors.LATEST or selectors.is_latest(resolved),
         "total_size": sum(file.size for file in page.files),
+        "changes": page.changes,
+        "changed_rows": _change_rows(page.changes),
     }
     response = render(request, "releases/version.html", context)
     return caching.cacheable(
@@ -59,16 +61,42 @@ def version_page(request, model_slug, version):
 
 
 def _file_rows(files: list[FileLinks]) -> list[dict]:
-    """Everything a row shows, formatted here: rows are many, template lookups are not free."""
-    return [
-        {
-            "n": str(number),  # a string: Django localizes every integer it renders, four times a row
-            "path": file.path,
-            "download_url": file.url,
-            "stable_url": file.stable_url,
-            "size": filesizeformat(file.size),
-            "bytes": f"{file.size:,}" if file.size >= 1024 else "",  # small sizes already show bytes
-            "sha256": file.sha256,
-        }
-        for number, file in enumerate(files, start=1)
+    """Everything a row shows, formatted here: rows are many, template lookups are not free.
+
+    Files come sorted by path, so a folder's files follow each other: a row that starts a folder
+    carries the folder's name (the page shows it as a heading row), and each row its own name."""
+    rows, folder = [], None
+    for number, file in enumerate(files, start=1):
+        parent, _, name = file.path.rpartition("/")
+        rows.append(
+            {
+                "n": str(number),  # a string: Django localizes every integer it renders, four times a row
+                "path": file.path,
+                "name": name,
+                "folder": f"{parent}/" if parent != folder and parent else "",
+                "nested": bool(parent),
+                "download_url": file.url,
+                "stable_url": file.stable_url,
+                "size": filesizeformat(file.size),
+                "bytes": f"{file.size:,}" if file.size >= 1024 else "",  # small sizes already show bytes
+                "sha256": file.sha256,
+            }
+        )
+        folder = parent
+    return rows
+
+
+def _change_rows(changes) -> list[dict]:
+    """What changed, one row per path, with a signed size difference."""
+    rows = [{"kind": "added", "path": f.path, "delta": f"+{filesizeformat(f.size)}"} for f in changes.added]
+    rows += [{"kind": "removed", "path": f.path, "delta": f"−{filesizeformat(f.size)}"} for f in changes.removed]
+    rows += [
+        {"kind": "changed", "path": f.path, "delta": _signed_size(f.size_difference)} for f in changes.changed
     ]
+    return sorted(rows, key=lambda row: row["path"])
+
+
+def _signed_size(difference: int) -> str:
+    if difference == 0:
+        return "same size"
+    return ("+" if difference > 0 else "−") + filesizeformat(abs(difference))
