@@ -167,7 +167,9 @@ def version_with_files(slug: str, version: str, user) -> VersionPage:
 def changes_since_previous(version: Version, files: list[FileInfo]) -> Changes:
     """Compared with the highest published version below this one. One query, whatever the history."""
     previous = (
-        Version.objects.filter(model_id=version.model_id, status=Version.Status.PUBLISHED, sort_key__lt=version.sort_key)
+        Version.objects.filter(
+            model_id=version.model_id, status=Version.Status.PUBLISHED, sort_key__lt=version.sort_key
+        )
         .order_by("-sort_key")
         .values("pk")[:1]
     )

@@ -90,9 +90,7 @@ def _change_rows(changes) -> list[dict]:
     """What changed, one row per path, with a signed size difference."""
     rows = [{"kind": "added", "path": f.path, "delta": f"+{filesizeformat(f.size)}"} for f in changes.added]
     rows += [{"kind": "removed", "path": f.path, "delta": f"−{filesizeformat(f.size)}"} for f in changes.removed]
-    rows += [
-        {"kind": "changed", "path": f.path, "delta": _signed_size(f.size_difference)} for f in changes.changed
-    ]
+    rows += [{"kind": "changed", "path": f.path, "delta": _signed_size(f.size_difference)} for f in changes.changed]
     return sorted(rows, key=lambda row: row["path"])
 
 
