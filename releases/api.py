@@ -38,6 +38,15 @@ class FileOut(Schema):
     stable_url: str
 
 
+class ChangesOut(Schema):
+    """Relative to the previous published version (`previous`, null for the first): paths only."""
+
+    previous: str | None
+    added: list[str]
+    removed: list[str]
+    changed: list[str]
+
+
 class VersionOut(Schema):
     model: str
     version: str
@@ -47,6 +56,8 @@ class VersionOut(Schema):
     notes: str
     yanked_reason: str
     files: list[FileOut]
+    total_size: int
+    changes: ChangesOut
 
 
 class VersionSummary(Schema):
@@ -164,6 +175,8 @@ def get_version(request: HttpRequest, model: str, version: str):
         "notes": resolved.notes,
         "yanked_reason": resolved.yanked_reason,
         "files": files,
+        "total_size": sum(file.size for file in page.files),
+        "changes": page.changes.as_json(),
     }
     # Built from plain values that match VersionOut (the tests hold it to the OpenAPI schema), so
     # serialised directly: validating every file object again would cost more than signing it.

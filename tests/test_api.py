@@ -17,7 +17,8 @@ def test_version_object_has_the_contract_fields(client, catalogue, settings):
     response = client.get("/api/v1/models/index-tts/versions/latest")
     assert response.status_code == 200 and response["X-Artifact-Version"] == "v10"
     body = response.json()
-    assert set(body) == {"model", "version", "status", "prerelease", "published_at", "notes", "yanked_reason", "files"}
+    assert set(body) == {"model", "version", "status", "prerelease", "published_at", "notes", "yanked_reason", "files",
+                         "total_size", "changes"}  # fmt: skip
     assert (body["model"], body["version"], body["status"], body["prerelease"]) == (
         "index-tts",
         "v10",
@@ -132,7 +133,11 @@ def test_openapi_document_is_valid_and_describes_the_contract(client):
         "notes",
         "yanked_reason",
         "files",
+        "total_size",
+        "changes",
     }
+    changes = document["components"]["schemas"]["ChangesOut"]
+    assert set(changes["properties"]) == {"previous", "added", "removed", "changed"}
     assert client.get("/api/docs").status_code == 200
 
 

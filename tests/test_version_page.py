@@ -48,3 +48,16 @@ def test_files_in_folders_are_shown_under_their_folder(client, two_versions):
     )
     assert re.search(r'<tr>\s*<td><a class="download" href="[^"]+" download title="model.pt">model.pt</a>', page)
     assert page.count('<tr class="folder">') == 1  # top-level files need no heading
+
+
+def test_the_api_gives_the_total_size_and_the_changes(client, two_versions):
+    body = client.get("/api/v1/models/tts/versions/v2").json()
+    assert body["total_size"] == 3000 + 5 + 500
+    assert body["changes"] == {
+        "previous": "v1",
+        "added": ["ckpt/vocoder/g.bin"],
+        "removed": ["old/vocab.txt"],
+        "changed": ["model.pt"],
+    }
+    first = client.get("/api/v1/models/tts/versions/v1").json()
+    assert first["changes"] == {"previous": None, "added": [], "removed": [], "changed": []}
