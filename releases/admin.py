@@ -28,12 +28,39 @@ class VersionInline(admin.TabularInline):
         return False
 
 
+class MLModelForm(forms.ModelForm):
+    """The model card; tags as one comma-separated line."""
+
+    tag_list = forms.CharField(label="Tags", required=False, help_text="Comma-separated, e.g. tts, chinese.")
+
+    class Meta:
+        model = MLModel
+        exclude = ("tags",)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.fields["tag_list"].initial = ", ".join(self.instance.tags.values_list("name", flat=True))
+
+    def clean_tag_list(self):
+        try:
+            return services.clean_tags(self.cleaned_data["tag_list"].split(","))
+        except services.ReleaseError as error:
+            raise ValidationError(str(error)) from error
+
+
 @admin.register(MLModel)
 class MLModelAdmin(admin.ModelAdmin):
-    list_display = ("slug", "name", "version_count", "latest_version")
-    search_fields = ("slug", "name", "summary")
+    form = MLModelForm
+    list_display = ("slug", "name", "license", "version_count", "latest_version")
+    list_filter = ("tags",)
+    search_fields = ("slug", "name", "summary", "tags__name")
     prepopulated_fields = {"slug": ("name",)}
     inlines = [VersionInline]
+    fieldsets = (
+        (None, {"fields": ("slug", "name", "summary")}),
+        ("Model card", {"fields": ("description", "license", "tag_list", "homepage_url", "source_url", "paper_url")}),
+    )
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(version_count=Count("versions"))
@@ -59,7 +86,7 @@ class MLModelAdmin(admin.ModelAdmin):
         return super().has_delete_permission(request, obj) and (obj is None or not obj.versions.exists())
 
     def save_model(self, request, obj, form, change):
-        services.save_model_details(obj)
+        services.save_model_details(obj, tags=form.cleaned_data["tag_list"])
 
 
 class FileForm(forms.ModelForm):

@@ -94,7 +94,7 @@ def connect_celery_signals() -> None:
 
 # --- metrics ------------------------------------------------------------------------------------
 
-_local = Counter()
+_local: dict[str, Counter] = {}  # hash key -> its counters, when there is no Redis
 _local_lock = threading.Lock()
 _redis = None
 KEY = "model-releases:metrics"
@@ -109,34 +109,42 @@ def _client():
     return _redis
 
 
+# (hash key, field) -> amount, gathered during a request
 _batch: contextvars.ContextVar[Counter | None] = contextvars.ContextVar("metrics_batch", default=None)
 
 
 def count(**fields: int) -> None:
-    """Add to named counters, e.g. count(**{"redirects:index-tts": 1, "signing_hits": 1}).
+    """Add to named counters, e.g. count(**{"redirects:index-tts": 1, "signing_hits": 1})."""
+    count_in(KEY, fields)
+
+
+def count_in(key: str, fields: dict[str, int]) -> None:
+    """Add to counters in the Redis hash `key` (or this process's, without Redis).
 
     Inside a request the counts wait in the request's batch (see CountsMiddleware), so a page
     that signs fifty links costs one Redis round trip, not fifty.
     """
+    entries = Counter({(key, name): value for name, value in fields.items()})
     batch = _batch.get()
     if batch is not None:
-        batch.update(fields)
+        batch.update(entries)
         return
-    _write(fields)
+    _write(entries)
 
 
-def _write(fields: dict[str, int]) -> None:
-    fields = {name: value for name, value in fields.items() if value}
-    if not fields:
+def _write(entries: Counter) -> None:
+    entries = {where: value for where, value in entries.items() if value}
+    if not entries:
         return
     if not settings.REDIS_URL:
         with _local_lock:
-            _local.update(fields)
+            for (key, name), value in entries.items():
+                _local.setdefault(key, Counter())[name] += value
         return
     try:
         pipeline = _client().pipeline(transaction=False)
-        for name, value in fields.items():
-            pipeline.hincrby(KEY, name, value)
+        for (key, name), value in entries.items():
+            pipeline.hincrby(key, name, value)
         pipeline.execute()
     except Exception as error:  # metrics must never fail a download
         logger.debug("could not count metrics: %s", error)
@@ -161,6 +169,6 @@ class CountsMiddleware:
 def counters() -> dict[str, int]:
     if not settings.REDIS_URL:
         with _local_lock:
-            return dict(_local)
+            return dict(_local.get(KEY, {}))
     raw = _client().hgetall(KEY)
     return {name.decode(): int(value) for name, value in raw.items()}

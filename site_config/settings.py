@@ -190,6 +190,7 @@ DATABASES = {
     )
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+FORMS_URLFIELD_ASSUME_HTTPS = True  # a link typed without a scheme is https (the Django 6 default)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

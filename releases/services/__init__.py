@@ -3,7 +3,8 @@ The admin and the management commands call these.
 
 * `versions`: models and versions, status changes (and the CDN work they record), metadata;
 * `files`: the files of a draft: bytes to storage first, then a short transaction records them;
-* `local_release`: a set of local files published as a version (publish_release).
+* `local_release`: a set of local files published as a version (publish_release);
+* `model_cards`: a model's description, license, tags and links.
 
 Every refusal raises ReleaseError with one sentence a maintainer can act on, and leaves
 nothing behind: no version without its files, no object that the refused call uploaded. No
@@ -13,13 +14,13 @@ transaction is ever open while bytes move or storage is asked (see releases.lock
 from .common import ReleaseError, retry_cdn_work
 from .files import add_file, delete_draft, register_object, remove_file
 from .local_release import LocalFile, ReleaseOutcome, release_local_files
+from .model_cards import clean_tags, save_model_details, set_model_info
 from .versions import (
     STATUS_ACTIONS,
     change_status,
     create_version,
     get_or_create_model,
     publish_version,
-    save_model_details,
     update_version_details,
     withdraw_version,
     yank_version,
@@ -32,6 +33,7 @@ __all__ = [
     "ReleaseOutcome",
     "add_file",
     "change_status",
+    "clean_tags",
     "create_version",
     "delete_draft",
     "get_or_create_model",
@@ -41,6 +43,7 @@ __all__ = [
     "remove_file",
     "retry_cdn_work",
     "save_model_details",
+    "set_model_info",
     "update_version_details",
     "withdraw_version",
     "yank_version",

@@ -7,7 +7,7 @@ import logging
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from ..models import File, MLModel, Version, validate_model_slug, validate_object_key, validate_version_string
+from ..models import MLModel, Version, validate_model_slug, validate_object_key, validate_version_string
 from ..rendering import render_markdown
 from ..storage import release_store
 from .common import ReleaseError, as_release_error, locked, record_change, version_lock
@@ -139,23 +139,6 @@ def withdraw_version(version: Version) -> Version:
         record_change(version.model.slug, version)
     logger.info("withdrew %s %s", version.model.slug, version.version)
     return version
-
-
-def save_model_details(model: MLModel) -> MLModel:
-    """Create or update a model's name, summary and description."""
-    with as_release_error():
-        model.full_clean()
-    if model.pk and MLModel.objects.filter(pk=model.pk).exclude(slug=model.slug).exists():
-        if File.objects.filter(version__model=model).exists():
-            raise ReleaseError(
-                f"{model.slug}: the slug is part of its files' object keys and URLs, so it cannot change once "
-                "files were added."
-            )
-    with transaction.atomic():
-        model.save()
-        if model.versions.listed().exists():
-            record_change(model.slug)
-    return model
 
 
 def update_version_details(version: Version, *, notes: str, prerelease: bool) -> Version:

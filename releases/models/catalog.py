@@ -1,109 +1,28 @@
 """The release domain: an MLModel (a published model) has Versions, a Version has Files.
 
 Querysets own the two rules everybody else uses: what is *public* and what is
-*latest*. Services (services.py) are the only writers.
+*latest*. Services are the only writers.
 """
 
 import re
-import unicodedata
 
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
 
-VERSION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
-RESERVED_VERSIONS = frozenset({"latest"})
-MAX_PATH_LENGTH = 1024
-_DIGITS = re.compile(r"(\d+)")
-_SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
-
-
-class ImmutableError(ValidationError):
-    """A change to something that is published and therefore fixed."""
-
-
-def validate_model_slug(value: str) -> None:
-    if len(value) > 100 or not _SLUG.fullmatch(value):
-        raise ValidationError(
-            f"{value!r} is not a valid model name: use lower-case letters, digits and single hyphens (e.g. index-tts).",
-            code="invalid_model_slug",
-        )
-
-
-def validate_version_string(value: str) -> None:
-    if not VERSION_PATTERN.fullmatch(value or ""):
-        raise ValidationError(
-            f"{value!r} is not a valid version: start with a letter or digit, then up to 63 of "
-            "letters, digits, '.', '_', '+', '-' (e.g. v23, 2.0.1).",
-            code="invalid_version",
-        )
-    if value.lower() in RESERVED_VERSIONS:
-        raise ValidationError(f"{value!r} is reserved and cannot be a version.", code="reserved_version")
-
-
-def validate_notes(value: str) -> None:
-    """Within RELEASE_NOTES_MAX_BYTES and renderable (see rendering.py)."""
-    from .rendering import render_markdown
-
-    render_markdown(value)
-
-
-def canonical_path(value: str) -> str:
-    """Paths are stored in Unicode NFC: "café.bin" typed on macOS (NFD) and on Linux (NFC) is one path."""
-    return unicodedata.normalize("NFC", value)
-
-
-def validate_relative_path(value: str, *, what: str = "path") -> None:
-    """A relative POSIX path that cannot climb out of its folder."""
-    problem = None
-    if not value:
-        problem = "is empty"
-    elif len(value) > MAX_PATH_LENGTH:
-        problem = f"is longer than {MAX_PATH_LENGTH} characters"
-    elif value.startswith("/"):
-        problem = "must be relative (no leading '/')"
-    elif "\\" in value:
-        problem = "must not contain a backslash"
-    elif any(ord(char) < 32 or ord(char) == 127 for char in value):
-        problem = "must not contain control characters"
-    else:
-        segments = value.split("/")
-        if any(segment == "" for segment in segments):
-            problem = "must not contain an empty segment ('//' or a trailing '/')"
-        elif any(segment in {".", ".."} for segment in segments):
-            problem = "must not contain '.' or '..' segments"
-    if problem:
-        raise ValidationError(f"File {what} {value!r} {problem}.", code=f"invalid_{what}")
-
-
-def validate_object_key(key: str, model_slug: str) -> None:
-    """Object keys stay inside the model's prefix, so one model never reaches another's objects."""
-    validate_relative_path(key, what="key")
-    if not key.startswith(f"{model_slug}/"):
-        raise ValidationError(
-            f"Object key {key!r} must start with the model's prefix {model_slug + '/'!r}.", code="key_outside_model"
-        )
-
-
-def natural_sort_key(version: str) -> str:
-    """A string whose plain ordering is the natural order of versions.
-
-    Each run of digits becomes its length (two digits) then the digits without
-    leading zeros, so v9 < v10 < v23 and 1.2 < 1.10; letters compare case-blind.
-    """
-
-    def encode(match: re.Match) -> str:
-        digits = match.group(1).lstrip("0") or "0"
-        return f"{len(digits):02d}{digits}"
-
-    # Hex of the bytes, so that every database collation orders it like the bytes
-    # (some collations skip punctuation such as '.', '-' and '+').
-    return _DIGITS.sub(encode, version.lower()).encode().hex()
-
-
-def default_object_key(model_slug: str, version: str, path: str) -> str:
-    return f"{model_slug}/{version}/{path}"
+from ..licenses import validate_license
+from .rules import (
+    MAX_PATH_LENGTH,
+    ImmutableError,
+    natural_sort_key,
+    user_sees_drafts,
+    validate_model_slug,
+    validate_notes,
+    validate_relative_path,
+    validate_tag,
+    validate_version_string,
+)
 
 
 class MLModelQuerySet(models.QuerySet):
@@ -115,6 +34,18 @@ class MLModelQuerySet(models.QuerySet):
         return self if user_sees_drafts(user) else self.public()
 
 
+class Tag(models.Model):
+    """A word visitors filter and search models by (e.g. tts, chinese)."""
+
+    name = models.CharField(max_length=50, unique=True, validators=[validate_tag])
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class MLModel(models.Model):
     slug = models.CharField(
         max_length=100,
@@ -124,7 +55,17 @@ class MLModel(models.Model):
     )
     name = models.CharField(max_length=200)
     summary = models.CharField(max_length=300, blank=True)
-    description = models.TextField(blank=True, help_text="Markdown.")
+    description = models.TextField(
+        blank=True, validators=[validate_notes], help_text="The model card: Markdown, rendered sanitised."
+    )
+    description_html = models.TextField(blank=True, editable=False)  # rendered from `description` when written
+    license = models.CharField(
+        max_length=64, blank=True, validators=[validate_license], help_text="An SPDX identifier, e.g. Apache-2.0."
+    )
+    tags = models.ManyToManyField(Tag, blank=True, related_name="models")
+    homepage_url = models.URLField("homepage", max_length=500, blank=True)
+    source_url = models.URLField("source code", max_length=500, blank=True)
+    paper_url = models.URLField("paper", max_length=500, blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -348,58 +289,3 @@ class File(models.Model):
     @property
     def name(self) -> str:
         return self.path.rsplit("/", 1)[-1]
-
-
-class OutboxEntry(models.Model):
-    """CDN work caused by a change, written in the change's own transaction and drained after commit.
-
-    One pending row per (kind, key): recording the same key again bumps its
-    generation instead of adding a row, and a worker only marks a row done if
-    nothing bumped it while the work was in flight.
-    """
-
-    class Kind(models.TextChoices):
-        PURGE = "purge", "Purge"
-        WARM = "warm", "Warm"
-
-    class State(models.TextChoices):
-        PENDING = "pending", "Pending"
-        DONE = "done", "Done"
-        FAILED = "failed", "Failed"
-
-    kind = models.CharField(max_length=8, choices=Kind.choices)
-    key = models.CharField(max_length=400, help_text="Surrogate key to purge, or file-<id> to warm.")
-    paths = models.JSONField(default=list, blank=True, help_text="URL paths the key covers, for CDNs without keys.")
-    file = models.ForeignKey(File, null=True, blank=True, on_delete=models.CASCADE, related_name="outbox_entries")
-    state = models.CharField(max_length=8, choices=State.choices, default=State.PENDING, db_index=True)
-    generation = models.PositiveIntegerField(default=1)
-    attempts = models.PositiveIntegerField(default=0)
-    next_attempt_at = models.DateTimeField(default=timezone.now, db_index=True)
-    last_error = models.TextField(blank=True)
-    created_at = models.DateTimeField(default=timezone.now, editable=False)
-    updated_at = models.DateTimeField(auto_now=True)
-    done_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        verbose_name = "CDN outbox entry"
-        verbose_name_plural = "CDN outbox"
-        ordering = ["-created_at"]
-        constraints = [
-            models.UniqueConstraint(
-                fields=["kind", "key"], condition=models.Q(state="pending"), name="one_pending_entry_per_key"
-            ),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.kind} {self.key} ({self.state})"
-
-
-def user_sees_drafts(user) -> bool:
-    """Drafts are for maintainers who may view versions in the admin (view_version): a staff flag
-    alone shows nothing more than the public sees."""
-    return bool(
-        user is not None
-        and getattr(user, "is_active", False)
-        and getattr(user, "is_staff", False)
-        and user.has_perm("releases.view_version")
-    )

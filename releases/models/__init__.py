@@ -1,0 +1,45 @@
+"""The app's models, by concern: the catalogue (models, versions, files, tags), the CDN outbox, and
+download counts; rules.py holds the checks and orderings that need no database."""
+
+from .catalog import File, FileQuerySet, MLModel, MLModelQuerySet, Tag, Version, VersionQuerySet
+from .downloads import DailyDownloads, DownloadFold
+from .outbox import OutboxEntry
+from .rules import (
+    MAX_PATH_LENGTH,
+    ImmutableError,
+    canonical_path,
+    default_object_key,
+    natural_sort_key,
+    user_sees_drafts,
+    validate_model_slug,
+    validate_notes,
+    validate_object_key,
+    validate_relative_path,
+    validate_tag,
+    validate_version_string,
+)
+
+__all__ = [
+    "MAX_PATH_LENGTH",
+    "DailyDownloads",
+    "DownloadFold",
+    "File",
+    "FileQuerySet",
+    "ImmutableError",
+    "MLModel",
+    "MLModelQuerySet",
+    "OutboxEntry",
+    "Tag",
+    "Version",
+    "VersionQuerySet",
+    "canonical_path",
+    "default_object_key",
+    "natural_sort_key",
+    "user_sees_drafts",
+    "validate_model_slug",
+    "validate_notes",
+    "validate_object_key",
+    "validate_relative_path",
+    "validate_tag",
+    "validate_version_string",
+]
