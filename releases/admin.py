@@ -1,5 +1,7 @@
 """Django admin for maintainers: every change goes through services.py."""
 
+from functools import partial
+
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
@@ -36,6 +38,9 @@ class MLModelForm(forms.ModelForm):
     class Meta:
         model = MLModel
         exclude = ("tags",)
+        # A link typed without a scheme is https (Django 6's default, asked for now).
+        field_classes = {name: partial(forms.URLField, assume_scheme="https")
+                         for name in ("homepage_url", "source_url", "paper_url")}  # fmt: skip
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -47,6 +47,19 @@ class ChangesOut(Schema):
     changed: list[str]
 
 
+class DownloadsOut(Schema):
+    """Counted once per stable-URL GET that redirects, folded into daily counts by rollup_downloads."""
+
+    total: int
+    last_30_days: int
+
+
+class LinksOut(Schema):
+    homepage: str | None
+    source: str | None
+    paper: str | None
+
+
 class VersionOut(Schema):
     model: str
     version: str
@@ -58,6 +71,7 @@ class VersionOut(Schema):
     files: list[FileOut]
     total_size: int
     changes: ChangesOut
+    downloads: DownloadsOut
 
 
 class VersionSummary(Schema):
@@ -67,6 +81,7 @@ class VersionSummary(Schema):
     published_at: str | None
     yanked_reason: str
     url: str
+    downloads: DownloadsOut
 
 
 class ModelOut(Schema):
@@ -77,6 +92,10 @@ class ModelOut(Schema):
     latest: str | None
     url: str
     versions: list[VersionSummary]
+    license: str | None
+    tags: list[str]
+    links: LinksOut
+    downloads: DownloadsOut
 
 
 class ModelSummary(Schema):
@@ -85,6 +104,9 @@ class ModelSummary(Schema):
     summary: str
     latest: str | None
     url: str
+    license: str | None
+    tags: list[str]
+    downloads: DownloadsOut
 
 
 class ModelList(Schema):
@@ -124,6 +146,9 @@ def list_models(request: HttpRequest, response: HttpResponse):
                 "summary": model.summary,
                 "latest": model.latest_version,
                 "url": model_api_url(request, model.slug),
+                "license": model.license or None,
+                "tags": [tag.name for tag in model.tags.all()],
+                "downloads": selectors.model_downloads(model).as_json(),
             }
             for model in models
         ]
@@ -150,9 +175,18 @@ def get_model(request: HttpRequest, response: HttpResponse, model: str):
                 "published_at": iso(version.published_at),
                 "yanked_reason": version.yanked_reason,
                 "url": f"{base}/versions/{version.version}",
+                "downloads": version.downloads.as_json(),
             }
             for version in versions
         ],
+        "license": found.license or None,
+        "tags": [tag.name for tag in found.tags.all()],
+        "links": {
+            "homepage": found.homepage_url or None,
+            "source": found.source_url or None,
+            "paper": found.paper_url or None,
+        },  # fmt: skip
+        "downloads": selectors.model_downloads(found).as_json(),
     }
 
 
@@ -177,6 +211,7 @@ def get_version(request: HttpRequest, model: str, version: str):
         "files": files,
         "total_size": sum(file.size for file in page.files),
         "changes": page.changes.as_json(),
+        "downloads": page.downloads.as_json(),
     }
     # Built from plain values that match VersionOut (the tests hold it to the OpenAPI schema), so
     # serialised directly: validating every file object again would cost more than signing it.

@@ -100,7 +100,8 @@ _redis = None
 KEY = "model-releases:metrics"
 
 
-def _client():
+def redis_client():
+    """The Redis that holds the counters (REDIS_URL), with short timeouts: counting never waits long."""
     global _redis
     if _redis is None:
         import redis
@@ -142,7 +143,7 @@ def _write(entries: Counter) -> None:
                 _local.setdefault(key, Counter())[name] += value
         return
     try:
-        pipeline = _client().pipeline(transaction=False)
+        pipeline = redis_client().pipeline(transaction=False)
         for (key, name), value in entries.items():
             pipeline.hincrby(key, name, value)
         pipeline.execute()
@@ -170,5 +171,5 @@ def counters() -> dict[str, int]:
     if not settings.REDIS_URL:
         with _local_lock:
             return dict(_local.get(KEY, {}))
-    raw = _client().hgetall(KEY)
+    raw = redis_client().hgetall(KEY)
     return {name.decode(): int(value) for name, value in raw.items()}

@@ -10,10 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.core.exceptions import ValidationError
-from django.db.models import OuterRef, Subquery
+from django.db.models import F, OuterRef, Q, Subquery, Sum
+from django.db.models.functions import Coalesce
 
+from . import downloads
 from .changes import Changes, FileState, compare
 from .models import (
+    DailyDownloads,
     File,
     MLModel,
     Version,
@@ -38,23 +41,95 @@ def _latest_version_subquery():
     return Subquery(Version.objects.filter(model=OuterRef("pk")).latest_candidates().values("version")[:1])
 
 
-def models_for_index(user) -> list[MLModel]:
-    """Models visible to `user`, each with `latest_version` (a version string or None). One query."""
-    return list(MLModel.objects.visible_to(user).annotate(latest_version=_latest_version_subquery()).order_by("slug"))
+INDEX_SORTS = {
+    "name": ("slug",),
+    "latest": (F("latest_published_at").desc(nulls_last=True), "slug"),
+    "downloads": ("-downloads_total", "slug"),
+}
+
+
+def _model_annotations() -> dict:
+    """What cards and lists show of each model, as subqueries (no joins that multiply rows)."""
+    listed = Version.objects.filter(model=OuterRef("pk"), status__in=Version.Status.downloadable())
+    return {
+        "latest_version": _latest_version_subquery(),
+        "latest_published_at": Subquery(listed.order_by("-published_at").values("published_at")[:1]),
+        "downloads_total": _downloads_subquery(None),
+        "downloads_recent": _downloads_subquery(RECENT_DAYS),
+    }
+
+
+def models_for_index(user, *, query: str = "", tag: str = "", sort: str = "name") -> list[MLModel]:
+    """Models visible to `user`, found by `query` (name, description, tag) and `tag`, sorted by name,
+    latest release or downloads; each with its latest version, downloads and tags. Two queries."""
+    models = MLModel.objects.visible_to(user)
+    if query:
+        models = models.filter(
+            Q(slug__icontains=query) | Q(name__icontains=query) | Q(summary__icontains=query)
+            | Q(description__icontains=query) | Q(tags__name=query.lower())
+        ).distinct()  # fmt: skip
+    if tag:
+        models = models.filter(tags__name=tag.lower()).distinct()
+    models = models.annotate(**_model_annotations()).order_by(*INDEX_SORTS.get(sort, INDEX_SORTS["name"]))
+    return list(models.prefetch_related("tags"))
 
 
 def model_with_versions(slug: str, user) -> tuple[MLModel, list[Version], Version | None]:
-    """A model, its versions newest first, and its latest version. Two queries."""
+    """A model with its card, downloads and tags, its versions newest first (each with `downloads`),
+    and its latest version. Four queries."""
     if not _plausible(slug, LATEST):
         raise NotFound(f"There is no model {slug!r}.")
     model = (
-        MLModel.objects.visible_to(user).filter(slug=slug).annotate(latest_version=_latest_version_subquery()).first()
-    )
+        MLModel.objects.visible_to(user).filter(slug=slug).annotate(**_model_annotations())
+        .prefetch_related("tags").first()
+    )  # fmt: skip
     if model is None:
         raise NotFound(f"There is no model {slug!r}.")
     versions = list(Version.objects.visible_to(user).filter(model=model).natural_order())
+    counts = downloads_by_version([version.pk for version in versions])
+    for version in versions:
+        version.downloads = counts.get(version.pk, Downloads())
     latest = next((v for v in versions if v.version == model.latest_version), None)
     return model, versions, latest
+
+
+# --- download counts -------------------------------------------------------------------------------
+
+RECENT_DAYS = 30
+
+
+@dataclass(frozen=True, slots=True)
+class Downloads:
+    total: int = 0
+    last_30_days: int = 0
+
+    def as_json(self) -> dict:
+        return {"total": self.total, "last_30_days": self.last_30_days}
+
+
+def model_downloads(model: MLModel) -> Downloads:
+    """From a model loaded by these selectors (its counts are annotated)."""
+    return Downloads(model.downloads_total, model.downloads_recent)
+
+
+def _downloads_subquery(days: int | None):
+    rows = DailyDownloads.objects.filter(file__version__model=OuterRef("pk"))
+    if days is not None:
+        rows = rows.filter(day__gte=downloads.since(days))
+    total = rows.values("file__version__model").annotate(sum=Sum("count")).values("sum")[:1]
+    return Coalesce(Subquery(total), 0)
+
+
+def downloads_by_version(version_ids: list[int]) -> dict[int, Downloads]:
+    """Each version's downloads, all time and in the last 30 days. One query."""
+    if not version_ids:
+        return {}
+    rows = (
+        DailyDownloads.objects.filter(file__version_id__in=version_ids)
+        .values("file__version_id")
+        .annotate(total=Sum("count"), recent=Sum("count", filter=Q(day__gte=downloads.since(RECENT_DAYS))))
+    )
+    return {row["file__version_id"]: Downloads(row["total"], row["recent"] or 0) for row in rows}
 
 
 def _plausible(slug: str, version: str, path: str = "x") -> bool:
@@ -155,13 +230,19 @@ class VersionPage:
     version: Version
     files: list[FileInfo]
     changes: Changes
+    downloads: Downloads
 
 
 def version_with_files(slug: str, version: str, user) -> VersionPage:
-    """A version, its files, and what changed since the published version before it."""
+    """A version, its files, what changed since the published version before it, its downloads."""
     resolved = resolve_version(slug, version, user)
     files = files_of(resolved)
-    return VersionPage(version=resolved, files=files, changes=changes_since_previous(resolved, files))
+    return VersionPage(
+        version=resolved,
+        files=files,
+        changes=changes_since_previous(resolved, files),
+        downloads=downloads_by_version([resolved.pk]).get(resolved.pk, Downloads()),
+    )
 
 
 def changes_since_previous(version: Version, files: list[FileInfo]) -> Changes:

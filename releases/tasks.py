@@ -1,4 +1,5 @@
-"""Celery tasks: thin, idempotent, taking ids; the work lives in outbox.py and verification.py.
+"""Celery tasks: thin, idempotent, taking ids; the work lives in outbox.py, verification.py and
+downloads.py.
 
 Outbox rows are drained by a task queued once their change commits (`drain_after_commit`,
 the one place that queues it) and by beat jobs for whatever that missed. Retries of CDN work
@@ -17,7 +18,7 @@ from celery import shared_task
 from django.conf import settings
 from django.db import transaction
 
-from . import outbox, verification
+from . import downloads, outbox, verification
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +122,12 @@ def verify_files(self):
         return {"summary": report.summary(), "failed": report.failed}
 
     return _periodic("verify", work)
+
+
+@shared_task(bind=True, acks_late=True, soft_time_limit=10 * 60, time_limit=11 * 60)
+def rollup_downloads(self):
+    """Beat: fold the download counters into daily rows."""
+    return _periodic("rollup-downloads", lambda: {"downloads": downloads.fold()})
 
 
 def _as_dict(result: outbox.DrainResult) -> dict:

@@ -190,7 +190,6 @@ DATABASES = {
     )
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-FORMS_URLFIELD_ASSUME_HTTPS = True  # a link typed without a scheme is https (the Django 6 default)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -341,6 +340,11 @@ CELERY_BEAT_SCHEDULE = {
     "warm-pending": {
         "task": "releases.tasks.warm_pending",
         "schedule": env_int("WARM_INTERVAL", 300, minimum=1, maximum=86400),
+    },
+    # Also the most download counts a Redis restart can lose (see releases/downloads.py).
+    "rollup-downloads": {
+        "task": "releases.tasks.rollup_downloads",
+        "schedule": env_int("ROLLUP_DOWNLOADS_INTERVAL", 300, minimum=10, maximum=86400),
     },
 }
 VERIFY_BATCH_SIZE = env_int("VERIFY_BATCH_SIZE", 200, minimum=1, maximum=100_000)

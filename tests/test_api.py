@@ -18,7 +18,7 @@ def test_version_object_has_the_contract_fields(client, catalogue, settings):
     assert response.status_code == 200 and response["X-Artifact-Version"] == "v10"
     body = response.json()
     assert set(body) == {"model", "version", "status", "prerelease", "published_at", "notes", "yanked_reason", "files",
-                         "total_size", "changes"}  # fmt: skip
+                         "total_size", "changes", "downloads"}  # fmt: skip
     assert (body["model"], body["version"], body["status"], body["prerelease"]) == (
         "index-tts",
         "v10",
@@ -135,6 +135,7 @@ def test_openapi_document_is_valid_and_describes_the_contract(client):
         "files",
         "total_size",
         "changes",
+        "downloads",
     }
     changes = document["components"]["schemas"]["ChangesOut"]
     assert set(changes["properties"]) == {"previous", "added", "removed", "changed"}

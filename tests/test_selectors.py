@@ -48,7 +48,7 @@ def test_query_count_does_not_grow_with_versions_or_files(client, template):
     small = queries(client, template.format(m="small", last=1))
     large = queries(client, template.format(m="large", last=100))
     assert small == large, template
-    assert large <= 4, template
+    assert large <= 5, template  # the version page: version, files, changes, downloads, is-latest
 
 
 def test_latest_resolution_is_one_query(django_assert_num_queries):

@@ -9,6 +9,7 @@ from django.http import FileResponse, HttpResponse, HttpResponseRedirect, Stream
 from django.views.decorators.http import require_safe
 
 from .. import caching, http_ranges, observability, selectors
+from ..downloads import count_download
 from ..links import download_base
 from ..models import File
 from ..signing import LinkRefused, content_disposition, local_file_path, signer, verify_local_link
@@ -25,6 +26,8 @@ def download(request, model_slug, version, path):
         return plain_error(error)
     link = signer().link(file.key, file.name, base_url=download_base(request))
     observability.count(**{f"redirects:{file.version.model.slug}": 1})
+    if request.method == "GET":  # a HEAD asks about the file; only a GET downloads it
+        count_download(file.pk)
     response = HttpResponseRedirect(link.url)
     response["X-Artifact-SHA256"] = file.sha256
     response["X-Artifact-Size"] = str(file.size)

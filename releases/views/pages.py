@@ -8,15 +8,30 @@ from django.shortcuts import render
 from django.template.defaultfilters import filesizeformat
 from django.views.decorators.http import require_safe
 
-from .. import caching, selectors
+from .. import caching, licenses, selectors
 from ..links import FileLinks, VersionLinks, file_links
 from .errors import error_page
+
+SORT_LABELS = {"name": "Name", "latest": "Latest release", "downloads": "Downloads"}
 
 
 @require_safe
 def index(request):
-    models = selectors.models_for_index(request.user)
-    response = render(request, "releases/index.html", {"models": models})
+    """Every model, or those a search (`q`: name, description, tag) or a `tag` finds, in a chosen order."""
+    query = request.GET.get("q", "").strip()[:100]
+    tag = request.GET.get("tag", "").strip()[:50]
+    sort = request.GET.get("sort", "name")
+    sort = sort if sort in SORT_LABELS else "name"
+    models = selectors.models_for_index(request.user, query=query, tag=tag, sort=sort)
+    context = {
+        "models": models,
+        "query": query,
+        "tag": tag,
+        "sort": sort,
+        "sorts": SORT_LABELS.items(),
+        "searching": bool(query or tag),
+    }
+    response = render(request, "releases/index.html", context)
     return caching.cacheable(response, request, [caching.index_key()])
 
 
@@ -26,7 +41,24 @@ def model_page(request, model_slug):
         found, versions, latest = selectors.model_with_versions(model_slug, request.user)
     except selectors.NotFound as error:
         return error_page(request, error)
-    response = render(request, "releases/model.html", {"model": found, "versions": versions, "latest": latest})
+    context = {
+        "model": found,
+        "versions": versions,
+        "latest": latest,
+        "downloads": selectors.model_downloads(found),
+        "license_name": licenses.name(found.license) if found.license else "",
+        "license_url": licenses.url(found.license) if found.license else None,
+        "links": [
+            (label, url)
+            for label, url in (
+                ("Homepage", found.homepage_url),
+                ("Source", found.source_url),
+                ("Paper", found.paper_url),
+            )
+            if url
+        ],  # fmt: skip
+    }
+    response = render(request, "releases/model.html", context)
     return caching.cacheable(response, request, [caching.model_key(model_slug)])
 
 
@@ -52,6 +84,7 @@ def version_page(request, model_slug, version):
         "is_latest": version == selectors.LATEST or selectors.is_latest(resolved),
         "total_size": sum(file.size for file in page.files),
         "changes": page.changes,
+        "downloads": page.downloads,
         "changed_rows": _change_rows(page.changes),
     }
     response = render(request, "releases/version.html", context)
