@@ -512,7 +512,9 @@ def main() -> int:
     report.write_text(
         "# Benchmarks\n\n"
         f"{header}. Written by `make bench` (bench/run.py); S3 is moto in server mode in its own process, "
-        "the site runs on SQLite (and gunicorn for the client rows), all on loopback.\n\n"
+        "the site runs on SQLite (and gunicorn for the client rows), all on loopback. The Python client's rows "
+        "(bench/client_bench.py) run gunicorn with local storage behind bench/throttle.py, a loopback proxy that "
+        "limits each connection or all of them and counts the bytes the server sends.\n\n"
         f"{text}\n{load}"
     )
     return 0 if ok else 1
