@@ -71,7 +71,7 @@ def models_for_index(user, *, query: str = "", tag: str = "", sort: str = "name"
     if tag:
         models = models.filter(tags__name=tag.lower()).distinct()
     models = models.annotate(**_model_annotations()).order_by(*INDEX_SORTS.get(sort, INDEX_SORTS["name"]))
-    return list(models.prefetch_related("tags"))
+    return list(models.defer("description").prefetch_related("tags"))  # cards show the rendered card's start
 
 
 def model_with_versions(slug: str, user) -> tuple[MLModel, list[Version], Version | None]:

@@ -114,3 +114,89 @@ def test_staff_create_upload_publish_then_yank(live_server, browser_page, django
     page.goto(live_server.url + "/models/index-tts/v2/")
     assert "Clipping at high volume; use v1." in page.locator(".banner.yanked").inner_text()
     assert os.path.exists(ARTIFACTS)
+
+
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1280, "height": 900}
+
+
+def screenshots(page, name: str) -> None:
+    """The page at phone and desktop widths (docs/screenshots keeps the current ones)."""
+    for label, size in (("phone", PHONE), ("desktop", DESKTOP)):
+        page.set_viewport_size(size)
+        page.screenshot(path=str(ARTIFACTS / f"{name}-{label}.png"), full_page=True)
+    page.set_viewport_size(DESKTOP)
+
+
+def test_a_visitor_finds_a_model_reads_its_card_sees_what_changed_and_counts_a_download(
+    live_server, browser_page, publish
+):
+    from releases import downloads, services
+
+    publish("index-tts", "v1", {"model.pt": b"old weights", "config.yaml": b"a: 1\n"})
+    publish("index-tts", "v2", {"model.pt": b"new weights!", "config.yaml": b"a: 1\n", "vocoder/g.bin": b"g"})
+    publish("other-model", "v1", {"model.pt": b"x"})
+    services.set_model_info("index-tts", description="# IndexTTS2\n\nZero-shot **speech** synthesis.",
+                            license="Apache-2.0", tags=["tts", "chinese"], homepage="https://example.org/tts")  # fmt: skip
+    page = browser_page
+    page.goto(live_server.url + "/")
+    page.fill("#q", "speech")
+    page.click("form.search button")
+    cards = page.locator("li.card")
+    assert page.locator("li.card h2").all_inner_texts() == ["index-tts"]  # "speech" is in its card only
+    assert "Apache-2.0" in cards.first.inner_text() and "tts" in page.locator("li.card .tags").inner_text()
+    screenshots(page, "index")
+
+    page.locator("li.card h2 a").click()
+    page.wait_for_url("**/models/index-tts/")
+    assert page.locator(".model-card h1").inner_text() == "IndexTTS2"
+    license_link = page.get_by_role("link", name="Apache License 2.0")
+    assert license_link.get_attribute("href") == "https://spdx.org/licenses/Apache-2.0.html"
+    assert "0 downloads" in page.locator(".model-facts").inner_text()
+    screenshots(page, "model")
+
+    page.get_by_role("link", name="v2", exact=True).first.click()
+    page.wait_for_url("**/models/index-tts/v2/")
+    changes = page.locator("section.changes").inner_text()
+    assert "What changed since v1" in changes and "vocoder/g.bin" in changes and "model.pt" in changes
+    assert "config.yaml" not in changes
+    assert page.locator("tr.folder").inner_text() == "vocoder/"
+    screenshots(page, "version")
+
+    with page.expect_download() as download_info:
+        page.get_by_role("link", name="model.pt", exact=True).click()
+    assert Path(download_info.value.path()).read_bytes() == b"new weights!"
+    downloads.fold()  # what the beat job does every few minutes
+    page.reload()
+    assert "1 download (1 in the last 30 days)" in page.locator(".downloads").first.inner_text()
+    page.goto(live_server.url + "/?sort=downloads")
+    assert page.locator("li.card h2").all_inner_texts() == ["index-tts", "other-model"]
+
+
+def test_a_maintainer_edits_the_model_card_and_license_in_the_admin(
+    live_server, browser_page, django_user_model, publish
+):
+    from releases.models import MLModel
+
+    publish("index-tts", "v1", {"model.pt": b"v1 weights"})
+    django_user_model.objects.create_superuser("maintainer", "m@example.org", "correct horse battery")
+    page = browser_page
+    page.goto(live_server.url + "/admin/")
+    page.fill("#id_username", "maintainer")
+    page.fill("#id_password", "correct horse battery")
+    page.click("input[type=submit]")
+    page.goto(live_server.url + f"/admin/releases/mlmodel/{MLModel.objects.get().pk}/change/")
+    page.fill("#id_description", "Reads text **aloud**.")
+    page.fill("#id_license", "Not-A-License")
+    page.click("input[name=_continue]")
+    assert "is not an SPDX license identifier" in page.locator(".errorlist").first.inner_text()
+    page.fill("#id_license", "MIT")
+    page.fill("#id_tag_list", "TTS, english")
+    page.fill("#id_source_url", "git.example.org/tts")
+    page.click("input[name=_continue]")
+    model = MLModel.objects.get()
+    assert (model.license, model.source_url) == ("MIT", "https://git.example.org/tts")
+    assert sorted(model.tags.values_list("name", flat=True)) == ["english", "tts"]
+    page.goto(live_server.url + "/models/index-tts/")
+    assert page.get_by_role("link", name="MIT License").is_visible()
+    assert page.locator(".model-card strong").inner_text() == "aloud"

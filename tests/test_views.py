@@ -1,5 +1,6 @@
 """Public pages, stable URLs and the local file server, through Django's test client."""
 
+import re
 from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
@@ -222,7 +223,8 @@ def test_version_page_has_checksums_stable_urls_and_commands(client, catalogue):
     assert 'MODEL_DIR="checkpoints/index-tts/v10"' in page and "set -euo pipefail" in page
     assert "curl -fsSL http://testserver/api/v1/models/index-tts/versions/v10/sha256sums -o SHA256SUMS" in page
     assert "curl -fL --create-dirs -o sub/config.yaml http://testserver/models/index-tts/v10/sub/config.yaml" in page
-    assert "http://testserver/files/index-tts/v10/model.pt?expires=" in page  # direct download link
+    assert "http://testserver/files/index-tts/v10/model.pt?expires=" in page  # the signed link, for pasting
+    assert 'class="download" href="http://testserver/models/index-tts/v10/model.pt"' in page  # counted
 
 
 def test_copy_paste_commands_quote_paths(client, publish):
@@ -285,3 +287,27 @@ def test_notes_on_the_page_cannot_inject_script(client, publish):
     publish("m", "v1", {"a.bin": b"a"}, notes="**bold** <script>alert('x')</script>")
     page = client.get("/models/m/v1/").content.decode()
     assert "<strong>bold</strong>" in page and "<script>alert" not in page
+
+
+def test_index_search_tag_filter_and_sorts(client, publish):
+    from releases import services
+
+    publish("alpha", "v1", {"m.pt": b"a"})
+    publish("beta", "v1", {"m.pt": b"b"})
+    publish("gamma", "v1", {"m.pt": b"c"})
+    services.set_model_info("alpha", description="Reads **speech** aloud.", tags=["tts"])
+    services.set_model_info("beta", tags=["vision", "tts"])
+
+    def names(url):
+        page = client.get(url).content.decode()
+        return re.findall(r'<h2><a href="/models/([a-z-]+)/">', page)
+
+    assert names("/?q=speech") == ["alpha"]  # description
+    assert names("/?q=GAM") == ["gamma"]  # name, any case
+    assert names("/?q=tts") == ["alpha", "beta"]  # tag
+    assert names("/?tag=vision") == ["beta"]
+    assert names("/?tag=tts&q=speech") == ["alpha"]
+    assert names("/?sort=latest") == ["gamma", "beta", "alpha"]  # newest release first
+    assert names("/?sort=bogus") == ["alpha", "beta", "gamma"]  # an unknown sort is by name
+    assert "No model matches “nothing”" in client.get("/?q=nothing").content.decode()
+    assert "Reads speech aloud." in client.get("/").content.decode()  # the card's start, without markup
