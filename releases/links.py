@@ -49,6 +49,9 @@ class VersionLinks:
     def client(self) -> str:
         return self.base + "/fetch-model.sh"
 
+    def python_client(self) -> str:
+        return self.base + "/fetch_model.py"
+
 
 @dataclass(slots=True)  # not frozen: a page builds fifty, and frozen dataclasses are slower to build
 class FileLinks:
