@@ -2,6 +2,7 @@
 bodies a proxy or portal might send, and a way to read a folder back."""
 
 import os
+import subprocess
 from pathlib import Path
 
 FILES = {
@@ -35,3 +36,20 @@ def tree(root):
         for path in sorted(root.rglob("*"))
         if path.is_file() and path.relative_to(root) != Path(RECORD)
     }
+
+
+def run_process(command: list[str], *, env: dict | None = None, wait: bool = True):
+    """A client run in a session of its own (so a test can kill it and its children): the finished
+    run's CompletedProcess, or the running Popen when `wait` is false."""
+    process = subprocess.Popen(
+        command,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    if not wait:
+        return process
+    out, err = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)

@@ -47,6 +47,15 @@ def browser_page(live_server, monkeypatch):
         connections.close_all()  # the ORM calls made beside the event loop opened their own
 
 
+def log_in_as_maintainer(live_server, page, django_user_model):
+    django_user_model.objects.create_superuser("maintainer", "m@example.org", "correct horse battery")
+    page.goto(live_server.url + "/admin/")
+    page.fill("#id_username", "maintainer")
+    page.fill("#id_password", "correct horse battery")
+    page.click("input[type=submit]")
+    return page
+
+
 def test_a_visitor_browses_copies_a_command_and_downloads_the_right_bytes(live_server, browser_page, catalogue):
     page = browser_page
     page.goto(live_server.url + "/")
@@ -81,12 +90,7 @@ def test_the_yanked_page_shows_its_banner(live_server, browser_page, catalogue):
 
 def test_staff_create_upload_publish_then_yank(live_server, browser_page, django_user_model, tmp_path, publish):
     publish("index-tts", "v1", {"model.pt": b"v1 weights"})
-    django_user_model.objects.create_superuser("maintainer", "m@example.org", "correct horse battery")
-    page = browser_page
-    page.goto(live_server.url + "/admin/")
-    page.fill("#id_username", "maintainer")
-    page.fill("#id_password", "correct horse battery")
-    page.click("input[type=submit]")
+    page = log_in_as_maintainer(live_server, browser_page, django_user_model)
     page.goto(live_server.url + "/admin/releases/version/add/")
     page.select_option("#id_model", label="index-tts")
     page.fill("#id_version", "v2")
@@ -179,12 +183,7 @@ def test_a_maintainer_edits_the_model_card_and_license_in_the_admin(
     from releases.models import MLModel
 
     publish("index-tts", "v1", {"model.pt": b"v1 weights"})
-    django_user_model.objects.create_superuser("maintainer", "m@example.org", "correct horse battery")
-    page = browser_page
-    page.goto(live_server.url + "/admin/")
-    page.fill("#id_username", "maintainer")
-    page.fill("#id_password", "correct horse battery")
-    page.click("input[type=submit]")
+    page = log_in_as_maintainer(live_server, browser_page, django_user_model)
     page.goto(live_server.url + f"/admin/releases/mlmodel/{MLModel.objects.get().pk}/change/")
     page.fill("#id_description", "Reads text **aloud**.")
     page.fill("#id_license", "Not-A-License")

@@ -11,7 +11,7 @@ import pytest
 
 from releases.views import operations
 
-from .clients import FILES, WRONG_BODIES, tree
+from .clients import FILES, WRONG_BODIES, run_process, tree
 from .servers import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -21,18 +21,7 @@ SHELLS = ["dash", "bash"]  # make test installs dash
 
 def run_client(site, shell, *args, env=None, wait=True):
     command = f'curl -fsSL "{site}/fetch-model.sh" | {shell} -s -- ' + " ".join(f'"{a}"' for a in args)
-    process = subprocess.Popen(
-        ["sh", "-c", command],
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    if not wait:
-        return process
-    out, err = process.communicate(timeout=120)
-    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    return run_process(["sh", "-c", command], env=env, wait=wait)
 
 
 @pytest.mark.parametrize("shell", SHELLS)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .clients import FILES, RECORD, WRONG_BODIES, tree
+from .clients import FILES, RECORD, WRONG_BODIES, run_process, tree
 from .servers import REPO_ROOT, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -40,18 +40,8 @@ def script(client_site, tmp_path):
 
 
 def run(script, *args, env=None, wait=True):
-    process = subprocess.Popen(
-        [sys.executable, str(script), *map(str, args)],
-        env={**os.environ, "FETCH_MODEL_TIMEOUT": "5", **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    if not wait:
-        return process
-    out, err = process.communicate(timeout=120)
-    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    command = [sys.executable, str(script), *map(str, args)]
+    return run_process(command, env={"FETCH_MODEL_TIMEOUT": "5", **(env or {})}, wait=wait)
 
 
 def load_client():
