@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -56,6 +59,21 @@ class ReleaseStore:
     def check(self) -> None:
         """Raise StorageError unless the store answers (for /readyz)."""
         raise NotImplementedError
+
+    @contextmanager
+    def local_copy(self, key: str) -> Iterator[str]:
+        """A filesystem path with the object's bytes while the block runs, for work that needs a
+        file (chunking memory-maps it). Read-only: it may be the object itself. Backends without
+        files of their own copy the object into a temporary file (TMPDIR needs room for it),
+        removed afterwards. Raises MissingObject or StorageError."""
+        handle, path = tempfile.mkstemp(prefix="model-releases-copy-")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                for chunk in self.iter_bytes(key):
+                    out.write(chunk)
+            yield path
+        finally:
+            os.remove(path)
 
     def compute_sha256(self, key: str, progress: Progress | None = None) -> tuple[str, int]:
         """Stream the whole object and hash it: (hex digest, size)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from typing import BinaryIO
 
 from django.core.files.storage import FileSystemStorage
@@ -67,6 +68,14 @@ class LocalStore(ReleaseStore):
         os.makedirs(root, exist_ok=True)
         if not os.access(root, os.W_OK):
             raise StorageError(f"{root} is not writable.")
+
+    @contextmanager
+    def local_copy(self, key):
+        """The object's own file: nothing is copied."""
+        path = self._path(key)
+        if not os.path.isfile(path):
+            raise MissingObject(f"Object {key!r} does not exist.")
+        yield path
 
     def open(self, key: str) -> BinaryIO:
         """A local file handle, for serving byte ranges directly."""

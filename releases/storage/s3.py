@@ -10,7 +10,9 @@ import hashlib
 import http.client
 import os
 import queue
+import tempfile
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
@@ -319,6 +321,19 @@ class S3Store(ReleaseStore):
                 raise MissingObject(f"Object {key!r} does not exist.")
             raise StorageError(f"Could not read object {key!r}: storage answered {response.status} {response.reason}.")
         return connection, response
+
+    @contextmanager
+    def local_copy(self, key):
+        """The object downloaded into a temporary file (boto3's managed download: ranged GETs on
+        several connections), removed when the block ends. TMPDIR needs room for the object."""
+        handle, path = tempfile.mkstemp(prefix="model-releases-copy-")
+        os.close(handle)
+        try:
+            with _storage_errors(f"download object {key!r}"):
+                self.client.download_file(self.bucket, key, path, Config=self._transfer_config())
+            yield path
+        finally:
+            os.remove(path)
 
     def iter_bytes(self, key, chunk_size=CHUNK_SIZE):
         with _storage_errors(f"read object {key!r}"):
