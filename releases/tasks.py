@@ -77,7 +77,8 @@ def job_lock(name: str):
                 logger.warning("job %s ran past JOB_LOCK_SECONDS; its lock had expired", name)
 
 
-def _periodic(name: str, work):
+def periodic(name: str, work):
+    """Run a beat job's `work` under its job lock; an overlapping run skips."""
     with job_lock(name) as held:
         if not held:
             logger.info("%s: another run is in progress; skipping", name)
@@ -102,13 +103,13 @@ def process_outbox(self, entry_ids: list[int]):
 @shared_task(**OUTBOX_TASK)
 def drain_outbox(self):
     """Beat: purge whatever is pending (also queued after each change)."""
-    return _periodic("drain-outbox", lambda: _as_dict(outbox.drain(outbox.Kind.PURGE)))
+    return periodic("drain-outbox", lambda: _as_dict(outbox.drain(outbox.Kind.PURGE)))
 
 
 @shared_task(**OUTBOX_TASK)
 def warm_pending(self):
     """Beat: fetch newly published files through the CDN."""
-    return _periodic("warm-pending", lambda: _as_dict(outbox.drain(outbox.Kind.WARM)))
+    return periodic("warm-pending", lambda: _as_dict(outbox.drain(outbox.Kind.WARM)))
 
 
 # Well under JOB_LOCK_SECONDS and the broker's visibility timeout (both an hour by default), so a
@@ -121,13 +122,13 @@ def verify_files(self):
         report = verification.verify_batch()
         return {"summary": report.summary(), "failed": report.failed}
 
-    return _periodic("verify", work)
+    return periodic("verify", work)
 
 
 @shared_task(bind=True, acks_late=True, soft_time_limit=10 * 60, time_limit=11 * 60)
 def rollup_downloads(self):
     """Beat: fold the download counters into daily rows."""
-    return _periodic("rollup-downloads", lambda: {"downloads": downloads.fold()})
+    return periodic("rollup-downloads", lambda: {"downloads": downloads.fold()})
 
 
 def _as_dict(result: outbox.DrainResult) -> dict:

@@ -326,6 +326,8 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "inte
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+# Task modules besides releases/tasks.py (found by autodiscovery) that every worker registers.
+CELERY_IMPORTS = ["releases.chunk_tasks"]
 
 # --- Beat jobs: every interval in seconds, from the environment ---
 CELERY_BEAT_SCHEDULE = {
@@ -346,7 +348,13 @@ CELERY_BEAT_SCHEDULE = {
         "task": "releases.tasks.rollup_downloads",
         "schedule": env_int("ROLLUP_DOWNLOADS_INTERVAL", 300, minimum=10, maximum=86400),
     },
+    # Chunk manifests that publishing did not build (broker down, a failure, files published before).
+    "backfill-chunk-manifests": {
+        "task": "releases.chunk_tasks.backfill_chunk_manifests",
+        "schedule": env_int("CHUNK_BACKFILL_INTERVAL", 600, minimum=10, maximum=7 * 86400),
+    },
 }
+CHUNK_BACKFILL_BATCH_SIZE = env_int("CHUNK_BACKFILL_BATCH_SIZE", 20, minimum=1, maximum=10_000)
 VERIFY_BATCH_SIZE = env_int("VERIFY_BATCH_SIZE", 200, minimum=1, maximum=100_000)
 VERIFY_BYTE_BUDGET = env_int("VERIFY_BYTE_BUDGET", 2 * 1024**3, minimum=0, maximum=10**15)
 VERIFY_CONCURRENCY = env_int("VERIFY_CONCURRENCY", 4, minimum=1, maximum=16)  # objects read at once

@@ -134,12 +134,14 @@ def test_overlapping_periodic_runs_skip(settings):
     assert tasks.drain_outbox.apply().get() == {"done": 0, "retried": 0, "failed": 0}
 
 
-def test_the_beat_schedule_has_the_three_jobs(settings):
+def test_the_beat_schedule_has_its_jobs(settings):
     schedule = settings.CELERY_BEAT_SCHEDULE
     assert {name: entry["task"] for name, entry in schedule.items()} == {
         "verify": "releases.tasks.verify_files",
         "drain-outbox": "releases.tasks.drain_outbox",
         "warm-pending": "releases.tasks.warm_pending",
+        "rollup-downloads": "releases.tasks.rollup_downloads",
+        "backfill-chunk-manifests": "releases.chunk_tasks.backfill_chunk_manifests",
     }
     assert all(name in app.tasks for name in (entry["task"] for entry in schedule.values()))
 

@@ -228,6 +228,13 @@ class File(models.Model):
         null=True, blank=True, db_index=True, help_text="Last time the whole object was read and re-hashed."
     )
     warmed_at = models.DateTimeField(null=True, blank=True, help_text="Last time the CDN fetched it.")
+    # Its content-defined chunk manifest (releases.chunking), shared by every file with this SHA-256:
+    # null while none was built, 0 when none is kept (it would not stay under 0.1% of the file),
+    # else the manifest's bytes in the release storage at `.chunks/<sha256>`. Not immutable: it
+    # describes the bytes, it does not change them.
+    chunks_size = models.BigIntegerField(
+        "chunk manifest bytes", null=True, blank=True, editable=False, help_text="Null until it is built."
+    )
 
     objects = FileQuerySet.as_manager()
 
@@ -238,6 +245,7 @@ class File(models.Model):
             models.CheckConstraint(condition=models.Q(size__gte=0), name="file_size_not_negative"),
             models.CheckConstraint(condition=models.Q(sha256__regex=r"^[0-9a-f]{64}$"), name="file_sha256_is_hex"),
         ]
+        indexes = [models.Index(fields=["sha256"], name="file_sha256")]  # chunk manifests are found by content
 
     def __str__(self) -> str:
         return self.path

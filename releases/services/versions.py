@@ -7,6 +7,7 @@ import logging
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from .. import chunk_tasks, chunking
 from ..models import MLModel, Version, validate_model_slug, validate_object_key, validate_version_string
 from ..rendering import render_markdown
 from ..storage import release_store
@@ -64,8 +65,16 @@ def publish_version(version: Version) -> Version:
             version.yanked_reason = ""
             version.save(update_fields=["status", "published_at", "yanked_reason", "updated_at"])
             record_change(version.model.slug, None if first_time else version, warm=version if first_time else None)
+            if first_time:
+                chunk_tasks.build_after_commit(_lacking_manifests(version))
     logger.info("published %s %s", version.model.slug, version.version)
     return version
+
+
+def _lacking_manifests(version: Version) -> list[int]:
+    """The version's files that get a chunk manifest and have none yet (services/chunks.py)."""
+    files = version.files.filter(size__gte=chunking.MIN_FILE_SIZE, chunks_size__isnull=True)
+    return list(files.order_by("path").values_list("pk", flat=True))
 
 
 def _check_files_ready(version: Version) -> None:
