@@ -6,7 +6,7 @@ from datetime import datetime
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
-from ninja import NinjaAPI, Schema
+from ninja import Field, NinjaAPI, Schema
 
 from . import caching, selectors
 from .links import VersionLinks, absolute, file_links
@@ -36,6 +36,11 @@ class FileOut(Schema):
     url: str
     expires_at: str
     stable_url: str
+    chunks_url: str | None = Field(
+        description="Stable URL of the file's content-defined chunk manifest (docs/chunk-manifests.md), for "
+        "fetching only the chunks that changed since an older version; null when it has none (files under "
+        "1 MiB never do)."
+    )
 
 
 class ChangesOut(Schema):

@@ -58,6 +58,16 @@ def cacheable_bytes(response, file, expires: int, now: int):
     return response
 
 
+def cacheable_manifest(response, public: bool, expires: int, now: int):
+    """A chunk manifest's bytes behind a signed link: content-addressed, so caches may keep them until
+    the link expires, unless only drafts have the file (like a draft's bytes, never stored)."""
+    if not public:
+        patch_cache_control(response, private=True, no_store=True)
+        return response
+    patch_cache_control(response, public=True, max_age=max(expires - now, 0), immutable=True)
+    return response
+
+
 def uncacheable(response):
     """Redirects to signed links and error responses for clients: never stored."""
     patch_cache_control(response, no_store=True)

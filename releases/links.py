@@ -33,12 +33,18 @@ class VersionLinks:
         self.base = site_url(request)
         self.model, self.version = model_slug, version
         self._file_prefix = self.base + reverse("releases:version", args=[model_slug, version])
+        # chunks/<sha256>: its prefix once, rather than a reverse() per file
+        self._chunks_prefix = self.base + reverse("releases:chunks", args=["-"]).removesuffix("-")
 
     def page(self) -> str:
         return self._file_prefix
 
     def file(self, path: str) -> str:
         return self._file_prefix + quote(path, safe="/")
+
+    def chunks(self, sha256: str) -> str:
+        """The stable URL of the chunk manifest of a file with these bytes."""
+        return self._chunks_prefix + sha256
 
     def api(self) -> str:
         return self.base + reverse("api-1:version", kwargs={"model": self.model, "version": self.version})
@@ -61,6 +67,7 @@ class FileLinks:
     url: str  # signed, absolute
     expires_at: str  # ISO 8601 with Z
     stable_url: str
+    chunks_url: str | None = None  # absolute; None when the file has no chunk manifest
 
     def as_json(self) -> dict:
         return {
@@ -70,14 +77,18 @@ class FileLinks:
             "url": self.url,
             "expires_at": self.expires_at,
             "stable_url": self.stable_url,
+            "chunks_url": self.chunks_url,
         }
 
 
 def file_links(request, files, links: VersionLinks) -> list[FileLinks]:
-    """Each file with a freshly signed link and its stable URL."""
+    """Each file with a freshly signed link, its stable URL and its chunk manifest's stable URL."""
     sign, base = signer().link, download_base(request)
     rows = []
     for file in files:
         link = sign(file.key, file.name, base_url=base)
-        rows.append(FileLinks(file.path, file.size, file.sha256, link.url, link.expires_at_iso, links.file(file.path)))
+        chunks = links.chunks(file.sha256) if file.chunks_size else None
+        rows.append(
+            FileLinks(file.path, file.size, file.sha256, link.url, link.expires_at_iso, links.file(file.path), chunks)
+        )
     return rows

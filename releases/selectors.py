@@ -13,7 +13,7 @@ from django.core.exceptions import ValidationError
 from django.db.models import F, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import Coalesce
 
-from . import downloads
+from . import chunking, downloads
 from .changes import Changes, FileState, compare
 from .models import (
     DailyDownloads,
@@ -185,6 +185,7 @@ class FileInfo:
     key: str
     size: int
     sha256: str
+    chunks_size: int | None = None  # its chunk manifest's bytes; null or 0: none
 
     @property
     def name(self) -> str:
@@ -193,8 +194,8 @@ class FileInfo:
 
 def files_of(version: Version) -> list[FileInfo]:
     """The version's files by path. One query, no model instances."""
-    rows = File.objects.filter(version=version).order_by("path").values_list("path", "key", "size", "sha256")
-    return [FileInfo(*row) for row in rows]
+    rows = File.objects.filter(version=version).order_by("path")
+    return [FileInfo(*row) for row in rows.values_list("path", "key", "size", "sha256", "chunks_size")]
 
 
 def resolve_file(slug: str, version: str, path: str, user) -> File:
@@ -266,6 +267,37 @@ def changes_since_previous(version: Version, files: list[FileInfo]) -> Changes:
         [FileState(*row[1:]) for row in rows],
         [FileState(file.path, file.size, file.sha256) for file in files],
     )
+
+
+# --- chunk manifests --------------------------------------------------------------------------------
+
+
+def chunk_manifest(sha256: str, user) -> str:
+    """The object key of the chunk manifest of files with this SHA-256, when one of them is a file
+    `user` may download (of a published or yanked version; of a draft, for staff). One query."""
+    statuses = Version.Status.downloadable()
+    if user_sees_drafts(user):
+        statuses = [*statuses, Version.Status.DRAFT]
+    if not chunking.is_sha256_hex(sha256) or not (
+        File.objects.filter(sha256=sha256, chunks_size__gt=0, version__status__in=statuses).exists()
+    ):
+        raise NotFound("No file you may download has a chunk manifest with this SHA-256.")
+    return chunking.manifest_key(sha256)
+
+
+def manifest_is_public(key: str) -> bool:
+    """Whether the chunk manifest a signed local link names belongs to a published or yanked file
+    (shared caches may keep it) rather than only to drafts (the link is the permission). One query.
+
+    Raises NotFound for any other key, Gone when only withdrawn versions have the file."""
+    sha256 = chunking.sha256_of_key(key)
+    rows = File.objects.filter(sha256=sha256, chunks_size__gt=0).order_by() if sha256 else File.objects.none()
+    statuses = set(rows.values_list("version__status", flat=True).distinct())
+    if not statuses:
+        raise NotFound("This chunk manifest does not exist.")
+    if statuses == {Version.Status.WITHDRAWN}:
+        raise Gone("Every version with this file was withdrawn.")
+    return bool(statuses & set(Version.Status.downloadable()))
 
 
 # --- feeds ------------------------------------------------------------------------------------------

@@ -17,5 +17,6 @@ urlpatterns = [
     path("models/<str:model_slug>/releases.atom", feeds.model_feed, name="model-feed"),
     path("models/<str:model_slug>/<str:version>/", pages.version_page, name="version"),
     path("models/<str:model_slug>/<str:version>/<path:path>", downloads.download, name="download"),
+    path("chunks/<str:sha256>", downloads.chunks, name="chunks"),
     re_path(r"^files/(?P<key>.+)$", downloads.local_file, name="local-file"),
 ]

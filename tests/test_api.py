@@ -29,7 +29,8 @@ def test_version_object_has_the_contract_fields(client, catalogue, settings):
     assert [f["path"] for f in body["files"]] == ["model.pt", "sub/config.yaml"]
     ttl = settings.SIGNED_URL_TTL
     for file in body["files"]:
-        assert set(file) == {"path", "size", "sha256", "url", "expires_at", "stable_url"}
+        assert set(file) == {"path", "size", "sha256", "url", "expires_at", "stable_url", "chunks_url"}
+        assert file["chunks_url"] is None  # files under 1 MiB get no chunk manifest (tests/test_chunking.py)
         content = WEIGHTS[file["path"]] + b"v10"
         assert (file["size"], file["sha256"]) == (len(content), hashlib.sha256(content).hexdigest())
         assert file["stable_url"] == f"http://testserver/models/index-tts/v10/{file['path']}"
@@ -137,6 +138,10 @@ def test_openapi_document_is_valid_and_describes_the_contract(client):
         "changes",
         "downloads",
     }
+    file = document["components"]["schemas"]["FileOut"]
+    assert set(file["properties"]) == {"path", "size", "sha256", "url", "expires_at", "stable_url", "chunks_url"}
+    assert set(file["required"]) == set(file["properties"])  # chunks_url is always there, null without a manifest
+    assert {"type": "null"} in file["properties"]["chunks_url"]["anyOf"]
     changes = document["components"]["schemas"]["ChangesOut"]
     assert set(changes["properties"]) == {"previous", "added", "removed", "changed"}
     assert client.get("/api/docs").status_code == 200
