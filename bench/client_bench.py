@@ -39,7 +39,7 @@ ROUNDS = int(os.environ.get("BENCH_CLIENT_ROUNDS", "3"))
 FILE = "model.safetensors"
 CLOCK = os.sysconf("SC_CLK_TCK")
 # What the client says about a file when all goes well; any other line about it is a failed request.
-FINE = ("downloaded, SHA-256 verified", "delta update from", "reused", "already there")
+FINE = ("downloaded, SHA-256 verified", "delta update from", "resuming at", "reused", "already there")
 # A diagnostic, never the measured client: the served client with each finished range response
 # read to its end, so that http.client may send the next request on the same connection (it
 # raises ResponseNotReady('Request-sent') while the previous response is unread, even at length 0).
@@ -87,7 +87,7 @@ class Site:
         port = free_port()
         self.server = start_gunicorn(
             self.env, port, "-c", str(REPO / "site_config" / "gunicorn.py"), "--access-logfile", str(self.access_log),
-            "--access-logformat", '%(r)s %(s)s %(B)s "%({range}i)s"',
+            "--access-logformat", '%(r)s %(s)s %({content-length}o)s "%({range}i)s"',
         )  # fmt: skip
         self.direct = f"http://127.0.0.1:{port}"
         wait_for_http(f"{self.direct}/healthz", self.server, timeout=60)
@@ -113,7 +113,8 @@ class Site:
         return len(self.access_log.read_text().splitlines()) if self.access_log.exists() else 0
 
     def sent_since(self, mark: int, path_part: str) -> tuple[int, int]:
-        """(requests, body bytes) gunicorn logged since `mark` for request lines containing path_part."""
+        """(responses, their Content-Length) gunicorn logged since `mark` for request lines containing
+        path_part: the bytes it was asked for (gunicorn's own sent count, %(B)s, misses sendfile)."""
         time.sleep(0.2)  # a worker writes its access line just after the last byte
         lines = [line for line in self.access_log.read_text().splitlines()[mark:] if path_part in line.split('"')[0]]
         sizes = [line.split('"')[0].split()[-1] for line in lines]
@@ -306,9 +307,10 @@ def bench_delta(site: Site, pairs: dict, old: Path, manifests: str | None) -> li
         rows.append(
             (
                 f"{what}: {pair['what']} ({size / MB:.1f} MB, {LINK // MB} MB/s link)",
-                f"fetched {fetched / MB:.2f} MB (proxy, all responses but the manifests; the file's ranges: "
-                f"{sent / MB:.2f} MB in {requests} requests) for {changed / MB:.2f} MB changed; manifests "
-                f"{both / 1000:.0f} kB; v2 in {run['seconds']:.2f} s vs a full download {full['seconds']:.2f} s"
+                f"fetched {fetched / MB:.2f} MB (at the proxy: every byte the server sent but the manifests; "
+                f"{requests} ranges of the file, {sent / MB:.2f} MB) for {changed / MB:.2f} MB changed; manifests "
+                f"{both / 1000:.0f} kB; v2 in {run['seconds']:.2f} s{retried(run)} vs a full download "
+                f"{full['seconds']:.2f} s{retried(full)}"
                 + ("" if delta_used else "; NO delta update: " + _last_lines(run["log"])),
                 f"<= {limit / MB:.2f} MB ("
                 + ("1.02x the file" if kind == "all" else "changed + 5% of the file")
@@ -319,6 +321,10 @@ def bench_delta(site: Site, pairs: dict, old: Path, manifests: str | None) -> li
         shutil.rmtree(root.parent)
         shutil.rmtree(site.work / "full" / kind)
     return rows
+
+
+def retried(run: dict) -> str:
+    return f" ({run['failed']} failed requests retried)" if run["failed"] else ""
 
 
 def _last_lines(log: str) -> str:
