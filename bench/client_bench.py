@@ -308,7 +308,7 @@ def bench_delta(site: Site, pairs: dict, old: Path, manifests: str | None) -> li
             (
                 f"{what}: {pair['what']} ({size / MB:.1f} MB, {LINK // MB} MB/s link)",
                 f"fetched {fetched / MB:.2f} MB (at the proxy: every byte the server sent but the manifests; "
-                f"{requests} ranges of the file, {sent / MB:.2f} MB) for {changed / MB:.2f} MB changed; manifests "
+                f"{requests} range{'s' * (requests != 1)} of the file, {sent / MB:.2f} MB) for {changed / MB:.2f} MB changed; manifests "
                 f"{both / 1000:.0f} kB; v2 in {run['seconds']:.2f} s{retried(run)} vs a full download "
                 f"{full['seconds']:.2f} s{retried(full)}"
                 + ("" if delta_used else "; NO delta update: " + _last_lines(run["log"])),
@@ -324,7 +324,8 @@ def bench_delta(site: Site, pairs: dict, old: Path, manifests: str | None) -> li
 
 
 def retried(run: dict) -> str:
-    return f" ({run['failed']} failed requests retried)" if run["failed"] else ""
+    count = run["failed"]
+    return f" ({count} failed request{'s' * (count != 1)} retried)" if count else ""
 
 
 def _last_lines(log: str) -> str:
