@@ -299,6 +299,10 @@ RELEASE_NOTES_MAX_BYTES = env_int("RELEASE_NOTES_MAX_BYTES", 262144, minimum=102
 
 # Uploads of at least this size use S3 multipart transfer (in parts of this size).
 RELEASE_MULTIPART_THRESHOLD = 64 * 1024 * 1024
+# Parts of one file sent at once (publish_release --jobs overrides it).
+RELEASE_UPLOAD_JOBS = env_int("RELEASE_UPLOAD_JOBS", 8, minimum=1, maximum=64)
+# An unfinished multipart upload older than this is abandoned: the beat job aborts it (its parts cost storage).
+STALE_UPLOAD_HOURS = env_int("STALE_UPLOAD_HOURS", 24, minimum=1, maximum=24 * 30)
 
 # --- Cache and background jobs ---
 REDIS_URL = env_str("REDIS_URL")
@@ -352,6 +356,10 @@ CELERY_BEAT_SCHEDULE = {
     "backfill-chunk-manifests": {
         "task": "releases.chunk_tasks.backfill_chunk_manifests",
         "schedule": env_int("CHUNK_BACKFILL_INTERVAL", 600, minimum=10, maximum=7 * 86400),
+    },
+    "abort-stale-uploads": {
+        "task": "releases.tasks.abort_stale_uploads",
+        "schedule": env_int("ABORT_UPLOADS_INTERVAL", 3600, minimum=60, maximum=7 * 86400),
     },
 }
 CHUNK_BACKFILL_BATCH_SIZE = env_int("CHUNK_BACKFILL_BATCH_SIZE", 20, minimum=1, maximum=10_000)

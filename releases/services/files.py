@@ -81,10 +81,10 @@ def removing_uploads_on_failure():
         raise
 
 
-def upload(key: str, fileobj: BinaryIO, content_type: str, progress, uploaded: list[str]):
+def upload(key: str, fileobj: BinaryIO, content_type: str, progress, uploaded: list[str], *, jobs: int | None = None):
     uploaded.append(key)
     with as_release_error():
-        return release_store().upload(key, fileobj, content_type=content_type, progress=progress)
+        return release_store().upload(key, fileobj, content_type=content_type, progress=progress, jobs=jobs)
 
 
 def create_file_row(version: Version, **fields) -> File:

@@ -58,6 +58,7 @@ def release_local_files(
     prerelease: bool = False,
     draft: bool = False,
     progress_for: ProgressFactory | None = None,
+    jobs: int | None = None,
 ) -> ReleaseOutcome:
     """Upload local files as a version and publish it (unless ``draft``).
 
@@ -93,23 +94,27 @@ def release_local_files(
                 for item in new:  # every check before the first byte is sent
                     check_unused(version, item.path, default_object_key(model_slug, version.version, item.path))
                 for item in new:
-                    recorded.append(_upload_and_record(version, item, uploaded, progress_for).pk)
+                    recorded.append(_upload_and_record(version, item, uploaded, progress_for, jobs).pk)
                 if existing:
                     version = update_version_details(version, notes=notes or version.notes, prerelease=prerelease)
                 if not draft:
                     version = publish_version(version)
+        except KeyboardInterrupt:
+            # Interrupted, not refused: the draft, the files it recorded and the unfinished upload in
+            # storage stay, so the same command resumes (abandoned uploads are aborted by a beat job).
+            raise
         except BaseException:
             _undo(version, recorded, created_version=existing is None, created_model=not model_existed)
             raise
     return ReleaseOutcome(version=version, uploaded=[item.path for item in new], kept=sorted(kept))
 
 
-def _upload_and_record(version: Version, item: LocalFile, uploaded: list[str], progress_for) -> File:
+def _upload_and_record(version: Version, item: LocalFile, uploaded: list[str], progress_for, jobs) -> File:
     key = default_object_key(version.model.slug, version.version, item.path)  # checked by the caller
     content_type = guess_content_type(item.path)
     progress = progress_for(item, item.source.stat().st_size) if progress_for else None
     with open(item.source, "rb") as source:
-        stored = upload(key, source, content_type, progress, uploaded)  # no transaction open
+        stored = upload(key, source, content_type, progress, uploaded, jobs=jobs)  # no transaction open
     with transaction.atomic():
         return create_file_row(
             locked_draft(version),

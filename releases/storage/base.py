@@ -41,10 +41,22 @@ class ReleaseStore:
     backend_name = ""
 
     def upload(
-        self, key: str, fileobj: BinaryIO, *, content_type: str, progress: Progress | None = None
+        self,
+        key: str,
+        fileobj: BinaryIO,
+        *,
+        content_type: str,
+        progress: Progress | None = None,
+        jobs: int | None = None,
     ) -> StoredObject:
-        """Store the readable, seekable ``fileobj`` (from its current position) at ``key``."""
+        """Store the readable, seekable ``fileobj`` (from its current position) at ``key``; ``jobs``
+        is how many parts of a large file a store may send at once."""
         raise NotImplementedError
+
+    def abort_stale_uploads(self, older_than) -> int:
+        """Abort unfinished uploads started longer than ``older_than`` (a timedelta) ago; how many.
+        A store whose failed uploads leave nothing behind has none."""
+        return 0
 
     def stat(self, key: str) -> StoredObject | None:
         """Size and (when the store keeps one) full-object SHA-256; None if there is no object."""

@@ -25,7 +25,7 @@ class LocalStore(ReleaseStore):
     def _path(self, key: str) -> str:
         return self.storage.path(key)  # safe_join: a key can never leave the root
 
-    def upload(self, key, fileobj, *, content_type, progress=None):
+    def upload(self, key, fileobj, *, content_type, progress=None, jobs=None):
         target = self._path(key)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".upload-")

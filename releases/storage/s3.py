@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 from django.conf import settings
 
 from .. import aws
+from . import multipart
 from .base import MissingObject, ReleaseStore, StorageError, StoredObject
 from .hashing import CHUNK_SIZE, HashingReader, sha256_of_file
 
@@ -157,10 +158,12 @@ class S3Store(ReleaseStore):
         part = settings.RELEASE_MULTIPART_THRESHOLD
         return TransferConfig(multipart_threshold=part, multipart_chunksize=part, max_concurrency=4)
 
-    def upload(self, key, fileobj, *, content_type, progress=None):
+    def upload(self, key, fileobj, *, content_type, progress=None, jobs=None):
         start = fileobj.tell()
         size = fileobj.seek(0, os.SEEK_END) - start
         fileobj.seek(start)
+        if start == 0 and size >= settings.RELEASE_MULTIPART_THRESHOLD and multipart.is_a_file(fileobj):
+            return self._upload_resumable(key, fileobj, size, content_type, progress, jobs)
         part_size = settings.RELEASE_MULTIPART_THRESHOLD
         reader = HashingReader(fileobj, part_size=part_size if size >= part_size else None)
         with _storage_errors(f"upload object {key!r}"):
@@ -185,6 +188,24 @@ class S3Store(ReleaseStore):
             self.delete(key)
             raise StorageError(f"Object {key!r} {problem}; it was removed, try again.")
         return StoredObject(key=key, size=size, sha256=digest, content_type=content_type)
+
+    def _upload_resumable(self, key, fileobj, size, content_type, progress, jobs):
+        upload = multipart.ResumableUpload(
+            self.client, self.bucket, key, fileobj.fileno(), size,
+            part_size=settings.RELEASE_MULTIPART_THRESHOLD, jobs=jobs or settings.RELEASE_UPLOAD_JOBS,
+        )  # fmt: skip
+        with _storage_errors(f"upload object {key!r}"):
+            digest, composite = upload.run(content_type, progress)
+        self.last_upload = upload.report
+        problem = self._check_uploaded(key, size, digest, composite)
+        if problem:
+            self.delete(key)
+            raise StorageError(f"Object {key!r} {problem}; it was removed, try again.")
+        return StoredObject(key=key, size=size, sha256=digest, content_type=content_type)
+
+    def abort_stale_uploads(self, older_than) -> int:
+        with _storage_errors("abort abandoned uploads"):
+            return multipart.abort_stale_uploads(self.client, self.bucket, older_than)
 
     def _check_uploaded(self, key, size, digest, composite) -> str | None:
         """What is wrong with the object just uploaded, compared with the bytes sent, or None."""

@@ -4,6 +4,7 @@ import os
 import sys
 from pathlib import Path
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.template.defaultfilters import filesizeformat
 
@@ -29,8 +30,14 @@ class Command(BaseCommand):
         parser.add_argument("--notes", metavar="FILE", help="release notes (Markdown) to read from FILE")
         parser.add_argument("--prerelease", action="store_true", help="mark the version as a prerelease")
         parser.add_argument("--draft", action="store_true", help="upload and record, but leave it a draft")
+        parser.add_argument(
+            "--jobs", type=int, metavar="N",
+            help="parts of a large file sent at once to S3 (default RELEASE_UPLOAD_JOBS, 8)",
+        )  # fmt: skip
 
-    def handle(self, *args, model, version, files, root, notes, prerelease, draft, **options):
+    def handle(self, *args, model, version, files, root, notes, prerelease, draft, jobs, **options):
+        if jobs is not None and not 1 <= jobs <= 64:
+            raise CommandError("--jobs must be between 1 and 64.")
         local_files = local_files_under(files, root)
         notes_text = read_notes(notes) if notes else ""
         try:
@@ -42,9 +49,16 @@ class Command(BaseCommand):
                 prerelease=prerelease,
                 draft=draft,
                 progress_for=self.progress_bar,
+                jobs=jobs,
             )
         except ReleaseError as error:
             raise CommandError(str(error)) from error
+        except KeyboardInterrupt:
+            raise CommandError(
+                "Interrupted. What was uploaded is kept: run the same command again to resume. (An upload left "
+                f"unfinished for {settings.STALE_UPLOAD_HOURS} hours is aborted by the abort-stale-uploads job.)",
+                returncode=130,
+            ) from None
         release = outcome.version
         label = f"{release.model.slug} {release.version}"
         if outcome.unchanged:

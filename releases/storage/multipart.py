@@ -1,0 +1,210 @@
+"""Resumable multipart uploads to S3 for large local files (publish_release).
+
+Parts go up `jobs` at a time, each with its SHA-256 checksum (S3 checks it on arrival). The
+upload is not aborted when the run stops: the next upload of the same key finds it (S3 lists the
+uploads in progress by key), keeps every stored part whose size and MD5 ETag (or SHA-256, where
+S3 lists it) match the local part, and sends only the rest. Abandoned uploads are aborted by the
+`abort-stale-uploads` beat job once they are older than STALE_UPLOAD_HOURS.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import stat
+import threading
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from .hashing import sha256_of_file
+
+logger = logging.getLogger(__name__)
+
+MIN_PART = 5 * 1024 * 1024  # S3's smallest part (but the last)
+MAX_PARTS = 10_000
+
+
+class Stopped(Exception):
+    """A part not sent because the upload stopped (another part failed, or Ctrl-C)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    number: int
+    offset: int
+    length: int
+
+
+@dataclass
+class UploadReport:
+    parts: int = 0
+    reused_parts: int = 0
+    sent_bytes: int = 0
+
+
+def is_a_file(fileobj) -> bool:
+    """A file on disk, whose parts threads can read at their offsets (os.pread)."""
+    try:
+        return stat.S_ISREG(os.fstat(fileobj.fileno()).st_mode)
+    except (AttributeError, OSError, ValueError):  # BytesIO, a Django upload in memory
+        return False
+
+
+def plan(size: int, part_size: int) -> list[Part]:
+    part_size = max(part_size, MIN_PART, -(-size // MAX_PARTS))
+    return [Part(n + 1, offset, min(part_size, size - offset)) for n, offset in enumerate(range(0, size, part_size))]
+
+
+class ResumableUpload:
+    """One file to one key, resumed if S3 holds an unfinished upload of that key."""
+
+    def __init__(self, client, bucket: str, key: str, fd: int, size: int, *, part_size: int, jobs: int):
+        self.client, self.bucket, self.key, self.fd, self.size = client, bucket, key, fd, size
+        self.part_size, self.jobs = part_size, max(1, jobs)
+        self.report = UploadReport()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()  # set by the first failure or interruption: no new part starts
+
+    def run(self, content_type: str, progress=None) -> tuple[str, tuple[str, int]]:
+        """Upload and complete. Returns the whole file's SHA-256 (read once more, in order, while the
+        parts go up) and S3's composite checksum of the parts, to compare with what S3 reports.
+
+        Stopped part way (Ctrl-C, a failure), it waits for the parts in flight, cancels the rest and
+        leaves the upload in S3 for the next run to resume."""
+        upload_id, stored = self._resume_or_start(content_type)
+        parts = plan(self.size, self._stored_part_size(stored) or self.part_size)
+        if stored and not self._fits(stored, parts):
+            self._abort(upload_id)  # cut with another part size: start again
+            upload_id, stored = self._start(content_type), {}
+        self.report.parts = len(parts)
+        pool = ThreadPoolExecutor(self.jobs)
+        try:
+            futures = [pool.submit(self._part, upload_id, part, stored.get(part.number), progress) for part in parts]
+            with os.fdopen(os.dup(self.fd), "rb") as source:  # in order, beside the uploads
+                whole = sha256_of_file(source)[0]
+            wait(futures, return_when=FIRST_EXCEPTION)
+            answers = [future.result() for future in futures]  # raises the first failure
+        except BaseException:
+            self._stop.set()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        self.client.complete_multipart_upload(
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": [dict(PartNumber=p.number, **answer) for p, answer in zip(parts, answers)]},
+        )
+        digests = b"".join(base64.b64decode(answer["ChecksumSHA256"]) for answer in answers)
+        return whole, (base64.b64encode(hashlib.sha256(digests).digest()).decode(), len(parts))
+
+    # --- finding what is there ---------------------------------------------------------------
+
+    def _resume_or_start(self, content_type: str) -> tuple[str, dict]:
+        found = self._unfinished_upload()
+        if found is None:
+            return self._start(content_type), {}
+        stored = self._stored_parts(found)
+        logger.info("resuming the upload of %s: %d parts already stored", self.key, len(stored))
+        return found, stored
+
+    def _unfinished_upload(self) -> str | None:
+        listing = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=self.key)
+        mine = [upload for upload in listing.get("Uploads", []) if upload["Key"] == self.key]
+        return max(mine, key=lambda upload: upload["Initiated"])["UploadId"] if mine else None
+
+    def _stored_parts(self, upload_id: str) -> dict[int, dict]:
+        stored, marker = {}, 0
+        while True:
+            page = self.client.list_parts(Bucket=self.bucket, Key=self.key, UploadId=upload_id, PartNumberMarker=marker)
+            for part in page.get("Parts", []):
+                stored[part["PartNumber"]] = part
+            if not page.get("IsTruncated"):
+                return stored
+            marker = page["NextPartNumberMarker"]
+
+    @staticmethod
+    def _stored_part_size(stored: dict) -> int | None:
+        return stored[min(stored)]["Size"] if stored and min(stored) < max(stored) else None
+
+    @staticmethod
+    def _fits(stored: dict, parts: list[Part]) -> bool:
+        lengths = {part.number: part.length for part in parts}
+        return all(lengths.get(number) == part["Size"] for number, part in stored.items())
+
+    def _start(self, content_type: str) -> str:
+        created = self.client.create_multipart_upload(
+            Bucket=self.bucket, Key=self.key, ContentType=content_type, ChecksumAlgorithm="SHA256"
+        )
+        return created["UploadId"]
+
+    def _abort(self, upload_id: str) -> None:
+        self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=upload_id)
+
+    # --- one part --------------------------------------------------------------------------------
+
+    def _part(self, upload_id: str, part: Part, stored: dict | None, progress) -> dict:
+        if self._stop.is_set():
+            raise Stopped(f"part {part.number} not started: the upload stopped")
+        try:
+            return self._send_part(upload_id, part, stored, progress)
+        except BaseException:
+            self._stop.set()
+            raise
+
+    def _send_part(self, upload_id: str, part: Part, stored: dict | None, progress) -> dict:
+        data = os.pread(self.fd, part.length, part.offset)
+        if len(data) != part.length:
+            raise OSError(f"the file shrank while it was being uploaded (part {part.number})")
+        sha256 = base64.b64encode(hashlib.sha256(data).digest()).decode()
+        if stored is not None and self._same(stored, data, sha256):
+            with self._lock:
+                self.report.reused_parts += 1
+            if progress:
+                progress(part.length)
+            return {"ETag": stored["ETag"], "ChecksumSHA256": stored.get("ChecksumSHA256") or sha256}
+        answer = self.client.upload_part(
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=upload_id,
+            PartNumber=part.number,
+            Body=data,
+            ChecksumAlgorithm="SHA256",
+            ChecksumSHA256=sha256,
+        )
+        with self._lock:
+            self.report.sent_bytes += part.length
+        if progress:
+            progress(part.length)
+        return {"ETag": answer["ETag"], "ChecksumSHA256": answer.get("ChecksumSHA256") or sha256}
+
+    @staticmethod
+    def _same(stored: dict, data: bytes, sha256: str) -> bool:
+        """A stored part is this part when its size and checksum (SHA-256 if listed, else the MD5 ETag) match."""
+        if stored.get("Size") != len(data):
+            return False
+        if stored.get("ChecksumSHA256"):
+            return stored["ChecksumSHA256"] == sha256
+        return stored.get("ETag", "").strip('"') == hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def abort_stale_uploads(client, bucket: str, older_than: timedelta) -> int:
+    """Abort the unfinished multipart uploads started more than `older_than` ago."""
+    cutoff, aborted = datetime.now(UTC) - older_than, 0
+    listing: dict = {"IsTruncated": True}
+    markers: dict = {}
+    while listing.get("IsTruncated"):
+        listing = client.list_multipart_uploads(Bucket=bucket, **markers)
+        for upload in listing.get("Uploads", []):
+            if upload["Initiated"] <= cutoff:
+                client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                logger.info("aborted the abandoned upload of %s (started %s)", upload["Key"], upload["Initiated"])
+                aborted += 1
+        markers = {
+            "KeyMarker": listing.get("NextKeyMarker", ""),
+            "UploadIdMarker": listing.get("NextUploadIdMarker", ""),
+        }
+    return aborted

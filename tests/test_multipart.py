@@ -1,0 +1,143 @@
+"""Resumable multipart uploads to S3 (a moto server): parts in parallel, a resumed upload sends
+only what is missing, changed parts are sent again, abandoned uploads are aborted by a job."""
+
+import os
+from datetime import timedelta
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from releases.models import File, Version
+from releases.services import LocalFile, release_local_files
+from releases.storage import multipart
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def small_parts(settings, s3_store):
+    settings.RELEASE_MULTIPART_THRESHOLD = multipart.MIN_PART  # 5 MiB parts: a 13 MiB file has 3
+    return s3_store
+
+
+@pytest.fixture
+def weights(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(os.urandom(13 * MiB))
+    return path
+
+
+class Interrupt:
+    """A progress callback that presses Ctrl-C once `after` parts are stored."""
+
+    def __init__(self, after: int):
+        self.after, self.parts = after, 0
+
+    def __call__(self, item, size):
+        def advance(count):
+            self.parts += 1
+            if self.parts >= self.after:
+                raise KeyboardInterrupt
+
+        return advance
+
+
+def publish(path, **options):
+    return release_local_files("tts", "v1", [LocalFile("model.pt", path)], **options)
+
+
+def unfinished(store):
+    return store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", [])
+
+
+def test_a_large_file_goes_up_in_parts_in_parallel(small_parts, weights):
+    outcome = publish(weights, jobs=3)
+    body = small_parts.client.get_object(Bucket=small_parts.bucket, Key="tts/v1/model.pt")["Body"].read()
+    assert body == weights.read_bytes()
+    assert File.objects.get().sha256 == multipart.hashlib.sha256(body).hexdigest()
+    report = small_parts.last_upload
+    assert (report.parts, report.reused_parts, report.sent_bytes) == (3, 0, 13 * MiB)
+    assert outcome.version.status == Version.Status.PUBLISHED and unfinished(small_parts) == []
+
+
+def test_an_interrupted_upload_resumes_and_sends_only_the_missing_parts(small_parts, weights):
+    with pytest.raises(KeyboardInterrupt):
+        publish(weights, jobs=1, progress_for=Interrupt(after=1))
+    assert len(unfinished(small_parts)) == 1  # left for the next run, not aborted
+    assert Version.objects.get().status == Version.Status.DRAFT  # interrupted, not refused: kept
+    publish(weights, jobs=2)
+    report = small_parts.last_upload
+    assert report.reused_parts == 1 and report.sent_bytes == 8 * MiB  # the remaining bytes, no more
+    body = small_parts.client.get_object(Bucket=small_parts.bucket, Key="tts/v1/model.pt")["Body"].read()
+    assert body == weights.read_bytes() and unfinished(small_parts) == []
+    assert Version.objects.get().status == Version.Status.PUBLISHED
+
+
+def test_a_stored_part_whose_bytes_changed_is_sent_again(small_parts, weights):
+    with pytest.raises(KeyboardInterrupt):
+        publish(weights, jobs=1, progress_for=Interrupt(after=2))
+    changed = bytearray(weights.read_bytes())
+    changed[100] ^= 0xFF  # in the first part
+    weights.write_bytes(bytes(changed))
+    publish(weights, jobs=2)
+    report = small_parts.last_upload
+    assert report.reused_parts == 1 and report.sent_bytes == 5 * MiB + 3 * MiB  # parts 1 and 3
+    body = small_parts.client.get_object(Bucket=small_parts.bucket, Key="tts/v1/model.pt")["Body"].read()
+    assert body == bytes(changed) and File.objects.get().sha256 == multipart.hashlib.sha256(body).hexdigest()
+
+
+@pytest.fixture
+def localstack_store(settings, localstack_endpoint):
+    """The release storage on LocalStack's S3, which reports when each upload started (moto does not)."""
+    import uuid
+
+    import boto3
+
+    from releases.storage import release_store
+
+    bucket = f"uploads-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=localstack_endpoint, region_name="us-east-1", aws_access_key_id="test",
+                 aws_secret_access_key="test").create_bucket(Bucket=bucket)  # fmt: skip
+    settings.RELEASE_STORAGE = {"BACKEND": "s3", "OPTIONS": {"bucket_name": bucket, "endpoint_url": localstack_endpoint,
+                                "region_name": "us-east-1", "addressing_style": "path", "access_key": "test",
+                                "secret_key": "test"}}  # fmt: skip
+    settings.RELEASE_MULTIPART_THRESHOLD = multipart.MIN_PART
+    return release_store()
+
+
+def test_abandoned_uploads_are_aborted_after_their_age(localstack_store, weights):
+    from releases import tasks
+
+    with pytest.raises(KeyboardInterrupt):
+        publish(weights, jobs=1, progress_for=Interrupt(after=1))
+    assert tasks.abort_stale_uploads.delay().get() == {"aborted": 0}  # younger than STALE_UPLOAD_HOURS
+    assert len(unfinished(localstack_store)) == 1
+    assert localstack_store.abort_stale_uploads(timedelta(0)) == 1
+    assert unfinished(localstack_store) == []
+
+
+def test_the_local_store_has_nothing_to_abort(local_store):
+    assert local_store.abort_stale_uploads(timedelta(0)) == 0
+
+
+def test_publish_release_says_how_to_resume_after_ctrl_c(small_parts, weights, monkeypatch):
+    from releases.management.commands import publish_release as command
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(command, "release_local_files", interrupted)
+    with pytest.raises(CommandError, match="run the same command again to resume") as raised:
+        call_command("publish_release", "tts", "v1", str(weights))
+    assert raised.value.returncode == 130
+    with pytest.raises(CommandError, match="--jobs must be between 1 and 64"):
+        call_command("publish_release", "tts", "v1", str(weights), "--jobs", "0")
+
+
+def test_parts_are_planned_within_s3s_limits():
+    assert [p.length for p in multipart.plan(13 * MiB, 5 * MiB)] == [5 * MiB, 5 * MiB, 3 * MiB]
+    assert multipart.plan(13 * MiB, 1 * MiB)[0].length == 5 * MiB  # never under S3's minimum
+    huge = multipart.plan(100_000 * 5 * MiB, 5 * MiB)
+    assert len(huge) <= multipart.MAX_PARTS and sum(p.length for p in huge) == 100_000 * 5 * MiB
