@@ -641,3 +641,24 @@ def test_a_wrong_chunk_in_a_delta_is_caught_and_the_file_downloaded_whole(
     assert result.returncode == 0, result.stderr
     assert spoiled and "is not the published one" in result.stderr
     assert (tmp_path / "m" / "v2" / "model.pt").read_bytes() == new
+
+
+def test_segments_reuse_their_connections(client_site, publish, script, tmp_path, monkeypatch):
+    """Each connection carries segment after segment: a response read to its end frees it."""
+    from django.core.servers import basehttp
+
+    connections = []
+    real = basehttp.WSGIRequestHandler.setup
+
+    def counting(handler):
+        connections.append(handler.client_address)
+        return real(handler)
+
+    monkeypatch.setattr(basehttp.WSGIRequestHandler, "setup", counting)
+    big = os.urandom(40 * 1024 * 1024)  # five segments
+    publish("big", "v1", {"weights.bin": big})
+    result = run(script, "big", "v1", tmp_path / "out", "--connections", "2")
+    assert result.returncode == 0, result.stderr
+    assert "Request-sent" not in result.stderr and "ResponseNotReady" not in result.stderr
+    assert len(connections) <= 3, connections  # the API's, then two for five segments (and their redirects)
+    assert (tmp_path / "out" / "weights.bin").read_bytes() == big

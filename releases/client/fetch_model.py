@@ -148,19 +148,30 @@ class Http:
         if connection is not None:
             connection.close()
 
+    def send(self, parts, target: str, headers: dict) -> http.client.HTTPResponse:
+        """One request; a kept-alive connection the server has closed meanwhile is replaced at once."""
+        for attempt in (1, 2):
+            connection = self.connection(parts.scheme, parts.netloc)
+            reused = connection.sock is not None
+            try:
+                connection.request("GET", target, headers=headers)
+                return connection.getresponse()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self.drop(parts.scheme, parts.netloc)
+                if not reused or attempt == 2:
+                    raise
+            except Exception:
+                self.drop(parts.scheme, parts.netloc)
+                raise
+        raise AssertionError("unreachable")
+
     def get(self, url: str, headers: dict | None = None) -> tuple[http.client.HTTPResponse, dict]:
         """The final response (unread) and the headers of the first one (the site's X-Artifact-*)."""
         first = None
         for _ in range(10):
             parts = urlsplit(url)
             target = parts.path + (f"?{parts.query}" if parts.query else "")
-            connection = self.connection(parts.scheme, parts.netloc)
-            try:
-                connection.request("GET", target, headers={"User-Agent": "fetch_model.py", **(headers or {})})
-                response = connection.getresponse()
-            except Exception:
-                self.drop(parts.scheme, parts.netloc)
-                raise
+            response = self.send(parts, target, {"User-Agent": "fetch_model.py", **(headers or {})})
             first = first if first is not None else {k.lower(): v for k, v in response.getheaders()}
             if response.status not in (301, 302, 303, 307, 308):
                 response.drop = lambda p=parts: self.drop(p.scheme, p.netloc)  # type: ignore[attr-defined]
@@ -453,8 +464,10 @@ class FileFetch:
         except BaseException:
             response.drop()
             raise
-        if bounds[1] == end and response.length:  # a 200 for the whole file when only a part was left
+        if response.length:  # a 200 for the whole file when only a part was left
             response.drop()
+        else:
+            response.read()  # the end of the body: http.client frees the connection for the next request
 
 
 def check_response(response, path: str, start: int, end: int, size: int) -> None:
