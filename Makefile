@@ -13,7 +13,7 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 PYTEST_ARGS ?=
 RUN_ADDR ?= 127.0.0.1:8000
 
-.PHONY: run test test-fast lint bench load venv localstack services freeze clean
+.PHONY: run test test-fast lint bench load venv localstack awscli services freeze clean
 
 $(STAMP): $(REQUIREMENTS)
 	$(PYTHON) -m venv $(VENV)
@@ -56,8 +56,15 @@ lint: venv
 	$(BIN)/ruff format --check .
 
 # Performance targets, printed as one table (not part of `make test`).
-bench: venv
+bench: venv awscli
 	$(BIN)/python bench/run.py
+
+# awscli in a venv of its own (it pins its own botocore), to compare publish_release with `aws s3 cp`.
+awscli: .venv-awscli/.installed
+.venv-awscli/.installed: requirements/awscli.txt
+	$(PYTHON) -m venv .venv-awscli
+	.venv-awscli/bin/python -m pip install --quiet --disable-pip-version-check -r requirements/awscli.txt
+	touch $@
 
 # gunicorn under wrk for 60 s per endpoint (about 4 minutes; not part of `make test`).
 load: venv
@@ -69,4 +76,4 @@ freeze: venv
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^pip==' > requirements/constraints.txt
 
 clean:
-	rm -rf $(VENV) .venv-localstack var .pytest_cache
+	rm -rf $(VENV) .venv-localstack .venv-awscli var .pytest_cache

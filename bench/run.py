@@ -19,6 +19,8 @@ sys.path.insert(0, str(REPO / "bench"))
 from client_bench import bench_python_client  # noqa: E402
 from common import free_port, manage, start_gunicorn, wait_for_http, wait_until  # noqa: E402
 from notes import bench_notes  # noqa: E402
+from pages_bench import bench_pages  # noqa: E402
+from upload_bench import bench_uploads  # noqa: E402
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "200"))
 
@@ -484,10 +486,19 @@ def main() -> int:
     import datetime
 
     only = os.environ.get("BENCH_ONLY", "")
-    if only not in ("", "python-client"):
-        sys.exit(f"BENCH_ONLY={only!r}: the only subset is python-client")
-    if only:
+    if only not in ("", "python-client", "uploads"):
+        sys.exit(f"BENCH_ONLY={only!r}: the subsets are python-client and uploads")
+    if only == "python-client":
         rows = bench_python_client()
+    elif only == "uploads":
+        server, endpoint = start_moto()
+        try:
+            with tempfile.TemporaryDirectory(prefix="model-releases-bench-") as data_dir:
+                configure(data_dir, endpoint)
+                publish_fixtures(data_dir)
+                rows = bench_uploads(endpoint, Path(data_dir))
+        finally:
+            server.stop()
     else:
         server, endpoint = start_moto()
         try:
@@ -496,6 +507,8 @@ def main() -> int:
                 publish_fixtures(data_dir)
                 rows = bench_signing() + bench_latency() + bench_queries() + bench_purges() + bench_verify()
                 rows += bench_notes()
+                rows += bench_pages(data_dir, ROUNDS)
+                rows += bench_uploads(endpoint, Path(data_dir))
             rows += bench_client()
         finally:
             server.stop()
