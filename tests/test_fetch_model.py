@@ -662,3 +662,27 @@ def test_segments_reuse_their_connections(client_site, publish, script, tmp_path
     assert "Request-sent" not in result.stderr and "ResponseNotReady" not in result.stderr
     assert len(connections) <= 3, connections  # the API's, then two for five segments (and their redirects)
     assert (tmp_path / "out" / "weights.bin").read_bytes() == big
+
+
+def test_behind_gunicorn_with_local_storage_segments_and_a_delta(publish, tmp_path, settings):
+    """The shipped gunicorn configuration serving the file bytes itself (the embedded default)."""
+    from .servers import Gunicorn, django_env
+
+    old = os.urandom(20 * 1024 * 1024)
+    new = changed_copy(old)
+    publish("tts", "v1", {"model.pt": old})
+    publish("tts", "v2", {"model.pt": new})
+    site = Gunicorn(django_env(STORAGE_BACKEND="local", DATA_DIR=settings.DATA_DIR), workers=2)
+    try:
+        script = tmp_path / "fetch_model.py"
+        with urllib.request.urlopen(f"{site.url}/fetch_model.py", timeout=10) as response:
+            script.write_bytes(response.read())
+        first = run(script, "tts", "v1", tmp_path / "m" / "v1", "--connections", "4")
+        assert first.returncode == 0, first.stderr + site.log()
+        second = run(script, "tts", "v2", tmp_path / "m" / "v2")
+        assert second.returncode == 0, second.stderr + site.log()
+        assert "model.pt: delta update from" in second.stderr
+    finally:
+        site.stop()
+    assert (tmp_path / "m" / "v1" / "model.pt").read_bytes() == old
+    assert (tmp_path / "m" / "v2" / "model.pt").read_bytes() == new
