@@ -214,7 +214,7 @@ def get_version(request: HttpRequest, model: str, version: str):
         "notes": resolved.notes,
         "yanked_reason": resolved.yanked_reason,
         "files": files,
-        "total_size": sum(file.size for file in page.files),
+        "total_size": page.total_size,
         "changes": page.changes.as_json(),
         "downloads": page.downloads.as_json(),
     }

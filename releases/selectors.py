@@ -233,6 +233,10 @@ class VersionPage:
     changes: Changes
     downloads: Downloads
 
+    @property
+    def total_size(self) -> int:
+        return sum(file.size for file in self.files)
+
 
 def version_with_files(slug: str, version: str, user) -> VersionPage:
     """A version, its files, what changed since the published version before it, its downloads."""

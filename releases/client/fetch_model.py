@@ -310,7 +310,7 @@ class FileFetch:
 
     def download(self) -> None:
         """Fetch, verify and move into place; a wrong file is fetched again, up to the retries."""
-        for attempt in range(1, self.run.retries + 1):
+        for _ in range(self.run.retries):
             segments = Segments.load_or_plan(self.part, self.state, self.size, self.sha256)
             if segments.held():
                 self.run.report.say(f"{self.path}: resuming at {segments.held()} bytes")
@@ -591,7 +591,6 @@ def read_manifest(run: Run, url: str, size: int, sha256: str):
     body = response.read()
     if response.status != 200:
         raise Transient(f"{url} answered HTTP {response.status}")
-    run.manifest_bytes += len(body)
     return parse_manifest(body, size, sha256)
 
 
@@ -680,13 +679,12 @@ def process_alive(pid: int) -> bool:
 
 
 class Run:
-    """What every file of one run shares: the site, HTTP, the connection budget, the reporter."""
+    """What every file of one run shares: HTTP, the connection budget, the retries, the reporter."""
 
-    def __init__(self, site: str, connections: int, retries: int, timeout: float, report: Reporter):
-        self.site, self.connections, self.retries, self.report = site, connections, retries, report
+    def __init__(self, connections: int, retries: int, timeout: float, report: Reporter):
+        self.connections, self.retries, self.report = connections, retries, report
         self.http = Http(timeout)
         self.slots = threading.BoundedSemaphore(connections)
-        self.manifest_bytes = 0
 
 
 def env_int(name: str, default: int, low: int, high: int) -> int:
@@ -722,7 +720,6 @@ def ensure_model(
     connections = connections or env_int("FETCH_MODEL_CONNECTIONS", 4, 1, 64)
     report = Reporter(quiet)
     run = Run(
-        site,
         connections,
         retries or env_int("FETCH_MODEL_RETRIES", 5, 1, 100),
         env_int("FETCH_MODEL_TIMEOUT", 60, 1, 3600),
@@ -869,7 +866,7 @@ def main(argv=None) -> int:
     try:
         ensure_model(args.model, args.version, args.dest_dir, connections=args.connections, reuse_from=args.reuse_from)
     except FetchError as error:
-        sys.stderr.write(f"\nfetch-model: {error}\n" if Reporter().bar else f"fetch-model: {error}\n")
+        sys.stderr.write(f"\nfetch-model: {error}\n" if sys.stderr.isatty() else f"fetch-model: {error}\n")
         return error.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("\nfetch-model: interrupted; run again to resume\n")

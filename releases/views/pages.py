@@ -82,7 +82,7 @@ def version_page(request, model_slug, version):
         "notes_html": resolved.notes_html,  # rendered when the notes were written
         "links": links,
         "is_latest": version == selectors.LATEST or selectors.is_latest(resolved),
-        "total_size": sum(file.size for file in page.files),
+        "total_size": page.total_size,
         "changes": page.changes,
         "downloads": page.downloads,
         "changed_rows": _change_rows(page.changes),
