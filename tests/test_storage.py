@@ -220,9 +220,9 @@ def test_hashing_a_missing_object_is_a_storage_error(any_store):
 
 
 def test_hashing_reports_progress_and_spans_many_buffers(any_store, monkeypatch):
-    from releases.storage import s3
+    from releases.storage import readahead
 
-    monkeypatch.setattr(s3, "READ_BUFFER", 256 * 1024)  # S3's read-ahead ring goes round several times
+    monkeypatch.setattr(readahead, "READ_BUFFER", 256 * 1024)  # S3's read-ahead ring goes round several times
     data = os.urandom(3 * MIB + 17)
     any_store.upload("m/v1/big.bin", io.BytesIO(data), content_type="application/octet-stream")
     seen = []

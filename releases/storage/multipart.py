@@ -61,8 +61,9 @@ def plan(size: int, part_size: int) -> list[Part]:
 class ResumableUpload:
     """One file to one key, resumed if S3 holds an unfinished upload of that key."""
 
-    def __init__(self, client, bucket: str, key: str, fd: int, size: int, *, part_size: int, jobs: int):
+    def __init__(self, client, part_client, bucket: str, key: str, fd: int, size: int, *, part_size: int, jobs: int):
         self.client, self.bucket, self.key, self.fd, self.size = client, bucket, key, fd, size
+        self.part_client = part_client  # sends the parts, whose SHA-256 checksums protect their bytes
         self.part_size, self.jobs = part_size, max(1, jobs)
         self.report = UploadReport()
         self._lock = threading.Lock()
@@ -166,7 +167,7 @@ class ResumableUpload:
             if progress:
                 progress(part.length)
             return {"ETag": stored["ETag"], "ChecksumSHA256": stored.get("ChecksumSHA256") or sha256}
-        answer = self.client.upload_part(
+        answer = self.part_client.upload_part(
             Bucket=self.bucket,
             Key=self.key,
             UploadId=upload_id,

@@ -6,10 +6,8 @@ tells the signer where links for this bucket point (`S3Location`).
 from __future__ import annotations
 
 import base64
-import hashlib
 import http.client
 import os
-import queue
 import tempfile
 import threading
 from contextlib import contextmanager
@@ -19,27 +17,12 @@ from urllib.parse import parse_qs, urlsplit
 from django.conf import settings
 
 from .. import aws
-from . import multipart
+from . import multipart, readahead
 from .base import MissingObject, ReleaseStore, StorageError, StoredObject
 from .hashing import CHUNK_SIZE, HashingReader, sha256_of_file
 
 PROBE_KEY = "model-releases-probe"
-# A re-hash reads ahead into a ring of READ_AHEAD buffers of READ_BUFFER bytes (12 MiB per thread).
-READ_BUFFER, READ_AHEAD = 4 * 1024 * 1024, 3
-_rings = threading.local()
 _client_lock = threading.Lock()  # verify's threads share one S3 client
-
-
-def _read_ring() -> list[bytearray]:
-    """This thread's read-ahead buffers, kept for every object it reads while it lives.
-
-    Fresh 12 MiB for each object cost page faults on every read (about a tenth of verify's
-    throughput); verify's threads end with its run, and their buffers with them.
-    """
-    ring = getattr(_rings, "buffers", None)
-    if ring is None or len(ring[0]) != READ_BUFFER:
-        ring = _rings.buffers = [bytearray(READ_BUFFER) for _ in range(READ_AHEAD)]
-    return ring
 
 
 @dataclass(frozen=True)
@@ -101,7 +84,7 @@ class S3Store(ReleaseStore):
             if config.access_key and config.secret_key
             else None
         )
-        self._client = None
+        self._client = self._part_client = None
 
     @property
     def client(self):
@@ -116,21 +99,32 @@ class S3Store(ReleaseStore):
                     self._client = self._new_client()
         return self._client
 
-    def _new_client(self):
+    @property
+    def part_client(self):
+        """The client for parts that carry their own SHA-256 checksum, which S3 checks: it does not sign
+        the payload. Over plain HTTP botocore would hash every part again for the signature (over
+        HTTPS it already leaves a checksummed body unsigned)."""
+        if self._part_client is None:
+            with _client_lock:
+                if self._part_client is None:
+                    self._part_client = self._new_client(payload_signing_enabled=False)
+        return self._part_client
+
+    def _new_client(self, **s3_options):
         return aws.client(
             "s3",
             keys=self.keys,
             endpoint_url=self.storage.endpoint_url,
             region_name=self.region,
-            config=self._config(),
+            config=self._config(**s3_options),
         )
 
-    def _config(self):
+    def _config(self, **s3_options):
         from botocore.config import Config
 
         options = {
             "signature_version": "s3v4",
-            "s3": {"addressing_style": self.storage.addressing_style or "auto"},
+            "s3": {"addressing_style": self.storage.addressing_style or "auto", **s3_options},
             "retries": {"mode": "standard", "max_attempts": 3},
             "response_checksum_validation": "when_required",
             "request_checksum_calculation": "when_required",
@@ -191,7 +185,7 @@ class S3Store(ReleaseStore):
 
     def _upload_resumable(self, key, fileobj, size, content_type, progress, jobs):
         upload = multipart.ResumableUpload(
-            self.client, self.bucket, key, fileobj.fileno(), size,
+            self.client, self.part_client, self.bucket, key, fileobj.fileno(), size,
             part_size=settings.RELEASE_MULTIPART_THRESHOLD, jobs=jobs or settings.RELEASE_UPLOAD_JOBS,
         )  # fmt: skip
         with _storage_errors(f"upload object {key!r}"):
@@ -267,60 +261,14 @@ class S3Store(ReleaseStore):
         )
 
     def compute_sha256(self, key, progress=None):
-        """Read into a ring of buffers in one thread while hashing in this one.
-
-        Socket reads and SHA-256 both release the GIL, so the two overlap. The bytes go
-        from the socket straight into reused buffers: botocore's body (urllib3) would read
-        into a new object and copy it, so the GET is a presigned URL read with http.client.
-        """
+        """Hash while reading ahead (see `readahead`). botocore's body (urllib3) would read into
+        new objects and copy them, so the GET is a presigned URL read with http.client."""
         connection, source = self._open_presigned(key)
-        expected = source.length
-        free, full = queue.Queue(), queue.Queue()
-        for buffer in _read_ring():
-            free.put(buffer)
-
-        def read_ahead():
-            total = 0
-            try:
-                while (buffer := free.get()) is not None:
-                    view, filled = memoryview(buffer), 0
-                    while filled < READ_BUFFER and (count := source.readinto(view[filled:])):
-                        filled += count
-                    full.put((buffer, filled))
-                    total += filled
-                    if filled < READ_BUFFER:
-                        break
-                if expected is not None and total < expected:
-                    cut = f"the connection closed after {total:,} of {expected:,} bytes"
-                    raise StorageError(f"Could not read object {key!r}: {cut}.")
-            except StorageError as error:
-                full.put(error)
-            except Exception as error:  # a socket error or timeout, raised again in the hashing thread
-                full.put(StorageError(f"Could not read object {key!r}: {error}."))
-            finally:
-                full.put(None)
-
-        reader = threading.Thread(target=read_ahead, daemon=True)
-        reader.start()
-        digest, size = hashlib.sha256(), 0
         try:
-            while (item := full.get()) is not None:
-                if isinstance(item, StorageError):
-                    raise item
-                buffer, filled = item
-                digest.update(memoryview(buffer)[:filled])
-                size += filled
-                if progress:
-                    progress(filled)
-                free.put(buffer)
+            return readahead.sha256_of_response(source, key, progress)
         finally:
-            free.put(None)
-            reader.join(timeout=5)
-            if reader.is_alive():  # still stuck in a read into one of the buffers: never hand them out again
-                _rings.buffers = None
             source.close()
             connection.close()
-        return digest.hexdigest(), size
 
     def _open_presigned(self, key: str) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         """A GET of the object through a presigned URL (botocore signs, locally), read with http.client."""
