@@ -14,6 +14,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from . import services
+from .admin_uploads import upload_urls
 from .models import File, MLModel, OutboxEntry, Version, validate_relative_path
 
 
@@ -314,6 +315,7 @@ class VersionAdmin(admin.ModelAdmin):
                 self.admin_site.admin_view(self.transition_view),
                 name="releases_version_transition",
             ),
+            *upload_urls(self.admin_site),
             *super().get_urls(),
         ]
 

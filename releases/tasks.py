@@ -13,14 +13,12 @@ import logging
 import threading
 from collections import defaultdict
 from contextlib import contextmanager
-from datetime import timedelta
 
 from celery import shared_task
 from django.conf import settings
 from django.db import transaction
 
 from . import downloads, outbox, verification
-from .storage import release_store
 
 logger = logging.getLogger(__name__)
 
@@ -131,13 +129,6 @@ def verify_files(self):
 def rollup_downloads(self):
     """Beat: fold the download counters into daily rows."""
     return periodic("rollup-downloads", lambda: {"downloads": downloads.fold()})
-
-
-@shared_task(bind=True, acks_late=True, soft_time_limit=10 * 60, time_limit=11 * 60)
-def abort_stale_uploads(self):
-    """Beat: abort multipart uploads left unfinished longer than STALE_UPLOAD_HOURS."""
-    older_than = timedelta(hours=settings.STALE_UPLOAD_HOURS)
-    return periodic("abort-stale-uploads", lambda: {"aborted": release_store().abort_stale_uploads(older_than)})
 
 
 def _as_dict(result: outbox.DrainResult) -> dict:

@@ -303,6 +303,8 @@ RELEASE_MULTIPART_THRESHOLD = 64 * 1024 * 1024
 RELEASE_UPLOAD_JOBS = env_int("RELEASE_UPLOAD_JOBS", 8, minimum=1, maximum=64)
 # An unfinished multipart upload older than this is abandoned: the beat job aborts it (its parts cost storage).
 STALE_UPLOAD_HOURS = env_int("STALE_UPLOAD_HOURS", 24, minimum=1, maximum=24 * 30)
+# How long a part URL handed to the admin's upload page stays valid (it asks again for each part).
+UPLOAD_PART_URL_SECONDS = env_int("UPLOAD_PART_URL_SECONDS", 900, minimum=10, maximum=7 * 86400)
 
 # --- Cache and background jobs ---
 REDIS_URL = env_str("REDIS_URL")
@@ -331,7 +333,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 # Task modules besides releases/tasks.py (found by autodiscovery) that every worker registers.
-CELERY_IMPORTS = ["releases.chunk_tasks"]
+CELERY_IMPORTS = ["releases.chunk_tasks", "releases.upload_tasks"]
 
 # --- Beat jobs: every interval in seconds, from the environment ---
 CELERY_BEAT_SCHEDULE = {
@@ -358,7 +360,7 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": env_int("CHUNK_BACKFILL_INTERVAL", 600, minimum=10, maximum=7 * 86400),
     },
     "abort-stale-uploads": {
-        "task": "releases.tasks.abort_stale_uploads",
+        "task": "releases.upload_tasks.abort_stale_uploads",
         "schedule": env_int("ABORT_UPLOADS_INTERVAL", 3600, minimum=60, maximum=7 * 86400),
     },
 }

@@ -113,6 +113,20 @@ def s3_store(settings, moto_endpoint, s3_bucket, local_store):
     return release_store()
 
 
+@pytest.fixture
+def localstack_store(settings, localstack_endpoint):
+    """The release storage on a fresh bucket of LocalStack's S3, which checks signatures and expiry
+    and reports when each upload started (moto does neither)."""
+    bucket = f"releases-{uuid.uuid4().hex[:12]}"
+    credentials = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
+    boto3.client("s3", endpoint_url=localstack_endpoint, region_name="us-east-1", **credentials).create_bucket(
+        Bucket=bucket
+    )
+    options = {**s3_storage_options(localstack_endpoint, bucket), "access_key": "test", "secret_key": "test"}
+    settings.RELEASE_STORAGE = {"BACKEND": "s3", "OPTIONS": options}
+    return release_store()
+
+
 @pytest.fixture(params=["local", "s3"])
 def any_store(request):
     """Run a test once against each storage backend."""

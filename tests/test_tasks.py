@@ -142,7 +142,7 @@ def test_the_beat_schedule_has_its_jobs(settings):
         "warm-pending": "releases.tasks.warm_pending",
         "rollup-downloads": "releases.tasks.rollup_downloads",
         "backfill-chunk-manifests": "releases.chunk_tasks.backfill_chunk_manifests",
-        "abort-stale-uploads": "releases.tasks.abort_stale_uploads",
+        "abort-stale-uploads": "releases.upload_tasks.abort_stale_uploads",
     }
     assert all(name in app.tasks for name in (entry["task"] for entry in schedule.values()))
 

@@ -18,9 +18,11 @@ from .rules import (
     validate_tag,
     validate_version_string,
 )
+from .uploads import BrowserUpload
 
 __all__ = [
     "MAX_PATH_LENGTH",
+    "BrowserUpload",
     "DailyDownloads",
     "DownloadFold",
     "File",

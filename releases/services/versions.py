@@ -8,7 +8,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from .. import chunk_tasks, chunking
-from ..models import MLModel, Version, validate_model_slug, validate_object_key, validate_version_string
+from ..models import BrowserUpload, MLModel, Version, validate_model_slug, validate_object_key, validate_version_string
 from ..rendering import render_markdown
 from ..storage import release_store
 from .common import ReleaseError, as_release_error, locked, record_change, version_lock
@@ -80,6 +80,12 @@ def _lacking_manifests(version: Version) -> list[int]:
 def _check_files_ready(version: Version) -> None:
     files = list(version.files.all())
     label = f"{version.model.slug} {version.version}"
+    unfinished = version.browser_uploads.filter(state__in=BrowserUpload.State.active()).first()
+    if unfinished is not None:
+        raise ReleaseError(
+            f"{label} has an unfinished upload of {unfinished.path} ({unfinished.get_state_display()}); "
+            "let it finish or abort it on the version's upload page first."
+        )
     if not files:
         raise ReleaseError(f"{label} has no files; add at least one before publishing.")
     store = release_store()

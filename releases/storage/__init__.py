@@ -5,7 +5,10 @@ settings.RELEASE_STORAGE.
 * `base`: the interface the services use (`ReleaseStore`), what it returns and raises;
 * `hashing`: hashing while bytes move, content types;
 * `local`: Django's FileSystemStorage under DATA_DIR/objects;
-* `s3`: an S3 bucket, and where links to it point (`S3Location`).
+* `s3`: an S3 bucket, and where links to it point (`S3Location`);
+* `multipart`: publish_release's resumable, parallel uploads to S3; `readahead`: hashing S3 reads;
+* `browser_parts` and `local_parts`: uploads in parts that the admin's page sends (to S3 directly,
+  or to the site for the local store).
 
 Everything is hashed while it is written, so callers always learn the SHA-256 of
 what they stored without reading the source twice.
@@ -15,17 +18,29 @@ from django.conf import settings
 from django.core.files.storage import FileSystemStorage
 
 from ..process_cache import PerProcess
-from .base import MissingObject, Progress, ReleaseStore, StorageError, StoredObject
+from .base import (
+    PART_CHECKSUM_HEADER,
+    MissingObject,
+    PartTarget,
+    Progress,
+    ReleaseStore,
+    StorageError,
+    StoredObject,
+    StoredPart,
+)
 from .hashing import CHUNK_SIZE, HashingReader, guess_content_type, sha256_of_file, sha256_of_stream
 
 __all__ = [
+    "PART_CHECKSUM_HEADER",
     "CHUNK_SIZE",
     "HashingReader",
     "MissingObject",
+    "PartTarget",
     "Progress",
     "ReleaseStore",
     "StorageError",
     "StoredObject",
+    "StoredPart",
     "guess_content_type",
     "release_store",
     "sha256_of_file",

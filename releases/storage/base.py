@@ -12,6 +12,8 @@ from typing import BinaryIO
 from .hashing import CHUNK_SIZE, sha256_of_stream
 
 Progress = Callable[[int], None]  # called with the number of bytes just transferred
+# The header a part of a browser upload carries its base64 SHA-256 in (S3's name, used by both stores).
+PART_CHECKSUM_HEADER = "x-amz-checksum-sha256"
 
 
 class StorageError(Exception):
@@ -33,6 +35,25 @@ class StoredObject:
     # S3's checksum of part checksums for multipart uploads (base64, no "-N"), and the part count.
     composite_sha256: str | None = None
     parts: int | None = None
+
+
+@dataclass(frozen=True)
+class StoredPart:
+    """A part of an unfinished upload in parts, as storage holds it."""
+
+    number: int
+    size: int
+    sha256: str | None = None  # base64, when the store lists it (S3 does; moto does not)
+    etag: str | None = None
+
+
+@dataclass(frozen=True)
+class PartTarget:
+    """Where a browser sends one part: a URL that expires, and headers to send with it. The local
+    store has no URL of its own: its ``url`` is None, and the site receives the part itself."""
+
+    url: str | None
+    headers: dict
 
 
 class ReleaseStore:
@@ -57,6 +78,33 @@ class ReleaseStore:
         """Abort unfinished uploads started longer than ``older_than`` (a timedelta) ago; how many.
         A store whose failed uploads leave nothing behind has none."""
         return 0
+
+    # --- uploads in parts that a browser sends (the admin's direct upload) -----------------------
+
+    def start_parts_upload(self, key: str, content_type: str) -> str:
+        """Begin an upload to ``key`` that arrives in numbered parts; its id."""
+        raise NotImplementedError
+
+    def stored_parts(self, key: str, upload_id: str) -> dict[int, StoredPart]:
+        """The parts stored so far, by number. Raises MissingObject if the upload is gone."""
+        raise NotImplementedError
+
+    def part_target(self, key: str, upload_id: str, number: int, sha256: str, expires: int) -> PartTarget:
+        """Where part ``number`` goes, accepted only with bytes whose base64 SHA-256 is ``sha256``."""
+        raise NotImplementedError
+
+    def complete_parts_upload(self, key: str, upload_id: str, parts: list[StoredPart]) -> StoredObject:
+        """Join the parts, in order, into the object at ``key``."""
+        raise NotImplementedError
+
+    def abort_parts_upload(self, key: str, upload_id: str) -> None:
+        """Drop an unfinished upload and its parts (nothing happens if it is already gone)."""
+        raise NotImplementedError
+
+    def receive_part(self, upload_id: str, number: int, read, length: int, sha256: str) -> StoredPart:
+        """Store a part the site itself received (stores whose PartTarget has no URL): ``length``
+        bytes from ``read(n)``, kept only if their base64 SHA-256 is ``sha256``."""
+        raise StorageError(f"The {self.backend_name} store takes parts at its own URLs, not through the site.")
 
     def stat(self, key: str) -> StoredObject | None:
         """Size and (when the store keeps one) full-object SHA-256; None if there is no object."""

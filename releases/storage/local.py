@@ -12,8 +12,9 @@ from typing import BinaryIO
 
 from django.core.files.storage import FileSystemStorage
 
-from .base import MissingObject, ReleaseStore, StorageError, StoredObject
+from .base import PART_CHECKSUM_HEADER, MissingObject, PartTarget, ReleaseStore, StorageError, StoredObject
 from .hashing import CHUNK_SIZE, sha256_of_file
+from .local_parts import JoinedParts, LocalParts
 
 
 class LocalStore(ReleaseStore):
@@ -21,6 +22,7 @@ class LocalStore(ReleaseStore):
 
     def __init__(self, storage: FileSystemStorage):
         self.storage = storage
+        self.parts = LocalParts(storage.location)
 
     def _path(self, key: str) -> str:
         return self.storage.path(key)  # safe_join: a key can never leave the root
@@ -43,6 +45,35 @@ class LocalStore(ReleaseStore):
             _remove_quietly(temporary)
             raise
         return StoredObject(key=key, size=size, sha256=digest, content_type=content_type)
+
+    # --- uploads in parts from a browser: the site receives them (see local_parts) ---
+
+    def start_parts_upload(self, key, content_type):
+        return self.parts.start()
+
+    def stored_parts(self, key, upload_id):
+        return self.parts.stored(upload_id)
+
+    def part_target(self, key, upload_id, number, sha256, expires):
+        return PartTarget(url=None, headers={PART_CHECKSUM_HEADER: sha256})
+
+    def receive_part(self, upload_id, number, read, length, sha256):
+        return self.parts.receive(upload_id, number, read, length, sha256)
+
+    def complete_parts_upload(self, key, upload_id, parts):
+        joined = JoinedParts(self.parts.paths(upload_id, parts))
+        try:
+            stored = self.upload(key, joined, content_type="application/octet-stream")
+        finally:
+            joined.close()
+        self.parts.abort(upload_id)
+        return stored
+
+    def abort_parts_upload(self, key, upload_id):
+        self.parts.abort(upload_id)
+
+    def abort_stale_uploads(self, older_than):
+        return self.parts.abort_older_than(older_than.total_seconds())
 
     def stat(self, key):
         try:

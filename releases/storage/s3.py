@@ -17,11 +17,12 @@ from urllib.parse import parse_qs, urlsplit
 from django.conf import settings
 
 from .. import aws
-from . import multipart, readahead
+from . import browser_parts, multipart, readahead
 from .base import MissingObject, ReleaseStore, StorageError, StoredObject
 from .hashing import CHUNK_SIZE, HashingReader, sha256_of_file
 
 PROBE_KEY = "model-releases-probe"
+MISSING_CODES = {"NoSuchKey", "NoSuchUpload", "404", "NotFound"}
 _client_lock = threading.Lock()  # verify's threads share one S3 client
 
 
@@ -197,6 +198,42 @@ class S3Store(ReleaseStore):
             raise StorageError(f"Object {key!r} {problem}; it was removed, try again.")
         return StoredObject(key=key, size=size, sha256=digest, content_type=content_type)
 
+    # --- uploads in parts from a browser (see browser_parts) ---
+
+    def start_parts_upload(self, key, content_type):
+        with _storage_errors(f"start an upload of {key!r}"):
+            return browser_parts.start(self.client, self.bucket, key, content_type)
+
+    def stored_parts(self, key, upload_id):
+        with _storage_errors(f"list the stored parts of {key!r}"):
+            return browser_parts.stored_parts(self.client, self.bucket, key, upload_id)
+
+    def part_target(self, key, upload_id, number, sha256, expires):
+        with _storage_errors(f"sign part {number} of {key!r}"):
+            return browser_parts.part_target(self.client, self.bucket, key, upload_id, number, sha256, expires)
+
+    def complete_parts_upload(self, key, upload_id, parts):
+        with _storage_errors(f"complete the upload of {key!r}"):
+            browser_parts.complete(self.client, self.bucket, key, upload_id, parts)
+        stored = self.stat(key)
+        if stored is None:
+            raise StorageError(f"Object {key!r} is not there after completing its upload.")
+        return stored
+
+    def abort_parts_upload(self, key, upload_id):
+        try:
+            with _storage_errors(f"abort the upload of {key!r}"):
+                browser_parts.abort(self.client, self.bucket, key, upload_id)
+        except MissingObject:
+            pass
+
+    def apply_cors(self, origins: list[str]) -> dict:
+        """Set the bucket's CORS rule that lets pages from ``origins`` PUT parts; the rule set."""
+        rules = browser_parts.cors_rules(origins)
+        with _storage_errors(f"set the CORS rule of bucket {self.bucket!r}"):
+            self.client.put_bucket_cors(Bucket=self.bucket, CORSConfiguration=rules)
+        return rules
+
     def abort_stale_uploads(self, older_than) -> int:
         with _storage_errors("abort abandoned uploads"):
             return multipart.abort_stale_uploads(self.client, self.bucket, older_than)
@@ -357,7 +394,7 @@ class _storage_errors:
 
         if isinstance(error, ClientError):
             message = aws.error_message(error)
-            kind = MissingObject if aws.error_code(error) in {"NoSuchKey", "404", "NotFound"} else StorageError
+            kind = MissingObject if aws.error_code(error) in MISSING_CODES else StorageError
             raise kind(f"Could not {self.action}: {message}.") from error
         if isinstance(error, BotoCoreError):
             raise StorageError(f"Could not {self.action}: {error}.") from error

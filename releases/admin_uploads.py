@@ -1,0 +1,214 @@
+"""The admin's page for large files: a draft's files uploaded from the browser, in parts, resumable.
+
+The page (static/releases/upload.js) talks to the JSON views below; each checks, on every request,
+that the user is staff (the admin site's own check) and may add files. Parts go to the URLs that
+`sign_part` hands out: S3's own (no file bytes pass through the site), or, for the local store,
+`part_data` here, which accepts a part only with a token for that part that has not expired.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import wraps
+
+from django.conf import settings
+from django.core import signing
+from django.http import Http404, JsonResponse
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from . import services
+from .models import BrowserUpload, Version
+from .services import browser_uploads
+from .storage import PART_CHECKSUM_HEADER
+
+PART_TOKEN_SALT = "releases.browser-upload-part"
+PERMISSION = "releases.add_file"
+
+
+def upload_urls(admin_site) -> list:
+    """URLs under /admin/releases/version/ (VersionAdmin.get_urls puts them first)."""
+
+    def view(function, name, **kwargs):
+        return path(function.route, admin_site.admin_view(function), kwargs, name=f"releases_version_{name}")
+
+    return [
+        view(upload_page, "upload", admin_site=admin_site),
+        view(start, "upload_start"),
+        view(status, "upload_status"),
+        view(sign, "upload_sign"),
+        view(part_data, "upload_part"),
+        view(complete, "upload_complete"),
+        view(abort, "upload_abort"),
+    ]
+
+
+def route(pattern: str):
+    def attach(function):
+        function.route = pattern
+        return function
+
+    return attach
+
+
+def may_add_files(view):
+    """Refuse, on every request, a user without permission to add files (403 in JSON)."""
+
+    @wraps(view)
+    def checked(request, *args, **kwargs):
+        if not request.user.has_perm(PERMISSION):
+            return JsonResponse({"error": "You do not have permission to add files."}, status=403)
+        try:
+            return view(request, *args, **kwargs)
+        except services.ReleaseError as error:
+            return JsonResponse({"error": str(error)}, status=400)
+
+    return checked
+
+
+def _upload(upload_id) -> BrowserUpload:
+    return get_object_or_404(BrowserUpload.objects.select_related("version__model"), pk=upload_id)
+
+
+def _payload(request) -> dict:
+    try:
+        data = json.loads(request.body or b"{}")
+    except ValueError as error:
+        raise services.ReleaseError(f"The request is not JSON: {error}.") from error
+    if not isinstance(data, dict):
+        raise services.ReleaseError("The request is not a JSON object.")
+    return data
+
+
+def _number(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise services.ReleaseError(f"{what} is a whole number.")
+    return value
+
+
+def describe(upload: BrowserUpload) -> dict:
+    file = upload.file
+    return {
+        "id": str(upload.id),
+        "path": upload.path,
+        "size": upload.size,
+        "part_size": upload.part_size,
+        "part_count": upload.part_count,
+        "state": upload.state,
+        "state_label": upload.get_state_display(),
+        "detail": upload.detail,
+        "file": {"path": file.path, "size": file.size, "sha256": file.sha256} if file else None,
+        "links": {
+            "status": reverse("admin:releases_version_upload_status", args=[upload.id]),
+            "sign": reverse("admin:releases_version_upload_sign", args=[upload.id, 0]).removesuffix("0/sign/"),
+            "complete": reverse("admin:releases_version_upload_complete", args=[upload.id]),
+            "abort": reverse("admin:releases_version_upload_abort", args=[upload.id]),
+        },
+    }
+
+
+@route("<int:object_id>/upload/")
+@require_GET
+def upload_page(request, object_id, admin_site):
+    version = get_object_or_404(Version.objects.select_related("model"), pk=object_id)
+    if not request.user.has_perm(PERMISSION):
+        raise Http404("You cannot add files.")
+    recent = version.browser_uploads.select_related("file").order_by("-created_at")[:20]
+    context = {
+        **admin_site.each_context(request),
+        "title": f"Upload files to {version.model.slug} {version.version}",
+        "opts": Version._meta,
+        "version": version,
+        "uploads": [describe(upload) for upload in recent],
+        "start_url": reverse("admin:releases_version_upload_start", args=[version.pk]),
+        "parallel_parts": 4,
+    }
+    return TemplateResponse(request, "admin/releases/version/upload.html", context)
+
+
+@route("<int:object_id>/upload/start/")
+@require_POST
+@may_add_files
+def start(request, object_id):
+    version = get_object_or_404(Version.objects.select_related("model"), pk=object_id)
+    data = _payload(request)
+    upload = browser_uploads.start_upload(
+        version,
+        str(data.get("path", "")),
+        _number(data.get("size"), "size"),
+        expected_sha256=str(data.get("sha256") or ""),
+        user=request.user,
+    )
+    stored = browser_uploads.stored_parts(upload)
+    return JsonResponse(
+        {**describe(upload), "stored": [{"number": p.number, "size": p.size, "sha256": p.sha256} for p in stored]}
+    )
+
+
+@route("uploads/<uuid:upload_id>/")
+@require_GET
+@may_add_files
+def status(request, upload_id):
+    return JsonResponse(describe(_upload(upload_id)))
+
+
+@route("uploads/<uuid:upload_id>/parts/<int:number>/sign/")
+@require_POST
+@may_add_files
+def sign(request, upload_id, number):
+    upload = _upload(upload_id)
+    sha256 = str(_payload(request).get("sha256", ""))
+    target = browser_uploads.sign_part(upload, number, sha256)
+    url = target.url or _own_part_url(request, upload, number, sha256)
+    return JsonResponse({"url": url, "method": "PUT", "headers": target.headers})
+
+
+def _own_part_url(request, upload: BrowserUpload, number: int, sha256: str) -> str:
+    """For the local store: this site's part URL, with a token for this part and checksum that
+    expires like S3's presigned URLs."""
+    token = signing.dumps({"upload": str(upload.id), "part": number, "sha256": sha256}, salt=PART_TOKEN_SALT)
+    return reverse("admin:releases_version_upload_part", args=[upload.id, number]) + f"?token={token}"
+
+
+@route("uploads/<uuid:upload_id>/parts/<int:number>/")
+@require_http_methods(["PUT"])
+@may_add_files
+def part_data(request, upload_id, number):
+    try:
+        claim = signing.loads(
+            request.GET.get("token", ""), salt=PART_TOKEN_SALT, max_age=settings.UPLOAD_PART_URL_SECONDS
+        )
+    except signing.SignatureExpired:
+        return JsonResponse({"error": "This part URL has expired; ask for a new one."}, status=403)
+    except signing.BadSignature:
+        return JsonResponse({"error": "This part URL is not valid."}, status=403)
+    sha256 = request.headers.get(PART_CHECKSUM_HEADER, "")
+    if claim != {"upload": str(upload_id), "part": number, "sha256": sha256}:
+        return JsonResponse({"error": "This part URL is for another part or checksum."}, status=403)
+    try:
+        length = int(request.headers.get("Content-Length", ""))
+    except ValueError:
+        return JsonResponse({"error": "A part needs its Content-Length."}, status=411)
+    part = browser_uploads.receive_part(_upload(upload_id), number, request.read, length, sha256)
+    return JsonResponse({"number": part.number, "size": part.size, "sha256": part.sha256})
+
+
+@route("uploads/<uuid:upload_id>/complete/")
+@require_POST
+@may_add_files
+def complete(request, upload_id):
+    parts = _payload(request).get("parts")
+    if not isinstance(parts, list) or not all(isinstance(part, dict) for part in parts):
+        raise services.ReleaseError("parts is a list of {number, sha256}.")
+    checksums = {_number(part.get("number"), "A part number"): str(part.get("sha256", "")) for part in parts}
+    upload = browser_uploads.complete_upload(_upload(upload_id), checksums)
+    return JsonResponse(describe(upload))
+
+
+@route("uploads/<uuid:upload_id>/abort/")
+@require_POST
+@may_add_files
+def abort(request, upload_id):
+    return JsonResponse(describe(browser_uploads.abort_upload(_upload(upload_id))))

@@ -1,0 +1,185 @@
+"""Large files uploaded from the admin straight to storage, in parts, resumable (models/uploads.py).
+
+1. `start_upload` checks the file's path and key as any new file's, and starts (or finds, for a page
+   reloaded half way) an upload in parts for that exact key.
+2. `sign_part` hands out where one part goes: for S3 a presigned URL that expires after
+   UPLOAD_PART_URL_SECONDS and accepts only the bytes whose SHA-256 the browser computed; for the
+   local store, the site's own part URL (`receive_part`).
+3. `complete_upload` compares the parts storage holds with the file's size and the checksums the
+   browser computed, joins them, and checks the object's size (and S3's checksum of the parts).
+4. The object's SHA-256 is then known (the local store hashes while joining) or computed by a task
+   (`upload_outcomes.finish_upload`) before the file is recorded. A version cannot be published while one of its
+   uploads is unfinished. A SHA-256 other than the one the uploader gave removes the object and
+   records nothing.
+
+Storage is never asked inside a transaction; rows change in short ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+import re
+
+from django.conf import settings
+from django.db import transaction
+
+from .. import upload_tasks
+from ..models import BrowserUpload, Version, canonical_path, default_object_key
+from ..storage import PartTarget, StoredObject, StoredPart, guess_content_type, release_store
+from .common import ReleaseError, as_release_error, version_lock
+from .files import check_file_names, check_unused, current_draft
+from .upload_outcomes import current_upload, fail_upload, finish_upload, require_state, set_state
+
+logger = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+PART_SIZE = 16 * MiB  # a browser hashes each part in memory; several are in flight at once
+MIN_PART, MAX_PARTS = 5 * MiB, 10_000  # S3's limits (every part but the last is at least MIN_PART)
+MAX_SIZE = 5 * 1024**4  # S3's largest object
+State = BrowserUpload.State
+
+
+def start_upload(version: Version, path: str, size: int, *, expected_sha256: str = "", user=None) -> BrowserUpload:
+    """The upload of ``path`` (``size`` bytes) to a draft: the unfinished one with the same path,
+    size and expected SHA-256 if there is one (to resume), else a new one."""
+    path, expected_sha256 = canonical_path(path), _expected(expected_sha256)
+    if not 0 < size <= MAX_SIZE:
+        raise ReleaseError(f"A file to upload has 1 byte to 5 TiB; {path} has {size}.")
+    with version_lock(version):
+        draft = current_draft(version)
+        key = default_object_key(draft.model.slug, draft.version, path)
+        check_file_names(draft.model.slug, path, key)
+        check_unused(draft, path, key)
+        for upload in draft.browser_uploads.filter(path=path, state=State.UPLOADING):
+            if upload.size == size and upload.expected_sha256 == expected_sha256:
+                return upload
+            abort_upload(upload, "another file was chosen for this path")
+        content_type = guess_content_type(path)
+        with as_release_error():
+            storage_upload_id = release_store().start_parts_upload(key, content_type)
+        return BrowserUpload.objects.create(
+            version=draft, path=path, key=key, size=size, part_size=part_size_for(size), content_type=content_type,
+            expected_sha256=expected_sha256, storage_upload_id=storage_upload_id, started_by=user,
+        )  # fmt: skip
+
+
+def part_size_for(size: int) -> int:
+    """PART_SIZE, or more for a file that would need over MAX_PARTS parts (whole MiB)."""
+    needed = -(-size // MAX_PARTS)
+    return max(PART_SIZE, MIN_PART, -(-needed // MiB) * MiB)
+
+
+def _expected(sha256: str) -> str:
+    sha256 = sha256.strip().lower()
+    if sha256 and not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise ReleaseError("The expected SHA-256 is 64 hexadecimal digits (as sha256sum prints it).")
+    return sha256
+
+
+def stored_parts(upload: BrowserUpload) -> list[StoredPart]:
+    """The parts storage holds, each with the SHA-256 it was accepted with (listed by storage, or
+    the one its URL was signed for), so a page can skip the parts it has already sent."""
+    require_state(upload, State.UPLOADING)
+    with as_release_error():
+        held = release_store().stored_parts(upload.key, upload.storage_upload_id)
+    return [
+        StoredPart(n, part.size, part.sha256 or upload.part_checksums.get(str(n)), part.etag)
+        for n, part in sorted(held.items())
+    ]
+
+
+def sign_part(upload: BrowserUpload, number: int, sha256: str) -> PartTarget:
+    """Where part ``number`` goes, accepted only with bytes whose base64 SHA-256 is ``sha256``."""
+    require_state(upload, State.UPLOADING)
+    _check_part(upload, number, sha256)
+    with transaction.atomic():
+        row = BrowserUpload.objects.select_for_update().get(pk=upload.pk)
+        row.part_checksums[str(number)] = sha256
+        row.save(update_fields=["part_checksums", "updated_at"])
+    with as_release_error():
+        return release_store().part_target(
+            upload.key, upload.storage_upload_id, number, sha256, settings.UPLOAD_PART_URL_SECONDS
+        )
+
+
+def receive_part(upload: BrowserUpload, number: int, read, length: int, sha256: str) -> StoredPart:
+    """A part sent to the site itself (the local store): refused unless it is the part's length
+    and its bytes have the SHA-256 the part's URL was signed for."""
+    require_state(upload, State.UPLOADING)
+    _check_part(upload, number, sha256)
+    if length != upload.part_length(number):
+        raise ReleaseError(f"Part {number} has {upload.part_length(number):,} bytes; {length:,} were sent.")
+    with as_release_error():
+        return release_store().receive_part(upload.storage_upload_id, number, read, length, sha256)
+
+
+def _check_part(upload: BrowserUpload, number: int, sha256: str) -> None:
+    if not 1 <= number <= upload.part_count:
+        raise ReleaseError(f"{upload.path} has parts 1 to {upload.part_count}; there is no part {number}.")
+    try:
+        valid = len(base64.b64decode(sha256, validate=True)) == 32
+    except (binascii.Error, ValueError):
+        valid = False
+    if not valid:
+        raise ReleaseError(f"The checksum of part {number} is not a base64 SHA-256.")
+
+
+def complete_upload(upload: BrowserUpload, checksums: dict[int, str]) -> BrowserUpload:
+    """Join the stored parts once each matches the part the browser hashed (``checksums`` by part
+    number); then record the file, or have a task hash the object first."""
+    parts = _matching_parts(upload, checksums)
+    with version_lock(upload.version):
+        upload = current_upload(upload, State.UPLOADING)
+        current_draft(upload.version)
+        with as_release_error():
+            stored = release_store().complete_parts_upload(upload.key, upload.storage_upload_id, parts)
+        set_state(upload, State.HASHING)
+    problem = _size_or_parts_problem(upload, stored, parts)
+    if problem:
+        return fail_upload(upload, problem)
+    if stored.sha256 is None:  # S3 keeps a checksum of the part checksums only: hash the object
+        upload_tasks.hash_after_commit(upload.pk)
+        return BrowserUpload.objects.select_related("file").get(pk=upload.pk)  # done already if tasks run eagerly
+    return finish_upload(upload.pk, stored.sha256)
+
+
+def _matching_parts(upload: BrowserUpload, checksums: dict[int, str]) -> list[StoredPart]:
+    held = {part.number: part for part in stored_parts(upload)}
+    parts = []
+    for number in range(1, upload.part_count + 1):
+        part, claimed = held.get(number), checksums.get(number)
+        if part is None or part.size != upload.part_length(number):
+            raise ReleaseError(f"Part {number} of {upload.path} is not stored yet; send it, then complete.")
+        if claimed is None or part.sha256 != claimed:
+            raise ReleaseError(
+                f"Part {number} in storage has other bytes than part {number} of the chosen file; send it again."
+            )
+        parts.append(StoredPart(number, part.size, claimed, part.etag))
+    return parts
+
+
+def _size_or_parts_problem(upload: BrowserUpload, stored: StoredObject, parts: list[StoredPart]) -> str | None:
+    if stored.size != upload.size:
+        return f"has {stored.size:,} bytes in storage, expected {upload.size:,}"
+    if stored.composite_sha256 and stored.parts in (None, len(parts)):
+        digests = b"".join(base64.b64decode(part.sha256) for part in parts)
+        if stored.composite_sha256 != base64.b64encode(hashlib.sha256(digests).digest()).decode():
+            return "has other part checksums in storage than the parts sent"
+    return None
+
+
+def abort_upload(upload: BrowserUpload, why: str = "aborted by a maintainer") -> BrowserUpload:
+    """Drop an unfinished upload's parts; the row stays, saying why."""
+    if upload.state != State.UPLOADING:
+        raise ReleaseError(f"The upload of {upload.path} is {upload.get_state_display()}; only unfinished ones stop.")
+    with as_release_error():
+        release_store().abort_parts_upload(upload.key, upload.storage_upload_id)
+    set_state(upload, State.ABORTED, detail=why)
+    return upload
+
+
+def unfinished_uploads(version: Version) -> list[BrowserUpload]:
+    return list(version.browser_uploads.filter(state__in=State.active()).order_by("created_at"))

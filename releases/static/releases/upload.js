@@ -1,0 +1,185 @@
+// The admin's upload page for large files (releases/admin_uploads.py): the file goes to storage in
+// parts, several at once. Each part is hashed here (SHA-256, sent with the part so that storage
+// refuses other bytes), put at a URL the site signs for that part and checksum, and retried with a
+// fresh URL when refused or cut. Parts storage already holds with the same checksum (after a
+// reload, or a dropped connection) are skipped. Completion is the site's: it checks the parts, the
+// size and the SHA-256 before the file is recorded.
+(() => {
+  "use strict";
+  const root = document.getElementById("direct-upload");
+  const form = document.getElementById("upload-form");
+  if (!root || !form) return;
+  const $ = (id) => document.getElementById(id);
+  const csrf = form.querySelector("[name=csrfmiddlewaretoken]").value;
+  const parallel = Number(root.dataset.parallel) || 4;
+  const ATTEMPTS = 5;
+  let running = null;
+
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  const mib = (bytes) => `${(bytes / 1048576).toFixed(1)} MiB`;
+
+  async function api(url, body) {
+    const options = { method: body === undefined ? "GET" : "POST", credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRFToken": csrf } };
+    if (body !== undefined) options.body = JSON.stringify(body);
+    const response = await fetch(url, options);
+    let data = {};
+    try { data = await response.json(); } catch (error) { /* not JSON: say the status */ }
+    if (!response.ok) throw new Error(data.error || `${response.status} ${response.statusText}`);
+    return data;
+  }
+
+  async function sha256(blob) {
+    const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", await blob.arrayBuffer()));
+    let text = "";
+    for (const byte of digest) text += String.fromCharCode(byte);
+    return btoa(text);
+  }
+
+  // A PUT with upload progress (fetch has none); resolves with the HTTP status, 0 when the request
+  // never got an answer (connection cut, or refused by the bucket's CORS rule).
+  function put(target, blob, onProgress) {
+    return new Promise((resolve) => {
+      const xhr = new XMLHttpRequest();
+      xhr.open(target.method || "PUT", target.url);
+      for (const [name, value] of Object.entries(target.headers || {})) xhr.setRequestHeader(name, value);
+      if (target.url.startsWith("/")) xhr.setRequestHeader("X-CSRFToken", csrf);  // the site itself
+      xhr.upload.onprogress = (event) => onProgress(event.loaded);
+      xhr.onload = () => resolve(xhr.status);
+      xhr.onerror = xhr.onabort = xhr.ontimeout = () => resolve(0);
+      running.requests.add(xhr);
+      xhr.onloadend = () => running && running.requests.delete(xhr);
+      xhr.send(blob);
+    });
+  }
+
+  function show(message, error = false) {
+    const status = $("upload-status");
+    status.textContent = message;
+    status.className = error ? "errornote" : "";
+  }
+
+  function report() {
+    const run = running;
+    let bytes = run.doneBytes;
+    for (const loaded of run.inFlight.values()) bytes += loaded;
+    $("upload-bar").value = run.size ? bytes / run.size : 1;
+    const kept = run.kept ? `, ${run.kept} already stored and kept` : "";
+    show(`${mib(bytes)} of ${mib(run.size)}: ${run.doneParts} of ${run.partCount} parts stored${kept}.`);
+  }
+
+  async function sendPart(upload, number, blob, checksum) {
+    for (let attempt = 1; ; attempt++) {
+      if (running.stopped) throw new Error("stopped");
+      const target = await api(`${upload.links.sign}${number}/sign/`, { sha256: checksum });
+      const status = await put(target, blob, (loaded) => { running.inFlight.set(number, loaded); report(); });
+      running.inFlight.delete(number);
+      if (status >= 200 && status < 300) return;
+      if (attempt >= ATTEMPTS) {
+        const why = status ? `storage answered ${status}` : "the connection failed";
+        throw new Error(`Part ${number} could not be sent (${why}, ${ATTEMPTS} times). Choose the file again to resume.`);
+      }
+      // A refused part (an expired URL: 403) gets a fresh URL at once; a cut connection waits a little.
+      await sleep(status === 403 ? 200 : Math.min(1000 * 2 ** attempt, 15000));
+    }
+  }
+
+  async function worker(upload, file, stored, checksums) {
+    while (running.next <= upload.part_count && !running.stopped) {
+      const number = running.next++;
+      const start = (number - 1) * upload.part_size;
+      const blob = file.slice(start, Math.min(start + upload.part_size, file.size));
+      const checksum = await sha256(blob);
+      checksums[number] = checksum;
+      const held = stored.get(number);
+      if (held && held.size === blob.size && held.sha256 === checksum) {
+        running.kept += 1;
+      } else {
+        await sendPart(upload, number, blob, checksum);
+      }
+      running.doneBytes += blob.size;
+      running.doneParts += 1;
+      report();
+    }
+  }
+
+  async function finish(upload, checksums) {
+    show("All parts are stored; checking them and the file's size…");
+    const parts = Object.entries(checksums).map(([number, sha]) => ({ number: Number(number), sha256: sha }));
+    let state = await api(upload.links.complete, { parts });
+    while (state.state === "hashing") {
+      show("Checking the file's SHA-256 in storage…");
+      await sleep(1000);
+      state = await api(upload.links.status);
+    }
+    if (state.state === "done") {
+      $("upload-bar").value = 1;
+      show(`Done: ${state.file.path}, ${state.file.size.toLocaleString()} bytes, SHA-256 ${state.file.sha256}.`);
+      listed(state);
+    } else {
+      show(state.detail || `The upload is ${state.state_label}.`, true);
+      listed(state);
+    }
+  }
+
+  function listed(state) {
+    const row = document.querySelector(`#upload-list tr[data-upload="${state.id}"]`) || document.createElement("tr");
+    row.dataset.upload = state.id;
+    row.replaceChildren(...[state.path, mib(state.size), state.state_label, state.detail].map((text) => {
+      const cell = document.createElement("td");
+      cell.textContent = text;
+      return cell;
+    }));
+    $("upload-list").tBodies[0].prepend(row);
+  }
+
+  async function upload(file, path, expected) {
+    if (!window.crypto || !crypto.subtle) {
+      throw new Error("This browser cannot compute SHA-256 here: open the admin over HTTPS.");
+    }
+    const started = await api(root.dataset.startUrl, { path, size: file.size, sha256: expected });
+    running = { id: started.id, links: started.links, size: file.size, partCount: started.part_count, next: 1,
+      doneBytes: 0, doneParts: 0, kept: 0, inFlight: new Map(), requests: new Set(), stopped: false };
+    $("upload-progress").hidden = false;
+    $("upload-name").textContent = `${started.path} (${mib(file.size)}, ${started.part_count} parts)`;
+    report();
+    const stored = new Map(started.stored.map((part) => [part.number, part]));
+    const checksums = {};
+    const workers = Array.from({ length: Math.min(parallel, started.part_count) },
+      () => worker(started, file, stored, checksums));
+    try {
+      await Promise.all(workers);
+    } catch (error) {
+      running.stopped = true;
+      throw error;
+    }
+    if (!running.stopped) await finish(started, checksums);
+  }
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const file = $("upload-file").files[0];
+    if (!file) return;
+    const path = $("upload-path").value.trim() || file.name;
+    $("upload-start").disabled = true;
+    try {
+      await upload(file, path, $("upload-sha256").value.trim());
+    } catch (error) {
+      if (error.message !== "stopped") show(error.message, true);
+    } finally {
+      $("upload-start").disabled = false;
+    }
+  });
+
+  $("upload-abort").addEventListener("click", async () => {
+    if (!running) return;
+    running.stopped = true;
+    for (const request of running.requests) request.abort();
+    try {
+      listed(await api(running.links.abort, {}));
+      show("Aborted: the parts sent so far were dropped.");
+    } catch (error) {
+      show(error.message, true);
+    }
+  });
+})();

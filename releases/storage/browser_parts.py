@@ -1,0 +1,65 @@
+"""Uploads in parts that a browser sends straight to S3 (the admin's direct upload).
+
+The site starts a multipart upload for the file's exact key and hands out, one part at a time,
+presigned UploadPart URLs that expire soon. Each URL signs the part's SHA-256 checksum header, so
+S3 stores only the bytes the browser hashed; completion lists the parts S3 holds (ListParts), so a
+page reloaded half way resumes from them. No file bytes pass through the site.
+"""
+
+from __future__ import annotations
+
+from .base import PART_CHECKSUM_HEADER as CHECKSUM_HEADER
+from .base import PartTarget, StoredPart
+
+
+def start(client, bucket: str, key: str, content_type: str) -> str:
+    created = client.create_multipart_upload(
+        Bucket=bucket, Key=key, ContentType=content_type, ChecksumAlgorithm="SHA256"
+    )
+    return created["UploadId"]
+
+
+def stored_parts(client, bucket: str, key: str, upload_id: str) -> dict[int, StoredPart]:
+    parts, marker = {}, 0
+    while True:
+        page = client.list_parts(Bucket=bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker)
+        for part in page.get("Parts", []):
+            number = part["PartNumber"]
+            parts[number] = StoredPart(number, part["Size"], part.get("ChecksumSHA256"), part.get("ETag"))
+        if not page.get("IsTruncated"):
+            return parts
+        marker = page["NextPartNumberMarker"]
+
+
+def part_target(client, bucket: str, key: str, upload_id: str, number: int, sha256: str, expires: int) -> PartTarget:
+    """A presigned PUT whose signature covers the checksum header: S3 refuses the part without it,
+    with another value, or with bytes whose SHA-256 differs (and the URL once ``expires`` seconds pass)."""
+    params = dict(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, ChecksumSHA256=sha256)
+    url = client.generate_presigned_url("upload_part", Params=params, ExpiresIn=expires)
+    return PartTarget(url=url, headers={CHECKSUM_HEADER: sha256})
+
+
+def complete(client, bucket: str, key: str, upload_id: str, parts: list[StoredPart]) -> None:
+    """S3 checks each part's checksum given here against the part it holds."""
+    listed = [{"PartNumber": p.number, "ETag": p.etag, "ChecksumSHA256": p.sha256} for p in parts]
+    client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": listed})
+
+
+def abort(client, bucket: str, key: str, upload_id: str) -> None:
+    client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+
+
+def cors_rules(origins: list[str]) -> dict:
+    """The bucket CORS configuration a browser needs to PUT parts from the site's pages."""
+    return {
+        "CORSRules": [
+            {
+                "ID": "model-releases-direct-upload",
+                "AllowedOrigins": origins,
+                "AllowedMethods": ["PUT"],
+                "AllowedHeaders": ["content-type", CHECKSUM_HEADER],
+                "ExposeHeaders": ["ETag"],
+                "MaxAgeSeconds": 3600,
+            }
+        ]
+    }

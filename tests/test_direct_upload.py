@@ -1,0 +1,270 @@
+"""The admin's direct uploads in parts (services/browser_uploads.py, admin_uploads.py), through the
+JSON views a page uses: on the local store (parts come to the site), on moto, and on LocalStack's S3,
+which checks each presigned URL's signature and expiry, and the signed part checksum."""
+
+import base64
+import hashlib
+import io
+import os
+import time
+import urllib.error
+import urllib.request
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.urls import reverse
+
+from releases import services, upload_tasks
+from releases.models import BrowserUpload, File
+from releases.services import browser_uploads
+from releases.storage import MissingObject
+
+from .factories import VersionFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def small_parts(monkeypatch):
+    monkeypatch.setattr(browser_uploads, "PART_SIZE", 5 * MiB)  # S3's smallest: a 12 MiB file has 3
+
+
+@pytest.fixture
+def draft():
+    return VersionFactory(model__slug="tts", version="v2")
+
+
+@pytest.fixture
+def weights():
+    return os.urandom(12 * MiB + 123)
+
+
+def checksum(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+class Page:
+    """What upload.js does, step by step, through the admin's JSON views."""
+
+    def __init__(self, client, version):
+        self.client, self.version = client, version
+
+    def post(self, url, body):
+        return self.client.post(url, body, content_type="application/json")
+
+    def start(self, data: bytes, path="model.safetensors", sha256=""):
+        url = reverse("admin:releases_version_upload_start", args=[self.version.pk])
+        return self.post(url, {"path": path, "size": len(data), "sha256": sha256})
+
+    def sign(self, upload: dict, number: int, sha256: str):
+        return self.post(f"{upload['links']['sign']}{number}/sign/", {"sha256": sha256})
+
+    def put(self, target: dict, body: bytes) -> int:
+        """PUT a part where the site said, with its headers: S3 over HTTP, the site through its client."""
+        if target["url"].startswith("/"):
+            headers = {f"HTTP_{name.upper().replace('-', '_')}": value for name, value in target["headers"].items()}
+            return self.client.put(target["url"], body, content_type="application/octet-stream", **headers).status_code
+        # urllib would call the body a form (moto then refuses it); a browser sends a file's slice as bytes
+        headers = {**target["headers"], "Content-Type": "application/octet-stream"}
+        request = urllib.request.Request(target["url"], data=body, method="PUT", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    def parts(self, upload: dict, data: bytes):
+        size = upload["part_size"]
+        return [(n + 1, data[offset : offset + size]) for n, offset in enumerate(range(0, len(data), size))]
+
+    def send(self, upload: dict, data: bytes, only=None):
+        for number, part in self.parts(upload, data):
+            if only is None or number in only:
+                target = self.sign(upload, number, checksum(part)).json()
+                assert self.put(target, part) == 200, f"part {number} refused"
+
+    def complete(self, upload: dict, data: bytes):
+        parts = [{"number": number, "sha256": checksum(part)} for number, part in self.parts(upload, data)]
+        return self.post(upload["links"]["complete"], {"parts": parts})
+
+
+@pytest.fixture
+def page(admin_client, draft, small_parts):
+    return Page(admin_client, draft)
+
+
+@pytest.fixture(params=["local", "moto", "localstack"])
+def store(request):
+    """Each test once per store: the site receiving parts, moto, and LocalStack checking signatures."""
+    return request.getfixturevalue(
+        {"local": "local_store", "moto": "s3_store", "localstack": "localstack_store"}[request.param]
+    )
+
+
+def stored_bytes(store, key: str) -> bytes:
+    return b"".join(store.iter_bytes(key))
+
+
+def test_a_file_uploaded_in_parts_is_recorded_with_its_size_and_sha256(page, store, draft, weights):
+    upload = page.start(weights).json()
+    assert (upload["part_count"], upload["state"], upload["stored"]) == (3, "uploading", [])
+    page.send(upload, weights)
+    done = page.complete(upload, weights).json()
+    assert done["state"] == "done", done
+    file = File.objects.get(version=draft)
+    assert (file.path, file.key, file.size) == ("model.safetensors", "tts/v2/model.safetensors", len(weights))
+    assert file.sha256 == hashlib.sha256(weights).hexdigest() == done["file"]["sha256"]
+    assert stored_bytes(store, file.key) == weights
+    services.publish_version(draft)  # the file is complete and present: the version publishes
+
+
+def test_a_reloaded_page_resumes_from_the_parts_already_stored(page, store, draft, weights):
+    upload = page.start(weights).json()
+    page.send(upload, weights, only={1, 3})
+    again = page.start(weights).json()  # the page reloaded: the same file chosen again
+    assert again["id"] == upload["id"]
+    first, _, third = page.parts(upload, weights)
+    assert again["stored"] == [
+        {"number": 1, "size": len(first[1]), "sha256": checksum(first[1])},
+        {"number": 3, "size": len(third[1]), "sha256": checksum(third[1])},
+    ]
+    refused = page.complete(again, weights)
+    assert refused.status_code == 400 and "Part 2 of model.safetensors is not stored yet" in refused.json()["error"]
+    page.send(again, weights, only={2})
+    assert page.complete(again, weights).json()["state"] == "done"
+    assert stored_bytes(store, "tts/v2/model.safetensors") == weights
+
+
+def test_another_file_at_the_same_path_starts_over(page, store, draft, weights):
+    upload = page.start(weights).json()
+    page.send(upload, weights, only={1})
+    other = page.start(weights + b"!").json()
+    assert other["id"] != upload["id"] and other["stored"] == []
+    assert BrowserUpload.objects.get(pk=upload["id"]).state == "aborted"
+
+
+@pytest.mark.parametrize("kind", ["local", "localstack"])
+def test_a_part_url_used_after_it_expired_is_refused(page, settings, request, kind, weights):
+    store = request.getfixturevalue("local_store" if kind == "local" else "localstack_store")
+    settings.UPLOAD_PART_URL_SECONDS = 1
+    upload = page.start(weights).json()
+    number, part = page.parts(upload, weights)[0]
+    target = page.sign(upload, number, checksum(part)).json()
+    time.sleep(2.5)
+    assert page.put(target, part) == 403
+    assert store.stored_parts(upload_key(upload), BrowserUpload.objects.get().storage_upload_id) == {}
+    fresh = page.sign(upload, number, checksum(part)).json()  # what the page does on a 403
+    assert page.put(fresh, part) == 200
+
+
+def upload_key(upload: dict) -> str:
+    return BrowserUpload.objects.get(pk=upload["id"]).key
+
+
+@pytest.mark.parametrize("kind", ["local", "localstack"])
+def test_a_part_with_other_bytes_than_its_checksum_is_refused(page, request, kind, weights):
+    store = request.getfixturevalue("local_store" if kind == "local" else "localstack_store")
+    upload = page.start(weights).json()
+    number, part = page.parts(upload, weights)[0]
+    target = page.sign(upload, number, checksum(part)).json()
+    assert page.put(target, b"x" + part[1:]) == 400
+    assert store.stored_parts(upload_key(upload), BrowserUpload.objects.get().storage_upload_id) == {}
+
+
+def test_a_user_without_permission_to_add_files_is_refused(client, django_user_model, draft, local_store, weights):
+    staff = django_user_model.objects.create_user("reader", password="pw", is_staff=True)
+    staff.user_permissions.add(Permission.objects.get(codename="view_version"))
+    owner = django_user_model.objects.create_superuser("owner", "o@example.org", "pw")
+    upload = browser_uploads.start_upload(draft, "model.safetensors", len(weights), user=owner)
+    client.force_login(staff)
+    page = Page(client, draft)
+    links = {
+        "start": reverse("admin:releases_version_upload_start", args=[draft.pk]),
+        "sign": reverse("admin:releases_version_upload_sign", args=[upload.pk, 1]),
+        "complete": reverse("admin:releases_version_upload_complete", args=[upload.pk]),
+        "abort": reverse("admin:releases_version_upload_abort", args=[upload.pk]),
+    }
+    for name, url in links.items():
+        response = page.post(url, {"path": "x.bin", "size": 1, "sha256": checksum(b"x"), "parts": []})
+        assert response.status_code == 403, name
+        assert response.json() == {"error": "You do not have permission to add files."}
+    status = client.get(reverse("admin:releases_version_upload_status", args=[upload.pk]))
+    assert status.status_code == 403
+    assert client.get(reverse("admin:releases_version_upload", args=[draft.pk])).status_code == 404
+    client.logout()  # and someone not logged in is sent to the login page
+    response = page.post(links["sign"], {"sha256": checksum(b"x")})
+    assert response.status_code == 302 and "/admin/login/" in response["Location"]
+    assert BrowserUpload.objects.get().part_checksums == {}
+
+
+def test_a_file_whose_sha256_is_not_the_expected_one_is_refused_and_nothing_recorded(page, store, draft, weights):
+    upload = page.start(weights, sha256="0" * 64).json()
+    page.send(upload, weights)
+    outcome = page.complete(upload, weights).json()
+    assert outcome["state"] == "failed"
+    assert f"has SHA-256 {hashlib.sha256(weights).hexdigest()}, not the expected {'0' * 64}" in outcome["detail"]
+    assert not File.objects.exists()
+    assert store.stat("tts/v2/model.safetensors") is None
+
+
+def test_parts_the_page_did_not_hash_are_refused_at_completion(page, store, draft, weights):
+    upload = page.start(weights).json()
+    page.send(upload, weights)
+    parts = [{"number": n, "sha256": checksum(part)} for n, part in page.parts(upload, weights)]
+    parts[1]["sha256"] = checksum(b"something else")
+    refused = page.post(upload["links"]["complete"], {"parts": parts})
+    assert refused.status_code == 400
+    assert "Part 2 in storage has other bytes than part 2 of the chosen file" in refused.json()["error"]
+    assert not File.objects.exists() and BrowserUpload.objects.get().state == "uploading"
+
+
+def test_a_version_with_an_unfinished_upload_cannot_be_published(page, draft, local_store, weights):
+    services.add_file(draft, "config.json", io.BytesIO(b"{}"))
+    page.start(weights)
+    with pytest.raises(services.ReleaseError, match="unfinished upload of model.safetensors"):
+        services.publish_version(draft)
+
+
+@pytest.mark.parametrize(
+    "body, error",
+    [
+        ({"path": "../x", "size": 10}, "path"),
+        ({"path": "a.bin", "size": 0}, "1 byte to 5 TiB"),
+        ({"path": "a.bin", "size": "10"}, "size is a whole number"),
+        ({"path": "a.bin", "size": 10, "sha256": "abc"}, "64 hexadecimal digits"),
+    ],
+)
+def test_bad_requests_get_a_clear_error_and_start_nothing(page, draft, local_store, body, error):
+    response = page.post(reverse("admin:releases_version_upload_start", args=[draft.pk]), body)
+    assert response.status_code == 400 and error in response.json()["error"]
+    assert not BrowserUpload.objects.exists()
+
+
+@pytest.mark.parametrize("kind", ["local", "localstack"])  # moto reports no real start time
+def test_abandoned_admin_uploads_are_aborted_by_the_beat_job(page, request, settings, kind, weights):
+    store = request.getfixturevalue("local_store" if kind == "local" else "localstack_store")
+    upload = page.start(weights).json()
+    page.send(upload, weights, only={1})
+    row = BrowserUpload.objects.get()
+    assert upload_tasks.abort_stale_uploads.delay().get() == {"aborted": 0, "admin_uploads": 0}  # still young
+    BrowserUpload.objects.update(updated_at=row.updated_at - timedelta(hours=25))
+    outcome = upload_tasks.abort_stale_uploads.delay().get()
+    assert outcome["admin_uploads"] == 1
+    row.refresh_from_db()
+    assert row.state == "aborted" and "abandoned" in row.detail
+    with pytest.raises(MissingObject):
+        store.stored_parts(row.key, row.storage_upload_id)  # its parts are gone from storage
+    refused = page.sign(upload, 2, checksum(b"x"))
+    assert refused.status_code == 400 and "aborted" in refused.json()["error"]
+
+
+def test_the_local_store_drops_part_folders_nobody_touched_for_the_age_limit(local_store):
+    young, old = local_store.start_parts_upload("m/a", ""), local_store.start_parts_upload("m/b", "")
+    os.utime(local_store.parts.folder(old), (time.time() - 3600,) * 2)
+    assert local_store.abort_stale_uploads(timedelta(minutes=30)) == 1
+    assert local_store.stored_parts("m/a", young) == {}
+    with pytest.raises(MissingObject):
+        local_store.stored_parts("m/b", old)
