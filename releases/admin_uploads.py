@@ -125,7 +125,11 @@ def upload_page(request, object_id, admin_site):
         "start_url": reverse("admin:releases_version_upload_start", args=[version.pk]),
         "parallel_parts": 4,
     }
-    return TemplateResponse(request, "admin/releases/version/upload.html", context)
+    response = TemplateResponse(request, "admin/releases/version/upload.html", context)
+    origin = browser_uploads.part_upload_origin()
+    if origin and settings.CONTENT_SECURITY_POLICY:  # the page's parts go to the bucket itself
+        response["Content-Security-Policy"] = f"{settings.CONTENT_SECURITY_POLICY}; connect-src 'self' {origin}"
+    return response
 
 
 @route("<int:object_id>/upload/start/")

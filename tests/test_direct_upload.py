@@ -268,3 +268,63 @@ def test_the_local_store_drops_part_folders_nobody_touched_for_the_age_limit(loc
     assert local_store.stored_parts("m/a", young) == {}
     with pytest.raises(MissingObject):
         local_store.stored_parts("m/b", old)
+
+
+def preflight(endpoint: str, bucket: str, origin: str) -> tuple[int, str | None]:
+    """What a browser asks the bucket before PUTting a part from a page at ``origin``."""
+    request = urllib.request.Request(
+        f"{endpoint}/{bucket}/tts/v2/model.safetensors?uploadId=x&partNumber=1",
+        method="OPTIONS",
+        headers={"Origin": origin, "Access-Control-Request-Method": "PUT",
+                 "Access-Control-Request-Headers": "x-amz-checksum-sha256"},
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.headers.get("Access-Control-Allow-Origin")
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers.get("Access-Control-Allow-Origin")
+
+
+def test_apply_bucket_cors_lets_the_site_s_pages_put_parts_and_no_one_else(localstack_store, settings, capsys):
+    from django.core.management import call_command
+
+    endpoint, bucket = localstack_store.storage.endpoint_url, localstack_store.bucket
+    site = "https://models.example.org"
+    assert preflight(endpoint, bucket, site)[0] == 403  # LocalStack enforces the bucket's CORS rules
+    settings.SITE_URL = site
+    call_command("apply_bucket_cors")
+    assert "CORS rule set: PUT from https://models.example.org." in capsys.readouterr().out
+    assert preflight(endpoint, bucket, site) == (200, site)
+    assert preflight(endpoint, bucket, "https://elsewhere.example.com")[0] == 403
+
+
+@pytest.mark.parametrize(
+    "options, error",
+    [
+        ({"origins": ["https://models.example.org/admin/"]}, "is not an origin"),
+        ({}, "Name the site's origin"),
+    ],
+)
+def test_apply_bucket_cors_refuses_what_is_not_an_origin(s3_store, settings, options, error):
+    from django.core.management import CommandError, call_command
+
+    settings.SITE_URL = ""
+    with pytest.raises(CommandError, match=error):
+        call_command("apply_bucket_cors", **options)
+    with pytest.raises(Exception, match="NoSuchCORSConfiguration"):
+        s3_store.client.get_bucket_cors(Bucket=s3_store.bucket)
+
+
+def test_the_local_store_needs_no_cors_rule(local_store):
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="receives parts through the site; it needs no CORS rule"):
+        call_command("apply_bucket_cors", origins=["https://models.example.org"])
+
+
+def test_the_upload_page_may_connect_to_the_bucket_and_nowhere_else(admin_client, draft, s3_store):
+    response = admin_client.get(reverse("admin:releases_version_upload", args=[draft.pk]))
+    assert response.status_code == 200
+    policy = response["Content-Security-Policy"]
+    assert policy.endswith(f"; connect-src 'self' {s3_store.signing_location().origin}")
+    assert "default-src 'self'" in policy

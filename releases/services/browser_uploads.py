@@ -183,3 +183,25 @@ def abort_upload(upload: BrowserUpload, why: str = "aborted by a maintainer") ->
 
 def unfinished_uploads(version: Version) -> list[BrowserUpload]:
     return list(version.browser_uploads.filter(state__in=State.active()).order_by("created_at"))
+
+
+def part_upload_origin() -> str | None:
+    """Where the upload page sends parts when it is not the site itself (its CSP must allow it)."""
+    return release_store().part_origin()
+
+
+def apply_bucket_cors(origins: list[str], *, dry_run: bool = False) -> dict:
+    """Set (or, with ``dry_run``, only build) the bucket's CORS rule that lets the admin's pages at
+    ``origins`` (scheme://host[:port]) PUT parts to S3; the rule."""
+    for origin in origins:
+        if not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise ReleaseError(f"{origin!r} is not an origin: give scheme://host[:port], with no path.")
+    if not origins:
+        raise ReleaseError("Name the site's origin (--origin https://models.example.org), or set SITE_URL.")
+    store = release_store()
+    if not hasattr(store, "apply_cors"):
+        raise ReleaseError(f"The {store.backend_name} store receives parts through the site; it needs no CORS rule.")
+    if dry_run:
+        return store.cors_rules(origins)
+    with as_release_error():
+        return store.apply_cors(origins)

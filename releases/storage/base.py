@@ -81,6 +81,10 @@ class ReleaseStore:
 
     # --- uploads in parts that a browser sends (the admin's direct upload) -----------------------
 
+    def part_origin(self) -> str | None:
+        """The origin (scheme://host[:port]) a browser sends parts to, if not the site's own."""
+        return None
+
     def start_parts_upload(self, key: str, content_type: str) -> str:
         """Begin an upload to ``key`` that arrives in numbered parts; its id."""
         raise NotImplementedError

@@ -200,6 +200,9 @@ class S3Store(ReleaseStore):
 
     # --- uploads in parts from a browser (see browser_parts) ---
 
+    def part_origin(self):
+        return self.signing_location().origin
+
     def start_parts_upload(self, key, content_type):
         with _storage_errors(f"start an upload of {key!r}"):
             return browser_parts.start(self.client, self.bucket, key, content_type)
@@ -226,6 +229,10 @@ class S3Store(ReleaseStore):
                 browser_parts.abort(self.client, self.bucket, key, upload_id)
         except MissingObject:
             pass
+
+    @staticmethod
+    def cors_rules(origins: list[str]) -> dict:
+        return browser_parts.cors_rules(origins)
 
     def apply_cors(self, origins: list[str]) -> dict:
         """Set the bucket's CORS rule that lets pages from ``origins`` PUT parts; the rule set."""
