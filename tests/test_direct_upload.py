@@ -328,3 +328,13 @@ def test_the_upload_page_may_connect_to_the_bucket_and_nowhere_else(admin_client
     policy = response["Content-Security-Policy"]
     assert policy.endswith(f"; connect-src 'self' {s3_store.signing_location().origin}")
     assert "default-src 'self'" in policy
+
+
+def test_deleting_a_draft_drops_the_parts_of_its_unfinished_uploads(page, store, draft, weights):
+    upload = page.start(weights).json()
+    page.send(upload, weights, only={1})
+    row = BrowserUpload.objects.get()
+    services.delete_draft(draft)
+    assert not BrowserUpload.objects.exists()
+    with pytest.raises(MissingObject):
+        store.stored_parts(row.key, row.storage_upload_id)

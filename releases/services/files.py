@@ -11,7 +11,15 @@ from typing import BinaryIO
 
 from django.db import IntegrityError, transaction
 
-from ..models import File, Version, canonical_path, default_object_key, validate_object_key, validate_relative_path
+from ..models import (
+    BrowserUpload,
+    File,
+    Version,
+    canonical_path,
+    default_object_key,
+    validate_object_key,
+    validate_relative_path,
+)
 from ..storage import Progress, StorageError, guess_content_type, release_store
 from .common import ReleaseError, as_release_error, locked, record_change, version_lock
 
@@ -27,10 +35,24 @@ def delete_draft(version: Version) -> None:
                 f"{version.model.slug} {version.version} is {version.status}; only drafts can be deleted."
             )
         keys = list(version.files.filter(managed_object=True).values_list("key", flat=True))
+        unfinished = list(
+            version.browser_uploads.filter(state=BrowserUpload.State.UPLOADING).values_list("key", "storage_upload_id")
+        )
         version.delete()
         # Nothing public showed a draft, but whatever a cache kept of it under its key goes too.
         record_change(version.model.slug, version)
     delete_objects(keys)
+    abort_storage_uploads(unfinished)
+
+
+def abort_storage_uploads(uploads: Iterable[tuple[str, str]]) -> None:
+    """Drop the parts of unfinished uploads whose rows are gone (the stale-upload job would, later)."""
+    store = release_store()
+    for key, upload_id in uploads:
+        try:
+            store.abort_parts_upload(key, upload_id)
+        except StorageError:
+            logger.warning("could not abort the upload of %s; the abort-stale-uploads job will", key)
 
 
 def locked_draft(version: Version) -> Version:
