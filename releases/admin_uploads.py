@@ -138,11 +138,13 @@ def upload_page(request, object_id, admin_site):
 def start(request, object_id):
     version = get_object_or_404(Version.objects.select_related("model"), pk=object_id)
     data = _payload(request)
+    if not isinstance(data.get("path"), str) or not isinstance(data.get("sha256", ""), str):
+        raise services.ReleaseError("path (and sha256, if given) are strings.")
     upload = browser_uploads.start_upload(
         version,
-        str(data.get("path", "")),
+        data["path"],
         _number(data.get("size"), "size"),
-        expected_sha256=str(data.get("sha256") or ""),
+        expected_sha256=data.get("sha256", ""),
         user=request.user,
     )
     stored = browser_uploads.stored_parts(upload)
@@ -163,7 +165,9 @@ def status(request, upload_id):
 @may_add_files
 def sign(request, upload_id, number):
     upload = _upload(upload_id)
-    sha256 = str(_payload(request).get("sha256", ""))
+    sha256 = _payload(request).get("sha256")
+    if not isinstance(sha256, str):
+        raise services.ReleaseError("sha256 is the part's base64 SHA-256, a string.")
     target = browser_uploads.sign_part(upload, number, sha256)
     url = target.url or _own_part_url(request, upload, number, sha256)
     return JsonResponse({"url": url, "method": "PUT", "headers": target.headers})
@@ -206,7 +210,7 @@ def complete(request, upload_id):
     parts = _payload(request).get("parts")
     if not isinstance(parts, list) or not all(isinstance(part, dict) for part in parts):
         raise services.ReleaseError("parts is a list of {number, sha256}.")
-    checksums = {_number(part.get("number"), "A part number"): str(part.get("sha256", "")) for part in parts}
+    checksums = {_number(part.get("number"), "A part number"): part.get("sha256") for part in parts}
     upload = browser_uploads.complete_upload(_upload(upload_id), checksums)
     return JsonResponse(describe(upload))
 

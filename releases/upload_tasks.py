@@ -12,6 +12,7 @@ from datetime import timedelta
 
 from celery import shared_task
 from django.conf import settings
+from django.core.exceptions import ObjectDoesNotExist
 from django.db import transaction
 
 from .services.upload_outcomes import abort_stale_uploads as abort_stale
@@ -22,8 +23,8 @@ from .tasks import periodic
 logger = logging.getLogger(__name__)
 
 
-def hash_after_commit(upload_id) -> None:
-    """Once the completed upload's row commits, queue the hashing of its object.
+def finish_after_commit(upload_id) -> None:
+    """Once the completed upload's row commits, queue the task that joins, hashes and records it.
 
     A broker that is down leaves the upload "checking its SHA-256"; the abort job's sweep queues
     it again (see `abort_stale_uploads`).
@@ -33,17 +34,26 @@ def hash_after_commit(upload_id) -> None:
 
 def _queue(upload_id) -> None:
     try:
-        hash_upload.delay(str(upload_id))
+        finish_upload_task.delay(str(upload_id))
     except Exception as error:
-        logger.warning("could not queue the hashing of upload %s (%s); the next sweep will", upload_id, error)
+        logger.warning("could not queue the check of upload %s (%s); the next sweep will", upload_id, error)
 
 
 # A 50 GB object hashes in well under an hour at the rates `make bench` shows for verify.
-@shared_task(bind=True, acks_late=True, max_retries=5, soft_time_limit=50 * 60, time_limit=55 * 60)
-def hash_upload(self, upload_id: str):
-    """Hash an uploaded object, then record it as a file (or fail the upload if it is not the one expected)."""
+@shared_task(
+    bind=True,
+    acks_late=True,
+    max_retries=5,
+    soft_time_limit=50 * 60,
+    time_limit=55 * 60,
+    name="releases.upload_tasks.finish_upload",
+)
+def finish_upload_task(self, upload_id: str):
+    """Join, check and hash an uploaded object, then record it as a file (or fail the upload)."""
     try:
         upload = finish_upload(upload_id)
+    except ObjectDoesNotExist:  # the draft was deleted meanwhile, and its uploads with it
+        return {"state": "gone"}
     except StorageError as error:
         raise self.retry(exc=error, countdown=60) from error
     return {"state": upload.state}

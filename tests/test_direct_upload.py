@@ -10,6 +10,7 @@ import time
 import urllib.error
 import urllib.request
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import pytest
 from django.contrib.auth.models import Permission
@@ -322,19 +323,105 @@ def test_the_local_store_needs_no_cors_rule(local_store):
         call_command("apply_bucket_cors", origins=["https://models.example.org"])
 
 
-def test_the_upload_page_may_connect_to_the_bucket_and_nowhere_else(admin_client, draft, s3_store):
+def test_the_upload_page_may_connect_to_the_bucket_and_nowhere_else(page, admin_client, draft, s3_store, weights):
     response = admin_client.get(reverse("admin:releases_version_upload", args=[draft.pk]))
     assert response.status_code == 200
     policy = response["Content-Security-Policy"]
-    assert policy.endswith(f"; connect-src 'self' {s3_store.signing_location().origin}")
+    upload = page.start(weights).json()
+    part_url = urlsplit(page.sign(upload, 1, checksum(weights[: upload["part_size"]])).json()["url"])
+    assert policy.count("connect-src") == 1 and policy.endswith(
+        f"; connect-src 'self' {part_url.scheme}://{part_url.netloc}"
+    )
     assert "default-src 'self'" in policy
 
 
-def test_deleting_a_draft_drops_the_parts_of_its_unfinished_uploads(page, store, draft, weights):
+def test_the_site_s_part_url_takes_only_its_own_part_and_checksum(page, admin_client, local_store, weights):
+    upload = page.start(weights).json()
+    (one, first), (two, second) = page.parts(upload, weights)[:2]
+    target = page.sign(upload, one, checksum(first)).json()
+    for_part_two = {**target, "url": target["url"].replace(f"/parts/{one}/", f"/parts/{two}/")}
+    assert page.put(for_part_two, second) == 403  # a token is for one part
+    other_checksum = {**target, "headers": {"x-amz-checksum-sha256": checksum(second)}}
+    assert page.put(other_checksum, second[: len(first)]) == 403  # and for one checksum
+    assert page.put({**target, "url": target["url"].split("?")[0]}, first) == 403  # and needed
+    assert local_store.stored_parts("", BrowserUpload.objects.get().storage_upload_id) == {}
+    assert page.put(target, first) == 200
+
+
+def test_the_site_s_part_url_refuses_a_user_without_permission(page, client, django_user_model, draft, weights):
+    upload = page.start(weights).json()
+    number, part = page.parts(upload, weights)[0]
+    target = page.sign(upload, number, checksum(part)).json()
+    staff = django_user_model.objects.create_user("reader", password="pw", is_staff=True)
+    client.force_login(staff)
+    assert Page(client, draft).put(target, part) == 403
+    assert BrowserUpload.objects.get().part_checksums == {"1": checksum(part)}
+
+
+@pytest.mark.parametrize(
+    "route, body, error",
+    [
+        ("sign", {"sha256": 12}, "sha256 is the part's base64 SHA-256"),
+        ("sign", {"sha256": "bm90IGEgc2hhMjU2"}, "is not a base64 SHA-256"),
+        ("sign", ["not", "an", "object"], "not a JSON object"),
+        ("complete", {}, "parts is a list"),
+        ("complete", {"parts": [{"number": "1", "sha256": "x"}]}, "A part number is a whole number"),
+        ("complete", {"parts": [{"number": 1.0, "sha256": "x"}]}, "A part number is a whole number"),
+        ("start", {"path": None, "size": 10}, "path (and sha256, if given) are strings"),
+    ],
+)
+def test_bad_part_requests_get_a_clear_error(page, draft, local_store, weights, route, body, error):
+    upload = page.start(weights).json()
+    url = {"sign": f"{upload['links']['sign']}1/sign/", "complete": upload["links"]["complete"],
+           "start": reverse("admin:releases_version_upload_start", args=[draft.pk])}[route]  # fmt: skip
+    response = page.post(url, body)
+    assert response.status_code == 400 and error in response.json()["error"]
+    assert BrowserUpload.objects.get().state == "uploading"
+
+
+def test_a_check_delivered_twice_at_once_records_the_file_once_and_keeps_its_object(
+    page, store, draft, weights, monkeypatch
+):
+    from releases.services import upload_outcomes
+
+    record = upload_outcomes._record
+
+    def another_delivery_records_first(upload, sha256):
+        monkeypatch.setattr(upload_outcomes, "_record", record)
+        assert upload_outcomes.finish_upload(upload.pk).state == "done"  # the other delivery, overlapping
+        return record(upload, sha256)
+
+    monkeypatch.setattr(upload_outcomes, "_record", another_delivery_records_first)
+    upload = page.start(weights).json()
+    page.send(upload, weights)
+    assert page.complete(upload, weights).json()["state"] == "done"
+    assert File.objects.count() == 1 and stored_bytes(store, "tts/v2/model.safetensors") == weights
+
+
+def test_a_file_added_otherwise_cannot_take_the_path_of_an_upload_in_progress(page, draft, local_store, weights):
+    page.start(weights)
+    with pytest.raises(services.ReleaseError, match="model.safetensors is being uploaded from the admin"):
+        services.add_file(draft, "model.safetensors", io.BytesIO(b"other bytes"))
+    assert not File.objects.exists()
+
+
+def test_an_upload_being_checked_cannot_be_aborted_until_its_check_is_lost(page, store, draft, weights):
+    from releases.services.upload_outcomes import LOST_TASK_AFTER, move
+
+    upload = page.start(weights).json()
+    page.send(upload, weights)
+    row = BrowserUpload.objects.get()
+    move(row, "uploading", "hashing")  # completed, its task not run yet
+    refused = page.post(upload["links"]["abort"], {})
+    assert refused.status_code == 400 and "cannot be aborted now" in refused.json()["error"]
+    BrowserUpload.objects.update(updated_at=row.updated_at - LOST_TASK_AFTER - timedelta(minutes=1))
+    assert page.post(upload["links"]["abort"], {}).json()["state"] == "aborted"
+    assert store.stat(row.key) is None and not File.objects.exists()
+
+
+def test_the_stale_upload_sweep_keeps_the_admin_uploads_still_in_progress(page, localstack_store, weights):
     upload = page.start(weights).json()
     page.send(upload, weights, only={1})
     row = BrowserUpload.objects.get()
-    services.delete_draft(draft)
-    assert not BrowserUpload.objects.exists()
-    with pytest.raises(MissingObject):
-        store.stored_parts(row.key, row.storage_upload_id)
+    assert localstack_store.abort_stale_uploads(timedelta(0), keep={row.storage_upload_id}) == 0
+    assert list(localstack_store.stored_parts(row.key, row.storage_upload_id)) == [1]

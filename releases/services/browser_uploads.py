@@ -6,11 +6,10 @@
    UPLOAD_PART_URL_SECONDS and accepts only the bytes whose SHA-256 the browser computed; for the
    local store, the site's own part URL (`receive_part`).
 3. `complete_upload` compares the parts storage holds with the file's size and the checksums the
-   browser computed, joins them, and checks the object's size (and S3's checksum of the parts).
-4. The object's SHA-256 is then known (the local store hashes while joining) or computed by a task
-   (`upload_outcomes.finish_upload`) before the file is recorded. A version cannot be published while one of its
-   uploads is unfinished. A SHA-256 other than the one the uploader gave removes the object and
-   records nothing.
+   browser computed, then hands the upload to a task (`upload_outcomes.finish_upload`) that joins
+   the parts, checks the object's size and S3's checksum of the parts, hashes it and records the
+   file. A version cannot be published while one of its uploads is unfinished. A SHA-256 other
+   than the one the uploader gave removes the object and records nothing.
 
 Storage is never asked inside a transaction; rows change in short ones.
 """
@@ -19,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import logging
 import re
 
@@ -28,10 +26,10 @@ from django.db import transaction
 
 from .. import upload_tasks
 from ..models import BrowserUpload, Version, canonical_path, default_object_key
-from ..storage import PartTarget, StoredObject, StoredPart, guess_content_type, release_store
+from ..storage import PartTarget, StoredPart, guess_content_type, release_store
 from .common import ReleaseError, as_release_error, version_lock
 from .files import check_file_names, check_unused, current_draft
-from .upload_outcomes import current_upload, fail_upload, finish_upload, require_state, set_state
+from .upload_outcomes import abort, move, require_state
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +50,12 @@ def start_upload(version: Version, path: str, size: int, *, expected_sha256: str
         draft = current_draft(version)
         key = default_object_key(draft.model.slug, draft.version, path)
         check_file_names(draft.model.slug, path, key)
-        check_unused(draft, path, key)
+        check_unused(draft, path, key, resuming=True)
         for upload in draft.browser_uploads.filter(path=path, state=State.UPLOADING):
             if upload.size == size and upload.expected_sha256 == expected_sha256:
+                upload.save(update_fields=["updated_at"])  # in use again: not abandoned
                 return upload
-            abort_upload(upload, "another file was chosen for this path")
+            abort(upload, "another file was chosen for this path")
         content_type = guess_content_type(path)
         with as_release_error():
             storage_upload_id = release_store().start_parts_upload(key, content_type)
@@ -93,10 +92,10 @@ def stored_parts(upload: BrowserUpload) -> list[StoredPart]:
 
 def sign_part(upload: BrowserUpload, number: int, sha256: str) -> PartTarget:
     """Where part ``number`` goes, accepted only with bytes whose base64 SHA-256 is ``sha256``."""
-    require_state(upload, State.UPLOADING)
     _check_part(upload, number, sha256)
     with transaction.atomic():
         row = BrowserUpload.objects.select_for_update().get(pk=upload.pk)
+        require_state(row, State.UPLOADING)
         row.part_checksums[str(number)] = sha256
         row.save(update_fields=["part_checksums", "updated_at"])
     with as_release_error():
@@ -128,22 +127,16 @@ def _check_part(upload: BrowserUpload, number: int, sha256: str) -> None:
 
 
 def complete_upload(upload: BrowserUpload, checksums: dict[int, str]) -> BrowserUpload:
-    """Join the stored parts once each matches the part the browser hashed (``checksums`` by part
-    number); then record the file, or have a task hash the object first."""
-    parts = _matching_parts(upload, checksums)
+    """Once every part storage holds is the part the page hashed (``checksums`` by part number),
+    hand the upload to a task that joins, checks, hashes and records it (upload_outcomes)."""
+    _matching_parts(upload, checksums)
     with version_lock(upload.version):
-        upload = current_upload(upload, State.UPLOADING)
         current_draft(upload.version)
-        with as_release_error():
-            stored = release_store().complete_parts_upload(upload.key, upload.storage_upload_id, parts)
-        set_state(upload, State.HASHING)
-    problem = _size_or_parts_problem(upload, stored, parts)
-    if problem:
-        return fail_upload(upload, problem)
-    if stored.sha256 is None:  # S3 keeps a checksum of the part checksums only: hash the object
-        upload_tasks.hash_after_commit(upload.pk)
-        return BrowserUpload.objects.select_related("file").get(pk=upload.pk)  # done already if tasks run eagerly
-    return finish_upload(upload.pk, stored.sha256)
+        check_unused(upload.version, upload.path, upload.key, by_upload=upload)
+        if not move(upload, State.UPLOADING, State.HASHING):
+            require_state(BrowserUpload.objects.get(pk=upload.pk), State.UPLOADING)  # says what it is instead
+        upload_tasks.finish_after_commit(upload.pk)
+    return BrowserUpload.objects.select_related("file").get(pk=upload.pk)  # finished already if tasks run eagerly
 
 
 def _matching_parts(upload: BrowserUpload, checksums: dict[int, str]) -> list[StoredPart]:
@@ -161,24 +154,9 @@ def _matching_parts(upload: BrowserUpload, checksums: dict[int, str]) -> list[St
     return parts
 
 
-def _size_or_parts_problem(upload: BrowserUpload, stored: StoredObject, parts: list[StoredPart]) -> str | None:
-    if stored.size != upload.size:
-        return f"has {stored.size:,} bytes in storage, expected {upload.size:,}"
-    if stored.composite_sha256 and stored.parts in (None, len(parts)):
-        digests = b"".join(base64.b64decode(part.sha256) for part in parts)
-        if stored.composite_sha256 != base64.b64encode(hashlib.sha256(digests).digest()).decode():
-            return "has other part checksums in storage than the parts sent"
-    return None
-
-
 def abort_upload(upload: BrowserUpload, why: str = "aborted by a maintainer") -> BrowserUpload:
     """Drop an unfinished upload's parts; the row stays, saying why."""
-    if upload.state != State.UPLOADING:
-        raise ReleaseError(f"The upload of {upload.path} is {upload.get_state_display()}; only unfinished ones stop.")
-    with as_release_error():
-        release_store().abort_parts_upload(upload.key, upload.storage_upload_id)
-    set_state(upload, State.ABORTED, detail=why)
-    return upload
+    return abort(upload, why)
 
 
 def unfinished_uploads(version: Version) -> list[BrowserUpload]:

@@ -36,12 +36,15 @@ def delete_draft(version: Version) -> None:
             )
         keys = list(version.files.filter(managed_object=True).values_list("key", flat=True))
         unfinished = list(
-            version.browser_uploads.filter(state=BrowserUpload.State.UPLOADING).values_list("key", "storage_upload_id")
+            version.browser_uploads.filter(state__in=BrowserUpload.State.active()).values_list(
+                "key", "storage_upload_id"
+            )
         )
         version.delete()
         # Nothing public showed a draft, but whatever a cache kept of it under its key goes too.
         record_change(version.model.slug, version)
-    delete_objects(keys)
+    # Uploads being checked may have joined their object already: it goes with the draft's.
+    delete_objects(keys + [key for key, _ in unfinished])
     abort_storage_uploads(unfinished)
 
 
@@ -80,12 +83,24 @@ def check_file_names(model_slug: str, path: str, key: str) -> None:
         validate_object_key(key, model_slug)
 
 
-def check_unused(version: Version, path: str, key: str) -> None:
-    """Neither the path nor the key is taken yet (the unique constraints back this under a race)."""
+def check_unused(version: Version, path: str, key: str, *, by_upload=None, resuming: bool = False) -> None:
+    """Neither the path nor the key is taken yet, by a file or by an admin upload in progress (the
+    unique constraints back this under a race). ``by_upload`` is the upload asking; ``resuming``
+    lets unfinished uploads of the key through (starting an upload resumes or replaces them)."""
     if version.files.filter(path=path).exists():
         raise ReleaseError(f"{version.model.slug} {version.version} already has a file {path}.")
     if File.objects.filter(key=key).exists():
         raise ReleaseError(f"Object key {key} already belongs to another file.")
+    uploads = BrowserUpload.objects.filter(key=key, state__in=BrowserUpload.State.active())
+    if by_upload is not None:
+        uploads = uploads.exclude(pk=by_upload.pk)
+    if resuming:
+        uploads = uploads.exclude(state=BrowserUpload.State.UPLOADING)
+    if (upload := uploads.first()) is not None:
+        raise ReleaseError(
+            f"{path} is being uploaded from the admin ({upload.get_state_display()}); "
+            "let that upload finish, or abort it on the version's upload page."
+        )
 
 
 @contextmanager

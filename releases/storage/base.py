@@ -74,9 +74,9 @@ class ReleaseStore:
         is how many parts of a large file a store may send at once."""
         raise NotImplementedError
 
-    def abort_stale_uploads(self, older_than) -> int:
-        """Abort unfinished uploads started longer than ``older_than`` (a timedelta) ago; how many.
-        A store whose failed uploads leave nothing behind has none."""
+    def abort_stale_uploads(self, older_than, keep: frozenset = frozenset()) -> int:
+        """Abort unfinished uploads started longer than ``older_than`` (a timedelta) ago, but those
+        whose id is in ``keep``; how many."""
         return 0
 
     # --- uploads in parts that a browser sends (the admin's direct upload) -----------------------

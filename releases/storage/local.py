@@ -72,8 +72,8 @@ class LocalStore(ReleaseStore):
     def abort_parts_upload(self, key, upload_id):
         self.parts.abort(upload_id)
 
-    def abort_stale_uploads(self, older_than):
-        return self.parts.abort_older_than(older_than.total_seconds())
+    def abort_stale_uploads(self, older_than, keep=frozenset()):
+        return self.parts.abort_older_than(older_than.total_seconds(), keep)
 
     def stat(self, key):
         try:

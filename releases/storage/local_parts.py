@@ -56,7 +56,10 @@ class LocalParts:
         folder = self.folder(upload_id)
         if not os.path.isdir(folder):
             raise MissingObject(f"The upload {upload_id} is gone (aborted or completed).")
-        handle, temporary = tempfile.mkstemp(dir=folder, prefix=".part-")
+        try:
+            handle, temporary = tempfile.mkstemp(dir=folder, prefix=".part-")
+        except OSError as error:
+            raise StorageError(f"Could not store part {number}: {error.strerror or error}.") from error
         try:
             digest = self._write(handle, read, length)
             if base64.b64encode(digest).decode() != sha256:
@@ -64,6 +67,9 @@ class LocalParts:
             for old in self._files_of(folder, number):
                 os.remove(os.path.join(folder, old))
             os.replace(temporary, os.path.join(folder, f"{number:05d}-{digest.hex()}"))
+        except OSError as error:
+            _remove_quietly(temporary)
+            raise StorageError(f"Could not store part {number}: {error.strerror or error}.") from error
         except BaseException:
             _remove_quietly(temporary)
             raise
@@ -100,15 +106,16 @@ class LocalParts:
     def abort(self, upload_id: str) -> None:
         shutil.rmtree(self.folder(upload_id), ignore_errors=True)
 
-    def abort_older_than(self, seconds: float) -> int:
-        """Remove uploads whose folder has not changed for ``seconds`` (a part's arrival changes it)."""
+    def abort_older_than(self, seconds: float, keep=frozenset()) -> int:
+        """Remove uploads (but those in ``keep``) whose folder has not changed for ``seconds`` (a
+        part's arrival changes it)."""
         cutoff, removed = time.time() - seconds, 0
         try:
             entries = list(os.scandir(self.root))
         except FileNotFoundError:
             return 0
         for entry in entries:
-            if entry.is_dir() and entry.stat().st_mtime <= cutoff:
+            if entry.is_dir() and entry.name not in keep and entry.stat().st_mtime <= cutoff:
                 shutil.rmtree(entry.path, ignore_errors=True)
                 removed += 1
         return removed

@@ -192,15 +192,15 @@ class ResumableUpload:
         return stored.get("ETag", "").strip('"') == hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
-def abort_stale_uploads(client, bucket: str, older_than: timedelta) -> int:
-    """Abort the unfinished multipart uploads started more than `older_than` ago."""
+def abort_stale_uploads(client, bucket: str, older_than: timedelta, keep=frozenset()) -> int:
+    """Abort the unfinished multipart uploads started more than `older_than` ago, but those in `keep`."""
     cutoff, aborted = datetime.now(UTC) - older_than, 0
     listing: dict = {"IsTruncated": True}
     markers: dict = {}
     while listing.get("IsTruncated"):
         listing = client.list_multipart_uploads(Bucket=bucket, **markers)
         for upload in listing.get("Uploads", []):
-            if upload["Initiated"] <= cutoff:
+            if upload["Initiated"] <= cutoff and upload["UploadId"] not in keep:
                 client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
                 logger.info("aborted the abandoned upload of %s (started %s)", upload["Key"], upload["Initiated"])
                 aborted += 1

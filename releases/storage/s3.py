@@ -241,9 +241,9 @@ class S3Store(ReleaseStore):
             self.client.put_bucket_cors(Bucket=self.bucket, CORSConfiguration=rules)
         return rules
 
-    def abort_stale_uploads(self, older_than) -> int:
+    def abort_stale_uploads(self, older_than, keep=frozenset()) -> int:
         with _storage_errors("abort abandoned uploads"):
-            return multipart.abort_stale_uploads(self.client, self.bucket, older_than)
+            return multipart.abort_stale_uploads(self.client, self.bucket, older_than, keep)
 
     def _check_uploaded(self, key, size, digest, composite) -> str | None:
         """What is wrong with the object just uploaded, compared with the bytes sent, or None."""

@@ -13,7 +13,8 @@
   const csrf = form.querySelector("[name=csrfmiddlewaretoken]").value;
   const parallel = Number(root.dataset.parallel) || 4;
   const ATTEMPTS = 5;
-  let running = null;
+  const MEMORY = 256 * 1048576;  // parts being hashed are held in memory: at most this much at once
+  let running = null;  // the upload in progress, for the Abort button
 
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
   const mib = (bytes) => `${(bytes / 1048576).toFixed(1)} MiB`;
@@ -23,8 +24,11 @@
       headers: { "Content-Type": "application/json", "X-CSRFToken": csrf } };
     if (body !== undefined) options.body = JSON.stringify(body);
     const response = await fetch(url, options);
-    let data = {};
-    try { data = await response.json(); } catch (error) { /* not JSON: say the status */ }
+    if (response.redirected || !(response.headers.get("Content-Type") || "").includes("json")) {
+      // The admin sent its login page: the session ended (or another page answered).
+      throw new Error("Your admin session has ended: log in again, then choose the file again to resume.");
+    }
+    const data = await response.json();
     if (!response.ok) throw new Error(data.error || `${response.status} ${response.statusText}`);
     return data;
   }
@@ -38,17 +42,17 @@
 
   // A PUT with upload progress (fetch has none); resolves with the HTTP status, 0 when the request
   // never got an answer (connection cut, or refused by the bucket's CORS rule).
-  function put(target, blob, onProgress) {
+  function put(run, target, blob, onProgress) {
     return new Promise((resolve) => {
       const xhr = new XMLHttpRequest();
       xhr.open(target.method || "PUT", target.url);
       for (const [name, value] of Object.entries(target.headers || {})) xhr.setRequestHeader(name, value);
       if (target.url.startsWith("/")) xhr.setRequestHeader("X-CSRFToken", csrf);  // the site itself
       xhr.upload.onprogress = (event) => onProgress(event.loaded);
-      xhr.onload = () => resolve(xhr.status);
-      xhr.onerror = xhr.onabort = xhr.ontimeout = () => resolve(0);
-      running.requests.add(xhr);
-      xhr.onloadend = () => running && running.requests.delete(xhr);
+      xhr.onload = () => resolve({ status: xhr.status, text: xhr.responseText });
+      xhr.onerror = xhr.onabort = xhr.ontimeout = () => resolve({ status: 0, text: "" });
+      run.requests.add(xhr);
+      xhr.onloadend = () => run.requests.delete(xhr);
       xhr.send(blob);
     });
   }
@@ -59,8 +63,13 @@
     status.className = error ? "errornote" : "";
   }
 
-  function report() {
-    const run = running;
+  function stop(run) {
+    run.stopped = true;
+    for (const request of run.requests) request.abort();
+  }
+
+  function report(run) {
+    if (run.stopped) return;  // the page says why it stopped; late progress must not hide it
     let bytes = run.doneBytes;
     for (const loaded of run.inFlight.values()) bytes += loaded;
     $("upload-bar").value = run.size ? bytes / run.size : 1;
@@ -68,38 +77,46 @@
     show(`${mib(bytes)} of ${mib(run.size)}: ${run.doneParts} of ${run.partCount} parts stored${kept}.`);
   }
 
-  async function sendPart(upload, number, blob, checksum) {
+  // Why storage refused a part, in its own words when it gave some (S3's XML, the site's JSON).
+  function refusal({ status, text }) {
+    if (!status) return "the connection failed";
+    const message = /<Message>([^<]*)<\/Message>/.exec(text) || /"error":\s*"([^"]*)"/.exec(text);
+    return `storage answered ${status}${message ? `: ${message[1]}` : ""}`;
+  }
+
+  async function sendPart(run, number, blob, checksum) {
     for (let attempt = 1; ; attempt++) {
-      if (running.stopped) throw new Error("stopped");
-      const target = await api(`${upload.links.sign}${number}/sign/`, { sha256: checksum });
-      const status = await put(target, blob, (loaded) => { running.inFlight.set(number, loaded); report(); });
-      running.inFlight.delete(number);
-      if (status >= 200 && status < 300) return;
+      if (run.stopped) throw new Error("stopped");
+      const target = await api(`${run.links.sign}${number}/sign/`, { sha256: checksum });
+      const answer = await put(run, target, blob, (loaded) => { run.inFlight.set(number, loaded); report(run); });
+      run.inFlight.delete(number);
+      if (answer.status >= 200 && answer.status < 300) return;
+      if (run.stopped) throw new Error("stopped");
       if (attempt >= ATTEMPTS) {
-        const why = status ? `storage answered ${status}` : "the connection failed";
-        throw new Error(`Part ${number} could not be sent (${why}, ${ATTEMPTS} times). Choose the file again to resume.`);
+        throw new Error(`Part ${number} could not be sent (${refusal(answer)}, ${ATTEMPTS} times). ` +
+          "Choose the file again to resume.");
       }
       // A refused part (an expired URL: 403) gets a fresh URL at once; a cut connection waits a little.
-      await sleep(status === 403 ? 200 : Math.min(1000 * 2 ** attempt, 15000));
+      await sleep(answer.status === 403 ? 200 : Math.min(1000 * 2 ** attempt, 15000));
     }
   }
 
-  async function worker(upload, file, stored, checksums) {
-    while (running.next <= upload.part_count && !running.stopped) {
-      const number = running.next++;
+  async function worker(run, upload, file, stored, checksums) {
+    while (run.next <= upload.part_count && !run.stopped) {
+      const number = run.next++;
       const start = (number - 1) * upload.part_size;
       const blob = file.slice(start, Math.min(start + upload.part_size, file.size));
       const checksum = await sha256(blob);
       checksums[number] = checksum;
       const held = stored.get(number);
       if (held && held.size === blob.size && held.sha256 === checksum) {
-        running.kept += 1;
+        run.kept += 1;
       } else {
-        await sendPart(upload, number, blob, checksum);
+        await sendPart(run, number, blob, checksum);
       }
-      running.doneBytes += blob.size;
-      running.doneParts += 1;
-      report();
+      run.doneBytes += blob.size;
+      run.doneParts += 1;
+      report(run);
     }
   }
 
@@ -125,7 +142,7 @@
   function listed(state) {
     const row = document.querySelector(`#upload-list tr[data-upload="${state.id}"]`) || document.createElement("tr");
     row.dataset.upload = state.id;
-    row.replaceChildren(...[state.path, mib(state.size), state.state_label, state.detail].map((text) => {
+    row.replaceChildren(...[state.path, mib(state.size), state.state_label, state.detail, ""].map((text) => {
       const cell = document.createElement("td");
       cell.textContent = text;
       return cell;
@@ -138,22 +155,24 @@
       throw new Error("This browser cannot compute SHA-256 here: open the admin over HTTPS.");
     }
     const started = await api(root.dataset.startUrl, { path, size: file.size, sha256: expected });
-    running = { id: started.id, links: started.links, size: file.size, partCount: started.part_count, next: 1,
+    const run = { id: started.id, links: started.links, size: file.size, partCount: started.part_count, next: 1,
       doneBytes: 0, doneParts: 0, kept: 0, inFlight: new Map(), requests: new Set(), stopped: false };
+    running = run;
     $("upload-progress").hidden = false;
     $("upload-name").textContent = `${started.path} (${mib(file.size)}, ${started.part_count} parts)`;
-    report();
+    report(run);
     const stored = new Map(started.stored.map((part) => [part.number, part]));
     const checksums = {};
-    const workers = Array.from({ length: Math.min(parallel, started.part_count) },
-      () => worker(started, file, stored, checksums));
+    const fit = Math.max(1, Math.floor(MEMORY / started.part_size));
+    const workers = Array.from({ length: Math.min(parallel, fit, started.part_count) },
+      () => worker(run, started, file, stored, checksums));
     try {
       await Promise.all(workers);
     } catch (error) {
-      running.stopped = true;
+      stop(run);  // the other parts stop too; choosing the file again resumes
       throw error;
     }
-    if (!running.stopped) await finish(started, checksums);
+    if (!run.stopped) await finish(started, checksums);
   }
 
   form.addEventListener("submit", async (event) => {
@@ -173,13 +192,24 @@
 
   $("upload-abort").addEventListener("click", async () => {
     if (!running) return;
-    running.stopped = true;
-    for (const request of running.requests) request.abort();
+    stop(running);
     try {
       listed(await api(running.links.abort, {}));
       show("Aborted: the parts sent so far were dropped.");
     } catch (error) {
       show(error.message, true);
     }
+  });
+
+  // An unfinished upload listed below can be aborted without its file (a version with one cannot be published).
+  document.querySelectorAll("#upload-list .abort-listed").forEach((button) => {
+    button.addEventListener("click", async () => {
+      try {
+        listed(await api(button.dataset.abortUrl, {}));
+      } catch (error) {
+        $("upload-progress").hidden = false;
+        show(error.message, true);
+      }
+    });
   });
 })();
