@@ -14,7 +14,7 @@ from django.core.files.storage import FileSystemStorage
 
 from .base import PART_CHECKSUM_HEADER, MissingObject, PartTarget, ReleaseStore, StorageError, StoredObject
 from .hashing import CHUNK_SIZE, sha256_of_file
-from .local_parts import JoinedParts, LocalParts
+from .local_parts import JoinedParts, LocalParts, remove_quietly
 
 
 class LocalStore(ReleaseStore):
@@ -39,10 +39,10 @@ class LocalStore(ReleaseStore):
             os.chmod(temporary, 0o644)
             os.replace(temporary, target)
         except OSError as error:
-            _remove_quietly(temporary)
+            remove_quietly(temporary)
             raise StorageError(f"Could not write object {key!r}: {error.strerror or error}.") from error
         except BaseException:
-            _remove_quietly(temporary)
+            remove_quietly(temporary)
             raise
         return StoredObject(key=key, size=size, sha256=digest, content_type=content_type)
 
@@ -129,10 +129,3 @@ class _Tee:
         data = self.source.read(size)
         self.out.write(data)
         return data
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass

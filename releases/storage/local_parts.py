@@ -68,10 +68,10 @@ class LocalParts:
                 os.remove(os.path.join(folder, old))
             os.replace(temporary, os.path.join(folder, f"{number:05d}-{digest.hex()}"))
         except OSError as error:
-            _remove_quietly(temporary)
+            remove_quietly(temporary)
             raise StorageError(f"Could not store part {number}: {error.strerror or error}.") from error
         except BaseException:
-            _remove_quietly(temporary)
+            remove_quietly(temporary)
             raise
         return StoredPart(number, length, sha256)
 
@@ -121,7 +121,7 @@ class LocalParts:
         return removed
 
 
-def _remove_quietly(path: str) -> None:
+def remove_quietly(path: str) -> None:
     try:
         os.remove(path)
     except FileNotFoundError:
