@@ -1,9 +1,10 @@
 """Resumable multipart uploads to S3 for large local files (publish_release).
 
-Parts go up `jobs` at a time, each with its SHA-256 checksum (S3 checks it on arrival). The
-upload is not aborted when the run stops: the next upload of the same key finds it (S3 lists the
-uploads in progress by key), keeps every stored part whose size and MD5 ETag (or SHA-256, where
-S3 lists it) match the local part, and sends only the rest. Abandoned uploads are aborted by the
+Parts go up `jobs` at a time, each with its CRC32 checksum (S3 checks it on arrival; the whole
+file's SHA-256, which the site records, is computed here beside them). The upload is not aborted
+when the run stops: the next upload of the same key finds it (S3 lists the uploads in progress by
+key), keeps every stored part whose size and CRC32 (or MD5 ETag, where the store lists no CRC32)
+match the local part, and sends only the rest. Abandoned uploads are aborted by the
 `abort-stale-uploads` beat job once they are older than STALE_UPLOAD_HOURS.
 """
 
@@ -19,12 +20,21 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from .hashing import sha256_of_file
+from .hashing import Composite, crc32, sha256_of_file
 
 logger = logging.getLogger(__name__)
 
 MIN_PART = 5 * 1024 * 1024  # S3's smallest part (but the last)
 MAX_PARTS = 10_000
+# awscli's part size. Under glibc's 32 MiB mmap threshold, a part's buffer (here, and in a server
+# written in Python) reuses freed heap memory instead of faulting fresh pages in, one by one, for
+# every part: with 64 MiB parts moto took seconds longer to complete a 1 GiB upload. plan() makes
+# parts larger for files of more than 10,000 of them (78 GiB).
+PART_SIZE = 8 * 1024 * 1024
+# The parts' checksum, as S3 names it. CRC32 (awscli's default too) rather than SHA-256: it guards a
+# part's bytes on the way as well, costs a third of the CPU here, and S3 (moto) recomputes every
+# part's checksum at completion, where SHA-256 is what kept moto busiest.
+PART_CHECKSUM = "CRC32"
 
 
 class Stopped(Exception):
@@ -63,13 +73,13 @@ class ResumableUpload:
 
     def __init__(self, client, part_client, bucket: str, key: str, fd: int, size: int, *, part_size: int, jobs: int):
         self.client, self.bucket, self.key, self.fd, self.size = client, bucket, key, fd, size
-        self.part_client = part_client  # sends the parts, whose SHA-256 checksums protect their bytes
+        self.part_client = part_client  # sends the parts, whose CRC32 checksums protect their bytes
         self.part_size, self.jobs = part_size, max(1, jobs)
         self.report = UploadReport()
         self._lock = threading.Lock()
         self._stop = threading.Event()  # set by the first failure or interruption: no new part starts
 
-    def run(self, content_type: str, progress=None) -> tuple[str, tuple[str, int]]:
+    def run(self, content_type: str, progress=None) -> tuple[str, Composite]:
         """Upload and complete. Returns the whole file's SHA-256 (read once more, in order, while the
         parts go up) and S3's composite checksum of the parts, to compare with what S3 reports.
 
@@ -99,8 +109,7 @@ class ResumableUpload:
             UploadId=upload_id,
             MultipartUpload={"Parts": [dict(PartNumber=p.number, **answer) for p, answer in zip(parts, answers)]},
         )
-        digests = b"".join(base64.b64decode(answer["ChecksumSHA256"]) for answer in answers)
-        return whole, (base64.b64encode(hashlib.sha256(digests).digest()).decode(), len(parts))
+        return whole, Composite.of(PART_CHECKSUM, [base64.b64decode(answer["ChecksumCRC32"]) for answer in answers])
 
     # --- finding what is there ---------------------------------------------------------------
 
@@ -108,14 +117,18 @@ class ResumableUpload:
         found = self._unfinished_upload()
         if found is None:
             return self._start(content_type), {}
-        stored = self._stored_parts(found)
+        if found.get("ChecksumAlgorithm") not in (None, PART_CHECKSUM):
+            # Begun with SHA-256 parts (before CRC32): S3 takes parts only with their upload's algorithm.
+            self._abort(found["UploadId"])
+            return self._start(content_type), {}
+        stored = self._stored_parts(found["UploadId"])
         logger.info("resuming the upload of %s: %d parts already stored", self.key, len(stored))
-        return found, stored
+        return found["UploadId"], stored
 
-    def _unfinished_upload(self) -> str | None:
+    def _unfinished_upload(self) -> dict | None:
         listing = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=self.key)
         mine = [upload for upload in listing.get("Uploads", []) if upload["Key"] == self.key]
-        return max(mine, key=lambda upload: upload["Initiated"])["UploadId"] if mine else None
+        return max(mine, key=lambda upload: upload["Initiated"]) if mine else None
 
     def _stored_parts(self, upload_id: str) -> dict[int, dict]:
         stored, marker = {}, 0
@@ -138,7 +151,7 @@ class ResumableUpload:
 
     def _start(self, content_type: str) -> str:
         created = self.client.create_multipart_upload(
-            Bucket=self.bucket, Key=self.key, ContentType=content_type, ChecksumAlgorithm="SHA256"
+            Bucket=self.bucket, Key=self.key, ContentType=content_type, ChecksumAlgorithm=PART_CHECKSUM
         )
         return created["UploadId"]
 
@@ -160,35 +173,35 @@ class ResumableUpload:
         data = os.pread(self.fd, part.length, part.offset)
         if len(data) != part.length:
             raise OSError(f"the file shrank while it was being uploaded (part {part.number})")
-        sha256 = base64.b64encode(hashlib.sha256(data).digest()).decode()
-        if stored is not None and self._same(stored, data, sha256):
+        checksum = base64.b64encode(crc32(data)).decode()
+        if stored is not None and self._same(stored, data, checksum):
             with self._lock:
                 self.report.reused_parts += 1
             if progress:
                 progress(part.length)
-            return {"ETag": stored["ETag"], "ChecksumSHA256": stored.get("ChecksumSHA256") or sha256}
+            return {"ETag": stored["ETag"], "ChecksumCRC32": checksum}
         answer = self.part_client.upload_part(
             Bucket=self.bucket,
             Key=self.key,
             UploadId=upload_id,
             PartNumber=part.number,
             Body=data,
-            ChecksumAlgorithm="SHA256",
-            ChecksumSHA256=sha256,
+            ChecksumAlgorithm=PART_CHECKSUM,
+            ChecksumCRC32=checksum,
         )
         with self._lock:
             self.report.sent_bytes += part.length
         if progress:
             progress(part.length)
-        return {"ETag": answer["ETag"], "ChecksumSHA256": answer.get("ChecksumSHA256") or sha256}
+        return {"ETag": answer["ETag"], "ChecksumCRC32": answer.get("ChecksumCRC32") or checksum}
 
     @staticmethod
-    def _same(stored: dict, data: bytes, sha256: str) -> bool:
-        """A stored part is this part when its size and checksum (SHA-256 if listed, else the MD5 ETag) match."""
+    def _same(stored: dict, data: bytes, checksum: str) -> bool:
+        """A stored part is this part when its size and checksum (CRC32 if listed, else the MD5 ETag) match."""
         if stored.get("Size") != len(data):
             return False
-        if stored.get("ChecksumSHA256"):
-            return stored["ChecksumSHA256"] == sha256
+        if stored.get("ChecksumCRC32"):
+            return stored["ChecksumCRC32"] == checksum
         return stored.get("ETag", "").strip('"') == hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 

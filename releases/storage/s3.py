@@ -187,7 +187,8 @@ class S3Store(ReleaseStore):
     def _upload_resumable(self, key, fileobj, size, content_type, progress, jobs):
         upload = multipart.ResumableUpload(
             self.client, self.part_client, self.bucket, key, fileobj.fileno(), size,
-            part_size=settings.RELEASE_MULTIPART_THRESHOLD, jobs=jobs or settings.RELEASE_UPLOAD_JOBS,
+            part_size=min(multipart.PART_SIZE, settings.RELEASE_MULTIPART_THRESHOLD),  # a lower threshold: smaller parts
+            jobs=jobs or settings.RELEASE_UPLOAD_JOBS,
         )  # fmt: skip
         with _storage_errors(f"upload object {key!r}"):
             digest, composite = upload.run(content_type, progress)
@@ -254,9 +255,9 @@ class S3Store(ReleaseStore):
             return f"has {stored.size} bytes after the upload, expected {size}"
         if stored.sha256 is not None and stored.sha256 != digest:
             return "has a different SHA-256 in storage than the bytes sent"
-        if composite and stored.composite_sha256 and stored.parts in (None, composite[1]):
-            if stored.composite_sha256 != composite[0]:
-                return "has different part checksums in storage than the parts sent"
+        kept = composite and stored.composite(composite.algorithm)
+        if kept and stored.parts in (None, composite.parts) and kept != composite.value:
+            return "has different part checksums in storage than the parts sent"
         return None
 
     def stat(self, key):
@@ -279,15 +280,15 @@ class S3Store(ReleaseStore):
                 return self._stat_by_head(key)
             raise
         checksum = attributes.get("Checksum") or {}
-        value, kind = checksum.get("ChecksumSHA256"), checksum.get("ChecksumType")
-        parts = (attributes.get("ObjectParts") or {}).get("TotalPartsCount")
-        full = _full_object_sha256(value, kind, bool(parts))
+        sha256, crc32 = checksum.get("ChecksumSHA256"), checksum.get("ChecksumCRC32")
+        kind, parts = checksum.get("ChecksumType"), (attributes.get("ObjectParts") or {}).get("TotalPartsCount")
         return StoredObject(
             key=key,
             size=attributes["ObjectSize"],
-            sha256=full,
-            composite_sha256=value.split("-")[0] if value and full is None else None,
+            sha256=_full_object_sha256(sha256, kind, bool(parts)),
+            composite_sha256=_composite(sha256, kind, bool(parts)),
             parts=parts,
+            composite_crc32=_composite(crc32, kind, bool(parts)),
         )
 
     def _stat_by_head(self, key):
@@ -378,11 +379,16 @@ def _config_overrides(config) -> dict:
 
 def _full_object_sha256(value: str | None, checksum_type: str | None, multipart: bool) -> str | None:
     """Hex SHA-256 of the whole object, or None when S3 only has a checksum of part checksums."""
-    if not value or "-" in value or checksum_type == "COMPOSITE":
-        return None
-    if checksum_type is None and multipart:
+    if not value or _composite(value, checksum_type, multipart):
         return None
     return base64.b64decode(value).hex()
+
+
+def _composite(value: str | None, checksum_type: str | None, multipart: bool) -> str | None:
+    """A checksum of part checksums (base64, without its "-N"), or None if ``value`` is of the whole object."""
+    if value and ("-" in value or checksum_type == "COMPOSITE" or (checksum_type is None and multipart)):
+        return value.split("-")[0]
+    return None
 
 
 class _storage_errors:
