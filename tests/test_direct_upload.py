@@ -299,6 +299,20 @@ def test_apply_bucket_cors_lets_the_site_s_pages_put_parts_and_no_one_else(local
     assert preflight(endpoint, bucket, "https://elsewhere.example.com")[0] == 403
 
 
+def test_apply_bucket_cors_keeps_the_bucket_s_other_rules(s3_store):
+    from django.core.management import call_command
+
+    theirs = {"ID": "downloads", "AllowedMethods": ["GET"], "AllowedOrigins": ["*"]}
+    s3_store.client.put_bucket_cors(Bucket=s3_store.bucket, CORSConfiguration={"CORSRules": [theirs]})
+    call_command("apply_bucket_cors", origins=["https://a.example.org"])
+    call_command("apply_bucket_cors", origins=["https://b.example.org"])  # ours replaced, not added twice
+    rules = s3_store.client.get_bucket_cors(Bucket=s3_store.bucket)["CORSRules"]
+    assert [(rule["ID"], rule["AllowedOrigins"]) for rule in rules] == [
+        ("downloads", ["*"]),
+        ("model-releases-direct-upload", ["https://b.example.org"]),
+    ]
+
+
 @pytest.mark.parametrize(
     "options, error",
     [

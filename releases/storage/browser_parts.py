@@ -49,6 +49,23 @@ def abort(client, bucket: str, key: str, upload_id: str) -> None:
     client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
 
 
+def current_cors(client, bucket: str) -> list[dict]:
+    from botocore.exceptions import ClientError
+
+    try:
+        return client.get_bucket_cors(Bucket=bucket)["CORSRules"]
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") == "NoSuchCORSConfiguration":
+            return []
+        raise
+
+
+def merged_cors(existing: list[dict], origins: list[str]) -> dict:
+    """The bucket's other CORS rules, and ours (replacing an earlier one of ours)."""
+    ours = cors_rules(origins)["CORSRules"]
+    return {"CORSRules": [rule for rule in existing if rule.get("ID") != ours[0]["ID"]] + ours}
+
+
 def cors_rules(origins: list[str]) -> dict:
     """The bucket CORS configuration a browser needs to PUT parts from the site's pages."""
     return {

@@ -236,9 +236,10 @@ class S3Store(ReleaseStore):
         return browser_parts.cors_rules(origins)
 
     def apply_cors(self, origins: list[str]) -> dict:
-        """Set the bucket's CORS rule that lets pages from ``origins`` PUT parts; the rule set."""
-        rules = browser_parts.cors_rules(origins)
+        """Set the bucket's CORS rule that lets pages from ``origins`` PUT parts, keeping its other
+        rules; the configuration set."""
         with _storage_errors(f"set the CORS rule of bucket {self.bucket!r}"):
+            rules = browser_parts.merged_cors(browser_parts.current_cors(self.client, self.bucket), origins)
             self.client.put_bucket_cors(Bucket=self.bucket, CORSConfiguration=rules)
         return rules
 

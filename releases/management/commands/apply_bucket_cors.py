@@ -14,7 +14,7 @@ class Command(BaseCommand):
     help = (
         "Set the release bucket's CORS rule so that the admin's upload page can send parts straight to it: "
         "PUT from the site's origin (SITE_URL, or each --origin) with the part checksum header. "
-        "It replaces the bucket's CORS configuration; --dry-run prints the rule and changes nothing."
+        "Other CORS rules of the bucket are kept; --dry-run prints the rule and changes nothing."
     )
 
     def add_arguments(self, parser):
