@@ -6,7 +6,6 @@ Writes go to a temporary file that is renamed into place, so a reader never sees
 from __future__ import annotations
 
 import os
-import tempfile
 from contextlib import contextmanager
 from typing import BinaryIO
 
@@ -14,7 +13,7 @@ from django.core.files.storage import FileSystemStorage
 
 from .base import PART_CHECKSUM_HEADER, MissingObject, PartTarget, ReleaseStore, StorageError, StoredObject
 from .hashing import CHUNK_SIZE, sha256_of_file
-from .local_parts import JoinedParts, LocalParts, remove_quietly
+from .local_parts import JoinedParts, LocalParts, temporary_file
 
 
 class LocalStore(ReleaseStore):
@@ -30,20 +29,13 @@ class LocalStore(ReleaseStore):
     def upload(self, key, fileobj, *, content_type, progress=None, jobs=None):
         target = self._path(key)
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".upload-")
-        try:
+        with temporary_file(os.path.dirname(target), ".upload-", f"write object {key!r}") as (handle, temporary):
             with os.fdopen(handle, "wb") as out:
                 digest, size = sha256_of_file(_Tee(fileobj, out), progress)
                 out.flush()
                 os.fsync(out.fileno())
             os.chmod(temporary, 0o644)
             os.replace(temporary, target)
-        except OSError as error:
-            remove_quietly(temporary)
-            raise StorageError(f"Could not write object {key!r}: {error.strerror or error}.") from error
-        except BaseException:
-            remove_quietly(temporary)
-            raise
         return StoredObject(key=key, size=size, sha256=digest, content_type=content_type)
 
     # --- uploads in parts from a browser: the site receives them (see local_parts) ---

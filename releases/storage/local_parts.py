@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 
 from .base import MissingObject, StorageError, StoredPart
 
@@ -56,23 +57,13 @@ class LocalParts:
         folder = self.folder(upload_id)
         if not os.path.isdir(folder):
             raise MissingObject(f"The upload {upload_id} is gone (aborted or completed).")
-        try:
-            handle, temporary = tempfile.mkstemp(dir=folder, prefix=".part-")
-        except OSError as error:
-            raise StorageError(f"Could not store part {number}: {error.strerror or error}.") from error
-        try:
+        with temporary_file(folder, ".part-", f"store part {number}") as (handle, temporary):
             digest = self._write(handle, read, length)
             if base64.b64encode(digest).decode() != sha256:
                 raise StorageError(f"Part {number} has other bytes than its SHA-256 checksum says; it was not kept.")
             for old in self._files_of(folder, number):
                 os.remove(os.path.join(folder, old))
             os.replace(temporary, os.path.join(folder, f"{number:05d}-{digest.hex()}"))
-        except OSError as error:
-            remove_quietly(temporary)
-            raise StorageError(f"Could not store part {number}: {error.strerror or error}.") from error
-        except BaseException:
-            remove_quietly(temporary)
-            raise
         return StoredPart(number, length, sha256)
 
     @staticmethod
@@ -119,6 +110,24 @@ class LocalParts:
                 shutil.rmtree(entry.path, ignore_errors=True)
                 removed += 1
         return removed
+
+
+@contextmanager
+def temporary_file(folder: str, prefix: str, action: str):
+    """A new file in ``folder`` (its descriptor and path) for the block to fill and rename into
+    place; removed if the block fails, and an OSError said as the StorageError "Could not <action>"."""
+    try:
+        handle, temporary = tempfile.mkstemp(dir=folder, prefix=prefix)
+    except OSError as error:
+        raise StorageError(f"Could not {action}: {error.strerror or error}.") from error
+    try:
+        yield handle, temporary
+    except OSError as error:
+        remove_quietly(temporary)
+        raise StorageError(f"Could not {action}: {error.strerror or error}.") from error
+    except BaseException:
+        remove_quietly(temporary)
+        raise
 
 
 def remove_quietly(path: str) -> None:
