@@ -154,7 +154,7 @@ def test_a_part_url_used_after_it_expired_is_refused(page, settings, request, ki
     upload = page.start(weights).json()
     number, part = page.parts(upload, weights)[0]
     target = page.sign(upload, number, checksum(part)).json()
-    time.sleep(2.5)
+    time.sleep(2.5)  # the clock is the condition: both stores count whole seconds from signing
     assert page.put(target, part) == 403
     assert store.stored_parts(upload_key(upload), BrowserUpload.objects.get().storage_upload_id) == {}
     fresh = page.sign(upload, number, checksum(part)).json()  # what the page does on a 403

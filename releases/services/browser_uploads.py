@@ -29,7 +29,7 @@ from ..models import BrowserUpload, Version, canonical_path, default_object_key
 from ..storage import PartTarget, StoredPart, guess_content_type, release_store
 from .common import ReleaseError, as_release_error, version_lock
 from .files import check_file_names, check_unused, current_draft
-from .upload_outcomes import abort, move, require_state
+from .upload_outcomes import abort, held_parts, move, require_state
 
 logger = logging.getLogger(__name__)
 
@@ -79,15 +79,10 @@ def _expected(sha256: str) -> str:
 
 
 def stored_parts(upload: BrowserUpload) -> list[StoredPart]:
-    """The parts storage holds, each with the SHA-256 it was accepted with (listed by storage, or
-    the one its URL was signed for), so a page can skip the parts it has already sent."""
+    """The parts storage holds with their checksums, so a page can skip the parts it has already sent."""
     require_state(upload, State.UPLOADING)
     with as_release_error():
-        held = release_store().stored_parts(upload.key, upload.storage_upload_id)
-    return [
-        StoredPart(n, part.size, part.sha256 or upload.part_checksums.get(str(n)), part.etag)
-        for n, part in sorted(held.items())
-    ]
+        return held_parts(upload)
 
 
 def sign_part(upload: BrowserUpload, number: int, sha256: str) -> PartTarget:
@@ -129,7 +124,7 @@ def _check_part(upload: BrowserUpload, number: int, sha256: str) -> None:
 def complete_upload(upload: BrowserUpload, checksums: dict[int, str]) -> BrowserUpload:
     """Once every part storage holds is the part the page hashed (``checksums`` by part number),
     hand the upload to a task that joins, checks, hashes and records it (upload_outcomes)."""
-    _matching_parts(upload, checksums)
+    _check_parts_match(upload, checksums)
     with version_lock(upload.version):
         current_draft(upload.version)
         check_unused(upload.version, upload.path, upload.key, by_upload=upload)
@@ -139,9 +134,9 @@ def complete_upload(upload: BrowserUpload, checksums: dict[int, str]) -> Browser
     return BrowserUpload.objects.select_related("file").get(pk=upload.pk)  # finished already if tasks run eagerly
 
 
-def _matching_parts(upload: BrowserUpload, checksums: dict[int, str]) -> list[StoredPart]:
+def _check_parts_match(upload: BrowserUpload, checksums: dict[int, str]) -> None:
+    """Every part is stored, with its length and the checksum the page computed for it."""
     held = {part.number: part for part in stored_parts(upload)}
-    parts = []
     for number in range(1, upload.part_count + 1):
         part, claimed = held.get(number), checksums.get(number)
         if part is None or part.size != upload.part_length(number):
@@ -150,8 +145,6 @@ def _matching_parts(upload: BrowserUpload, checksums: dict[int, str]) -> list[St
             raise ReleaseError(
                 f"Part {number} in storage has other bytes than part {number} of the chosen file; send it again."
             )
-        parts.append(StoredPart(number, part.size, claimed, part.etag))
-    return parts
 
 
 def abort_upload(upload: BrowserUpload, why: str = "aborted by a maintainer") -> BrowserUpload:
@@ -177,7 +170,7 @@ def apply_bucket_cors(origins: list[str], *, dry_run: bool = False) -> dict:
     if not origins:
         raise ReleaseError("Name the site's origin (--origin https://models.example.org), or set SITE_URL.")
     store = release_store()
-    if not hasattr(store, "apply_cors"):
+    if store.part_origin() is None:  # parts come to the site itself
         raise ReleaseError(f"The {store.backend_name} store receives parts through the site; it needs no CORS rule.")
     if dry_run:
         return store.cors_rules(origins)

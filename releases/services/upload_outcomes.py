@@ -11,7 +11,6 @@ job. Kept apart from browser_uploads so that upload_tasks can call it without an
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
 from datetime import timedelta
 
@@ -20,6 +19,7 @@ from django.utils import timezone
 
 from ..models import BrowserUpload, File
 from ..storage import MissingObject, StorageError, StoredObject, StoredPart, release_store
+from ..storage.hashing import Composite
 from .common import ReleaseError, as_release_error, version_lock
 from .files import check_unused, create_file_row, current_draft, delete_objects, locked_draft
 
@@ -58,17 +58,23 @@ def _join(upload: BrowserUpload) -> StoredObject:
     """Complete the storage upload; if an earlier try completed it already, the object is there."""
     store = release_store()
     try:
-        held = store.stored_parts(upload.key, upload.storage_upload_id)
+        parts = held_parts(upload)
     except MissingObject:
         stored = store.stat(upload.key)
         if stored is None:
             raise
         return stored
-    parts = [
+    return store.complete_parts_upload(upload.key, upload.storage_upload_id, parts)
+
+
+def held_parts(upload: BrowserUpload) -> list[StoredPart]:
+    """The parts storage holds, in order, each with the SHA-256 it was accepted with: listed by
+    storage, or the one its URL was signed for (moto lists none)."""
+    held = release_store().stored_parts(upload.key, upload.storage_upload_id)
+    return [
         StoredPart(n, part.size, part.sha256 or upload.part_checksums.get(str(n)), part.etag)
         for n, part in sorted(held.items())
     ]
-    return store.complete_parts_upload(upload.key, upload.storage_upload_id, parts)
 
 
 def _size_or_parts_problem(upload: BrowserUpload, stored: StoredObject) -> str | None:
@@ -77,9 +83,8 @@ def _size_or_parts_problem(upload: BrowserUpload, stored: StoredObject) -> str |
     if stored.composite_sha256:
         if stored.parts not in (None, upload.part_count):
             return f"has {stored.parts} parts in storage, expected {upload.part_count}"
-        checksums = [upload.part_checksums.get(str(n), "") for n in range(1, upload.part_count + 1)]
-        digest = hashlib.sha256(b"".join(base64.b64decode(checksum) for checksum in checksums)).digest()
-        if stored.composite_sha256 != base64.b64encode(digest).decode():
+        checksums = [base64.b64decode(upload.part_checksums.get(str(n), "")) for n in range(1, upload.part_count + 1)]
+        if stored.composite_sha256 != Composite.of("SHA256", checksums).value:
             return "has other part checksums in storage than the parts sent"
     return None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from .base import PART_CHECKSUM_HEADER as CHECKSUM_HEADER
 from .base import PartTarget, StoredPart
+from .multipart import listed_parts
 
 
 def start(client, bucket: str, key: str, content_type: str) -> str:
@@ -20,15 +21,10 @@ def start(client, bucket: str, key: str, content_type: str) -> str:
 
 
 def stored_parts(client, bucket: str, key: str, upload_id: str) -> dict[int, StoredPart]:
-    parts, marker = {}, 0
-    while True:
-        page = client.list_parts(Bucket=bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker)
-        for part in page.get("Parts", []):
-            number = part["PartNumber"]
-            parts[number] = StoredPart(number, part["Size"], part.get("ChecksumSHA256"), part.get("ETag"))
-        if not page.get("IsTruncated"):
-            return parts
-        marker = page["NextPartNumberMarker"]
+    return {
+        part["PartNumber"]: StoredPart(part["PartNumber"], part["Size"], part.get("ChecksumSHA256"), part.get("ETag"))
+        for part in listed_parts(client, bucket, key, upload_id)
+    }
 
 
 def part_target(client, bucket: str, key: str, upload_id: str, number: int, sha256: str, expires: int) -> PartTarget:

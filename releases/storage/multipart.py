@@ -16,6 +16,7 @@ import logging
 import os
 import stat
 import threading
+from collections.abc import Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -131,14 +132,7 @@ class ResumableUpload:
         return max(mine, key=lambda upload: upload["Initiated"]) if mine else None
 
     def _stored_parts(self, upload_id: str) -> dict[int, dict]:
-        stored, marker = {}, 0
-        while True:
-            page = self.client.list_parts(Bucket=self.bucket, Key=self.key, UploadId=upload_id, PartNumberMarker=marker)
-            for part in page.get("Parts", []):
-                stored[part["PartNumber"]] = part
-            if not page.get("IsTruncated"):
-                return stored
-            marker = page["NextPartNumberMarker"]
+        return {part["PartNumber"]: part for part in listed_parts(self.client, self.bucket, self.key, upload_id)}
 
     @staticmethod
     def _stored_part_size(stored: dict) -> int | None:
@@ -203,6 +197,17 @@ class ResumableUpload:
         if stored.get("ChecksumCRC32"):
             return stored["ChecksumCRC32"] == checksum
         return stored.get("ETag", "").strip('"') == hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def listed_parts(client, bucket: str, key: str, upload_id: str) -> Iterator[dict]:
+    """Every part S3 lists for an unfinished upload (ListParts, page by page)."""
+    marker = 0
+    while True:
+        page = client.list_parts(Bucket=bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker)
+        yield from page.get("Parts", [])
+        if not page.get("IsTruncated"):
+            return
+        marker = page["NextPartNumberMarker"]
 
 
 def abort_stale_uploads(client, bucket: str, older_than: timedelta, keep=frozenset()) -> int:

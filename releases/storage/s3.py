@@ -85,7 +85,7 @@ class S3Store(ReleaseStore):
             if config.access_key and config.secret_key
             else None
         )
-        self._client = self._part_client = None
+        self._client = self._part_client = self._location = None
 
     @property
     def client(self):
@@ -139,13 +139,16 @@ class S3Store(ReleaseStore):
 
         botocore decides the host, the port in the signed host header, the path (style,
         endpoint prefix, dotted buckets) and the signing region; copying its answer keeps
-        our signatures equal to its own for every endpoint form. Local work: no AWS call.
+        our signatures equal to its own for every endpoint form. Local work: no AWS call, done once
+        per store (the upload page asks on every view).
         """
-        probe = aws.offline_client(
-            "s3", endpoint_url=self.storage.endpoint_url, region_name=self.region, config=self._config()
-        )
-        url = probe.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": PROBE_KEY})
-        return S3Location.from_presigned(url, PROBE_KEY)
+        if self._location is None:
+            probe = aws.offline_client(
+                "s3", endpoint_url=self.storage.endpoint_url, region_name=self.region, config=self._config()
+            )
+            url = probe.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": PROBE_KEY})
+            self._location = S3Location.from_presigned(url, PROBE_KEY)
+        return self._location
 
     def _transfer_config(self):
         from boto3.s3.transfer import TransferConfig
