@@ -1,5 +1,7 @@
-"""Celery tasks for chunk manifests (services/chunks.py): one per large file once its version is
-published, and the `backfill-chunk-manifests` beat job for whatever that missed.
+"""Celery tasks for chunk manifests (services/chunks.py). Uploads build manifests from the bytes they
+send, so these only read back what was not built so: the `backfill-chunk-manifests` beat job (also
+queued once by a publish that leaves a large file without a manifest), and `build_chunk_manifest`
+for one file (tasks queued before manifests were built while uploading still run).
 
 They live beside tasks.py rather than in it: services record their CDN work through tasks.py
 (`drain_after_commit`), so tasks.py cannot call a service without an import cycle. These call one;
@@ -14,7 +16,9 @@ import logging
 from celery import shared_task
 from django.conf import settings
 from django.db import transaction
+from django.dispatch import receiver
 
+from . import verification
 from .services.chunks import ReleaseError
 from .services.chunks import backfill_chunk_manifests as backfill
 from .services.chunks import build_chunk_manifest as build
@@ -24,24 +28,26 @@ logger = logging.getLogger(__name__)
 
 
 def build_after_commit(file_ids: list[int]) -> None:
-    """Once the change that published these files commits, queue a manifest build for each.
+    """Once the change that published these files (which lack a manifest) commits, queue one
+    backfill run for them: the one path that reads objects back to build manifests.
 
-    Robust like tasks.drain_after_commit: a broker that is down loses nothing, the beat job backfills.
+    Robust like tasks.drain_after_commit: a broker that is down loses nothing, the beat job runs anyway.
     """
     if file_ids:
         transaction.on_commit(lambda: _queue(file_ids), robust=True)
 
 
-def _queue(file_ids: list[int]) -> None:
-    for position, file_id in enumerate(file_ids):
-        try:
-            build_chunk_manifest.delay(file_id)
-        except Exception as error:  # broker down: nothing is lost, the backfill job builds them
-            left = file_ids[position:]
-            logger.warning(
-                "could not queue chunk manifests of files %s (%s); the backfill job will build them", left, error
-            )
-            return
+def _queue(missing: list) -> None:
+    try:
+        backfill_chunk_manifests.delay()
+    except Exception as error:  # broker down: nothing is lost, the beat job's next run builds them
+        logger.warning("could not queue chunk manifests of %s (%s); the backfill job will build them", missing, error)
+
+
+@receiver(verification.manifests_missing)
+def _rebuild(sender, sha256s, **kwargs):
+    """Verification found manifests missing from storage (their rows say so now): rebuild them."""
+    transaction.on_commit(lambda: _queue(sha256s), robust=True)
 
 
 # A 50 GB file takes a few minutes to chunk; the limits stay well under the broker's visibility timeout.

@@ -100,6 +100,74 @@ def small_enough(manifest_size: int, file_size: int) -> bool:
     return manifest_size < file_size * MAX_SHARE
 
 
+class ManifestBuilder:
+    """A manifest built from a file's bytes as they stream past, in order, exactly once each: the
+    pass that uploads or hashes them feeds `update`, and `finish` gives the manifest. Its chunks are
+    exactly those FastCDC finds over the whole file (tests compare with build_manifest).
+
+    FastCDC cuts a chunk where a rolling hash of the bytes before the cut matches, looking at most
+    MAX_SIZE bytes past the chunk's start. A cut found short of the end of what has arrived is
+    therefore final; a chunk that runs to the end of it may not be, so those bytes (under MAX_SIZE)
+    wait for the next piece. Only they are copied: every other byte is cut and hashed where it lies.
+    The caller's buffers may be reused once `update` returns: nothing keeps a view of them.
+    """
+
+    _GATHER = 4 * MAX_SIZE  # small pieces (a socket's reads) are gathered up to this before cutting
+
+    def __init__(self) -> None:
+        from fastcdc import fastcdc  # the package's compiled (Cython) chunker
+
+        self._fastcdc = fastcdc
+        self._held = b""  # the bytes since the last final cut
+        self._held_at = 0  # their offset in the file
+        self._chunks: list[Chunk] = []
+        self.size = 0
+
+    def update(self, data) -> None:
+        view = memoryview(data).cast("B")
+        self.size += len(view)
+        if self._held:
+            if len(view) < MAX_SIZE:  # too little to finish the held chunk: gather
+                self._held += view
+                if len(self._held) >= self._GATHER:
+                    self._cut_held()
+                return
+            # Every chunk that starts in the held bytes ends within MAX_SIZE of its start.
+            held, seam = len(self._held), self._held + view[:MAX_SIZE]
+            start = self._cut(memoryview(seam), self._held_at, stop_at=held)
+            view = view[start - held :]
+            self._held, self._held_at = b"", self._held_at + start
+        used = self._cut(view, self._held_at)
+        self._held, self._held_at = bytes(view[used:]), self._held_at + used
+
+    def finish(self, file_sha256: bytes) -> bytes:
+        """The manifest (encoded) of the bytes seen, whose whole SHA-256 is `file_sha256` (raw)."""
+        if self._held:
+            self._cut(memoryview(self._held), self._held_at, final=True)
+            self._held = b""
+        return Manifest(file_size=self.size, file_sha256=file_sha256, chunks=tuple(self._chunks)).encode()
+
+    def _cut_held(self) -> None:
+        used = self._cut(memoryview(self._held), self._held_at)
+        self._held, self._held_at = self._held[used:], self._held_at + used
+
+    def _cut(self, view: memoryview, base: int, *, stop_at: int | None = None, final: bool = False) -> int:
+        """Record the final chunks of `view` (at file offset `base`); where the first chunk it could
+        not finish starts (or the first that starts at `stop_at` or later)."""
+        found = self._fastcdc(view, MIN_SIZE, AVG_SIZE, MAX_SIZE, fat=False, hf=None)
+        end, sha256, chunks = len(view), hashlib.sha256, self._chunks
+        try:
+            for chunk in found:
+                offset, length = chunk.offset, chunk.length
+                if (stop_at is not None and offset >= stop_at) or (offset + length == end and not final):
+                    return offset
+                with view[offset : offset + length] as piece:
+                    chunks.append(Chunk(base + offset, length, sha256(piece).digest()))
+        finally:
+            found.close()
+        return end
+
+
 def build_manifest(path: str | os.PathLike) -> bytes:
     """The manifest of the file at `path`, read once through a memory map (no copies).
 

@@ -27,6 +27,9 @@ class ReleasesCollector:
                                   value=values.get("signing_hits", 0))  # fmt: skip
         yield CounterMetricFamily("model_releases_signing_cache_misses", "Signed links computed.",
                                   value=values.get("signing_misses", 0))  # fmt: skip
+        yield CounterMetricFamily("model_releases_chunk_backfill_read_bytes",
+                                  "Bytes of objects read back from storage to build chunk manifests (the backfill).",
+                                  value=values.get("chunk_backfill_read_bytes", 0))  # fmt: skip
         backlog = GaugeMetricFamily("model_releases_outbox_entries", "CDN outbox entries by state (pending, failed).",
                                     labels=["state"])  # fmt: skip
         for state, count_ in outbox.backlog().items():

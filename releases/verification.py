@@ -2,7 +2,9 @@
 
 A cheap check (size, and S3's own checksums when it has them) for the files
 verified longest ago, plus full re-hashes of the files hashed longest ago
-within a byte budget per run, so every file is fully re-read over time.
+within a byte budget per run, so every file is fully re-read over time. The
+chunk manifests of the files checked are looked for too: one missing from
+storage is queued to be rebuilt (`manifests_missing`).
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.core.mail import mail_admins
 from django.db.models import F
+from django.dispatch import Signal
 from django.utils import timezone
 
+from . import chunking
 from .models import File
 from .storage import MissingObject, ReleaseStore, StorageError, release_store
 
@@ -26,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 Status = File.Verification
 FAILURES = (Status.MISSING, Status.MISMATCH, Status.ERROR)
+# Sent with `sha256s`, the contents whose manifest storage no longer has, once their rows say they
+# have none (so the backfill job, which chunk_tasks queues on this signal, rebuilds them).
+manifests_missing = Signal()
 
 
 @dataclass
@@ -33,6 +40,7 @@ class VerifyReport:
     counts: Counter = field(default_factory=Counter)
     bytes_hashed: int = 0
     failures: list[str] = field(default_factory=list)
+    manifests_missing: list[str] = field(default_factory=list)  # SHA-256s queued to be rebuilt
 
     @property
     def files(self) -> int:
@@ -130,13 +138,16 @@ def _serialized(progress: Callable[[int], None] | None) -> Callable[[int], None]
 
 
 def verify(files: Iterable[File], *, rehash: Callable[[File], bool], progress=None) -> VerifyReport:
-    report = VerifyReport()
+    report, with_manifests = VerifyReport(), set()
     for file, full, (status, detail, hashed) in checked(files, rehash=rehash, progress=progress):
         record(file, status, detail, rehashed=full and status != Status.ERROR)
         report.counts[status] += 1
         report.bytes_hashed += hashed
         if status in FAILURES:
             report.failures.append(f"{file.version.model.slug} {file.version.version} {file.path}: {status}: {detail}")
+        elif file.chunks_size:
+            with_manifests.add(file.sha256)
+    report.manifests_missing = rebuild_missing_manifests(with_manifests)
     if report.failures:
         mail_admins(
             f"Verify: {report.failed} published file(s) failed",
@@ -144,6 +155,24 @@ def verify(files: Iterable[File], *, rehash: Callable[[File], bool], progress=No
             fail_silently=True,
         )
     return report
+
+
+def rebuild_missing_manifests(sha256s: Iterable[str]) -> list[str]:
+    """The contents among these whose chunk manifest is missing from storage: their rows forget it
+    (the chunks URL answers 404 rather than a link to nothing) and they are queued to be rebuilt.
+    A manifest that cannot be looked at now (storage error) is left for the next run."""
+    store, missing = release_store(), []
+    for sha256 in sorted(sha256s):
+        try:
+            if store.stat(chunking.manifest_key(sha256)) is None:
+                missing.append(sha256)
+        except StorageError as error:
+            logger.warning("could not look for the chunk manifest of %s: %s", sha256, error)
+    if missing:
+        File.objects.filter(sha256__in=missing, chunks_size__gt=0).update(chunks_size=None)
+        logger.error("chunk manifests missing from storage, queued to be rebuilt: %s", ", ".join(missing))
+        manifests_missing.send(sender=File, sha256s=missing)
+    return missing
 
 
 def published_files():

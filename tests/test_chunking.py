@@ -2,7 +2,6 @@
 chunk_tasks.py, build_chunk_manifests), and serving them (/chunks/<sha256>, chunks_url in the API)."""
 
 import hashlib
-import io
 import random
 import threading
 import urllib.request
@@ -13,7 +12,6 @@ from django.core.management import CommandError, call_command
 from releases import chunk_tasks, chunking, services, tasks
 from releases.chunking import HEADER, MAGIC, RECORD, ManifestError, build_manifest, parse_manifest
 from releases.models import File, OutboxEntry, Version
-from releases.storage import MissingObject
 
 MiB = 1024 * 1024
 
@@ -80,6 +78,32 @@ def test_files_under_one_mebibyte_get_no_manifest(tmp_path):
     assert not chunking.gets_manifest(MiB - 1) and chunking.gets_manifest(MiB)
 
 
+@pytest.mark.parametrize(
+    "pieces",
+    [[8 * MiB], [MiB], [65536], [4096, 300_000, 1, 9 * MiB, 262_144, 262_143, 262_145]],
+    ids=["parts", "mebibytes", "socket-reads", "uneven"],
+)
+def test_a_manifest_built_from_a_stream_is_the_one_built_from_the_whole_file(tmp_path, pieces):
+    # Noise, a run of zeros (chunks cut at the maximum size) and noise again, with an odd length.
+    data = noise(70, 19 * MiB) + bytes(3 * MiB) + noise(71, 5 * MiB + 123)
+    (tmp_path / "f").write_bytes(data)
+    builder, offset, turn = chunking.ManifestBuilder(), 0, 0
+    while offset < len(data):
+        size = pieces[turn % len(pieces)]
+        builder.update(bytearray(data[offset : offset + size]))  # a buffer the caller reuses: copied if kept
+        offset, turn = offset + size, turn + 1
+    assert builder.size == len(data)
+    assert builder.finish(hashlib.sha256(data).digest()) == build_manifest(tmp_path / "f")
+
+
+def test_a_stream_under_the_largest_chunk_is_one_or_two_chunks():
+    builder = chunking.ManifestBuilder()
+    builder.update(b"")
+    builder.update(noise(72, 100_000))
+    manifest = parse_manifest(builder.finish(b"\0" * 32))
+    assert manifest.file_size == 100_000 and sum(chunk.length for chunk in manifest.chunks) == 100_000
+
+
 @pytest.fixture(scope="module")
 def good_manifest(tmp_path_factory) -> bytes:
     path = tmp_path_factory.mktemp("manifest") / "f"
@@ -128,24 +152,6 @@ def test_manifest_keys_never_collide_with_file_keys():
         chunking.manifest_key("A" * 64)
 
 
-# --- storage: a local path to chunk ----------------------------------------------------------------
-
-
-def test_local_copy_is_the_object_itself_locally_and_a_removed_temporary_on_s3(local_store, s3_store):
-    local_store.upload("m/v1/a.bin", io.BytesIO(b"local bytes"), content_type="application/octet-stream")
-    with local_store.local_copy("m/v1/a.bin") as path:
-        assert path == local_store._path("m/v1/a.bin") and open(path, "rb").read() == b"local bytes"
-    s3_store.upload("m/v1/a.bin", io.BytesIO(b"s3 bytes"), content_type="application/octet-stream")
-    with s3_store.local_copy("m/v1/a.bin") as path:
-        assert open(path, "rb").read() == b"s3 bytes"
-    import os
-
-    assert not os.path.exists(path)
-    for store in (local_store, s3_store):
-        with pytest.raises(MissingObject), store.local_copy("m/v1/missing.bin"):
-            pass
-
-
 # --- building and recording ------------------------------------------------------------------------
 
 
@@ -161,39 +167,58 @@ def stored_manifest(store, sha256: str) -> bytes:
     return b"".join(store.iter_bytes(chunking.manifest_key(sha256)))
 
 
+def forget_manifests(store):
+    """As if the files had been uploaded before manifests were built on the way up."""
+    for sha256 in set(File.objects.filter(chunks_size__gt=0).values_list("sha256", flat=True)):
+        store.delete(chunking.manifest_key(sha256))
+    File.objects.update(chunks_size=None)
+
+
 @pytest.mark.django_db
-def test_publishing_queues_a_build_after_commit_and_the_manifest_appears(
-    any_store, publish, django_capture_on_commit_callbacks
+def test_publishing_records_the_manifest_with_the_file_and_queues_no_build(
+    any_store, publish, django_capture_on_commit_callbacks, monkeypatch
 ):
+    queued = []
+    monkeypatch.setattr(chunk_tasks.backfill_chunk_manifests, "delay", lambda *a: queued.append(a))
+    monkeypatch.setattr(chunk_tasks.build_chunk_manifest, "delay", lambda *a: queued.append(a))
     weights = noise(6, 3 * MiB)
-    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+    with django_capture_on_commit_callbacks(execute=True):
         version = publish("index-tts", "v1", {"model.pt": weights, "config.yaml": b"rate: 24000\n"})
     big, small = File.objects.get(path="model.pt"), File.objects.get(path="config.yaml")
-    assert big.chunks_size is None  # nothing is built inside the publishing transaction
-    with django_capture_on_commit_callbacks(execute=True):
-        for callback in callbacks:
-            callback()
-    big.refresh_from_db(), small.refresh_from_db()
     raw = stored_manifest(any_store, big.sha256)
     assert big.chunks_size == len(raw) and small.chunks_size is None
     manifest = parse_manifest(raw)
     assert (manifest.file_size, manifest.file_sha256.hex()) == (len(weights), hashlib.sha256(weights).hexdigest())
+    assert chunk_sha_of(weights, manifest) == [chunk.sha256 for chunk in manifest.chunks]
     assert any_store.stat(chunking.manifest_key(small.sha256)) is None
-    assert version.status == "published"
+    assert version.status == "published" and queued == []  # nothing left to build, nothing read back
 
 
 @pytest.mark.django_db
-def test_a_broker_that_is_down_leaves_the_manifest_to_the_backfill(
-    publish, django_capture_on_commit_callbacks, monkeypatch, caplog
-):
+def test_a_draft_file_kept_without_a_manifest_gets_one_from_the_local_read_that_compares_it(local_store, publish):
+    weights = noise(16, 2 * MiB)
+    publish("index-tts", "v1", {"model.pt": weights}, draft=True)
+    forget_manifests(local_store)  # uploaded before manifests were built on the way up
+    publish("index-tts", "v1", {"model.pt": weights})  # kept, not uploaded again, and published
+    file = File.objects.get()
+    assert file.chunks_size == len(stored_manifest(local_store, file.sha256)) > 0
+
+
+@pytest.mark.django_db
+def test_a_broker_that_is_down_leaves_the_manifest_to_the_backfill(local_store, publish, monkeypatch, caplog):
     def broker_down(*args, **kwargs):
         raise ConnectionError("broker unreachable")
 
-    monkeypatch.setattr(chunk_tasks.build_chunk_manifest, "delay", broker_down)
-    version = published(publish, django_capture_on_commit_callbacks)
+    monkeypatch.setattr(chunk_tasks.backfill_chunk_manifests, "delay", broker_down)
+    draft = publish("index-tts", "v1", {"model.pt": noise(5, 3 * MiB)}, draft=True)
+    forget_manifests(local_store)
+    from django.test import TestCase
+
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        version = services.publish_version(draft)  # queues a backfill run for the file lacking one
     assert version.status == "published" and "the backfill job will build them" in caplog.text
     assert File.objects.get(path="model.pt").chunks_size is None
-    assert services.backfill_chunk_manifests(10) == {"built": 1}
+    assert services.backfill_chunk_manifests(10) == {"built": 1, "bytes_read": 3 * MiB}
     assert File.objects.get(path="model.pt").chunks_size > 0
 
 
@@ -201,14 +226,15 @@ def test_a_broker_that_is_down_leaves_the_manifest_to_the_backfill(
 def test_one_manifest_serves_every_file_with_the_same_bytes_and_building_again_does_nothing(local_store, publish):
     weights = noise(7, 2 * MiB)
     publish("index-tts", "v1", {"model.pt": weights})
-    publish("index-tts", "v2", {"renamed.pt": weights})
+    publish("index-tts", "v2", {"renamed.pt": weights})  # shares the manifest stored by v1's upload
+    sizes = set(File.objects.values_list("chunks_size", flat=True))
+    assert len(sizes) == 1 and sizes.pop() == len(stored_manifest(local_store, hashlib.sha256(weights).hexdigest()))
     outcome = services.build_chunk_manifest(File.objects.get(path="model.pt").pk)
-    assert (outcome.state, outcome.files) == ("built", 2)
-    assert len(set(File.objects.values_list("chunks_size", flat=True))) == 1
-    assert services.build_chunk_manifest(outcome.sha256).state == "present"
-    publish("index-tts", "v3", {"again.pt": weights})  # a later file with those bytes
+    assert (outcome.state, outcome.read) == ("present", 0)
+    publish("index-tts", "v3", {"again.pt": weights})
+    File.objects.filter(path="again.pt").update(chunks_size=None)  # as if it had been uploaded before
     shared = services.build_chunk_manifest(outcome.sha256)
-    assert (shared.state, shared.files, shared.size) == ("shared", 1, outcome.size)
+    assert (shared.state, shared.files, shared.size, shared.read) == ("shared", 1, outcome.size, 0)
 
 
 @pytest.mark.django_db
@@ -217,6 +243,7 @@ def test_recording_a_manifest_purges_each_published_version_it_changes(local_sto
     publish("index-tts", "v1", {"model.pt": weights})
     publish("other-model", "v7", {"model.pt": weights})
     publish("index-tts", "v2", {"model.pt": weights}, draft=True)
+    forget_manifests(local_store)
     OutboxEntry.objects.all().delete()  # what publishing recorded
     services.build_chunk_manifest(hashlib.sha256(weights).hexdigest())
     keys = set(OutboxEntry.objects.filter(kind="purge", state="pending").values_list("key", flat=True))
@@ -228,10 +255,12 @@ def test_recording_a_manifest_purges_each_published_version_it_changes(local_sto
 def test_small_files_and_repetitive_files_get_no_manifest(local_store, publish):
     publish("index-tts", "v1", {"small.bin": noise(9, MiB - 1), "repetitive.bin": noise(0, 20000) * 60})
     small, repetitive = File.objects.get(path="small.bin"), File.objects.get(path="repetitive.bin")
+    assert (small.chunks_size, repetitive.chunks_size) == (None, 0)  # decided while uploading; 0: none kept
+    File.objects.filter(pk=repetitive.pk).update(chunks_size=None)  # and decided the same by the backfill
     assert services.build_chunk_manifest(small.pk).state == "small"
     assert services.build_chunk_manifest(repetitive.pk).state == "too-large"
     small.refresh_from_db(), repetitive.refresh_from_db()
-    assert (small.chunks_size, repetitive.chunks_size) == (None, 0)  # 0: decided, none kept
+    assert (small.chunks_size, repetitive.chunks_size) == (None, 0)
     for file in (small, repetitive):
         assert local_store.stat(chunking.manifest_key(file.sha256)) is None
     assert services.backfill_chunk_manifests(10) == {}  # nothing left to do
@@ -240,6 +269,7 @@ def test_small_files_and_repetitive_files_get_no_manifest(local_store, publish):
 @pytest.mark.django_db
 def test_an_object_that_does_not_match_its_checksum_gets_no_manifest(local_store, publish):
     publish("index-tts", "v1", {"model.pt": noise(10, 2 * MiB)})
+    forget_manifests(local_store)
     file = File.objects.get()
     with open(local_store._path(file.key), "r+b") as handle:
         handle.write(b"bitrot")
@@ -258,7 +288,7 @@ def test_no_transaction_is_open_while_a_manifest_is_computed_or_uploaded(local_s
     from .test_services import in_thread, other_sessions
 
     publish("index-tts", "v1", {"model.pt": noise(11, 2 * MiB)})
-    File.objects.update(chunks_size=None)  # as if published before manifests existed
+    forget_manifests(local_store)  # as if published before manifests existed
     reached, go_on = threading.Event(), threading.Event()
 
     def caught_in_the_middle(real):
@@ -270,7 +300,7 @@ def test_no_transaction_is_open_while_a_manifest_is_computed_or_uploaded(local_s
         return wrapper
 
     if step == "chunking":
-        monkeypatch.setattr(chunking, "build_manifest", caught_in_the_middle(chunking.build_manifest))
+        monkeypatch.setattr(chunking.ManifestBuilder, "finish", caught_in_the_middle(chunking.ManifestBuilder.finish))
     else:
         monkeypatch.setattr(type(local_store), "upload", caught_in_the_middle(type(local_store).upload))
     builder = in_thread(lambda: services.build_chunk_manifest(File.objects.get().sha256))
@@ -382,6 +412,7 @@ def test_the_chunks_url_costs_no_query_per_file(local_store, client, publish, dj
     from django.test.utils import CaptureQueriesContext
 
     publish("index-tts", "v1", {f"part-{n}.bin": noise(20 + n, MiB) for n in range(3)})
+    forget_manifests(local_store)
     url = "/api/v1/models/index-tts/versions/v1"
     with CaptureQueriesContext(connection) as without:
         assert all(file["chunks_url"] is None for file in client.get(url).json()["files"])
@@ -404,16 +435,18 @@ def test_the_command_backfills_published_files_one_line_each(any_store, publish,
     publish("index-tts", "v2", {"model.pt": noise(31, 2 * MiB)})
     publish("other", "v1", {"model.pt": noise(32, 2 * MiB)})
     publish("index-tts", "v3", {"model.pt": noise(33, 2 * MiB)}, draft=True)
-    assert not File.objects.filter(chunks_size__isnull=False).exists()  # published before: no manifests
+    forget_manifests(any_store)  # published before manifests were built on the way up
 
     call_command("build_chunk_manifests", "index-tts", "v1")
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "[1/2] index-tts v1 config.yaml: under 1,048,576 bytes: no manifest"
-    assert lines[1].startswith("[2/2] index-tts v1 model.pt: manifest built: ") and lines[2] == "Done: 2 files checked."
+    assert lines[1].startswith("[2/2] index-tts v1 model.pt: manifest built: ")
+    assert lines[2] == "Done: 2 files checked, 2,097,152 bytes read from storage."
 
     call_command("build_chunk_manifests")
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 5 and "index-tts v1 model.pt: has a manifest already" in lines[1]
+    assert lines[4] == "Done: 4 files checked, 4,194,304 bytes read from storage."
     assert "index-tts v2 model.pt: manifest built" in lines[2] and "other v1 model.pt: manifest built" in lines[3]
     built = File.objects.filter(chunks_size__gt=0)
     assert sorted(built.values_list("version__model__slug", "version__version")) == [
@@ -427,6 +460,7 @@ def test_the_command_backfills_published_files_one_line_each(any_store, publish,
 def test_the_command_refuses_unknown_names_and_reports_failures(local_store, publish, capsys):
     publish("index-tts", "v1", {"a.pt": noise(34, 2 * MiB), "b.pt": noise(35, 2 * MiB)})
     publish("index-tts", "v2", {"a.pt": noise(36, 2 * MiB)}, draft=True)
+    forget_manifests(local_store)
     for args, message in [
         (("nope",), "There is no model 'nope'."),
         (("index-tts", "v9"), "index-tts has no version 'v9'."),
@@ -453,13 +487,14 @@ def test_the_beat_job_fills_a_batch_per_run_under_its_lock(any_store, publish, s
     for number in range(3):
         publish("index-tts", f"v{number}", {"model.pt": noise(40 + number, MiB + number)})
     publish("index-tts", "small", {"model.pt": b"tiny"})
+    forget_manifests(any_store)
     settings.CHUNK_BACKFILL_BATCH_SIZE = 2
     with tasks.job_lock("backfill-chunk-manifests") as held:
         assert held and chunk_tasks.backfill_chunk_manifests.apply().get() == {"skipped": True}
-    assert chunk_tasks.backfill_chunk_manifests.apply().get() == {"built": 2}
+    assert chunk_tasks.backfill_chunk_manifests.apply().get() == {"built": 2, "bytes_read": 2 * MiB + 3}
     newest = File.objects.filter(chunks_size__gt=0).values_list("version__version", flat=True)
     assert sorted(newest) == ["v1", "v2"]  # newest first
-    assert chunk_tasks.backfill_chunk_manifests.apply().get() == {"built": 1}
+    assert chunk_tasks.backfill_chunk_manifests.apply().get() == {"built": 1, "bytes_read": MiB}
     assert chunk_tasks.backfill_chunk_manifests.apply().get() == {}
     for file in File.objects.filter(size__gte=MiB):
         assert any_store.stat(chunking.manifest_key(file.sha256)).size == file.chunks_size
@@ -468,9 +503,10 @@ def test_the_beat_job_fills_a_batch_per_run_under_its_lock(any_store, publish, s
 @pytest.mark.django_db
 def test_the_beat_job_skips_what_verify_found_missing_and_goes_on_after_a_failure(local_store, publish, caplog):
     publish("index-tts", "v1", {"gone.pt": noise(50, MiB), "flagged.pt": noise(51, MiB), "ok.pt": noise(52, MiB)})
+    forget_manifests(local_store)
     File.objects.filter(path="flagged.pt").update(verification_status=File.Verification.MISSING)
     local_store.delete(File.objects.get(path="gone.pt").key)
-    assert chunk_tasks.backfill_chunk_manifests.apply().get() == {"failed": 1, "built": 1}
+    assert chunk_tasks.backfill_chunk_manifests.apply().get() == {"failed": 1, "built": 1, "bytes_read": MiB}
     assert "chunk manifest of" in caplog.text and "index-tts/v1/gone.pt" in caplog.text
     assert list(File.objects.filter(chunks_size__gt=0).values_list("path", flat=True)) == ["ok.pt"]
 
@@ -495,10 +531,12 @@ def test_a_real_worker_builds_the_manifest_of_a_published_file(local_store, publ
     redis.Redis.from_url(settings.REDIS_URL).delete(settings.CELERY_TASK_DEFAULT_QUEUE)
     worker = CeleryWorker(django_env())
     app.conf.task_always_eager = False
+    draft = publish("index-tts", "v1", {"model.pt": noise(60, 2 * MiB)}, draft=True)
+    forget_manifests(local_store)
     try:
-        publish("index-tts", "v1", {"model.pt": noise(60, 2 * MiB)})
+        services.publish_version(draft)  # its file lacks a manifest: one backfill run is queued
         wait_until(lambda: File.objects.get().chunks_size, 60, what="the worker to build the manifest")
-        assert "releases.chunk_tasks.build_chunk_manifest" in worker.log()
+        assert "releases.chunk_tasks.backfill_chunk_manifests" in worker.log()
     finally:
         app.conf.task_always_eager = True
         worker.stop()

@@ -120,3 +120,26 @@ def test_parts_are_planned_within_s3s_limits():
     assert multipart.plan(13 * MiB, 1 * MiB)[0].length == 5 * MiB  # never under S3's minimum
     huge = multipart.plan(100_000 * 5 * MiB, 5 * MiB)
     assert len(huge) <= multipart.MAX_PARTS and sum(p.length for p in huge) == 100_000 * 5 * MiB
+
+
+@pytest.fixture
+def counted_store(settings, moto_endpoint, s3_bucket, local_store):
+    """The release storage on moto behind a counting proxy (tests/storage_servers.py)."""
+    from .conftest import s3_storage_options
+    from .storage_servers import CountingProxy
+
+    proxy = CountingProxy(moto_endpoint)
+    settings.RELEASE_STORAGE = {"BACKEND": "s3", "OPTIONS": s3_storage_options(proxy.url, s3_bucket)}
+    settings.RELEASE_MULTIPART_THRESHOLD = multipart.MIN_PART
+    yield proxy
+    proxy.stop()
+
+
+@pytest.mark.parametrize("jobs", [1, 3])
+def test_jobs_is_the_most_parts_in_flight_at_once(counted_store, tmp_path, jobs):
+    path = tmp_path / "model.pt"
+    path.write_bytes(os.urandom(31 * MiB))  # 7 parts of 5 MiB
+    publish(path, jobs=jobs)
+    seen = counted_store.reset()
+    assert seen.requests["PutPart"] == 7
+    assert seen.most_puts_in_flight == jobs

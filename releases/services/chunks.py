@@ -3,12 +3,16 @@ version of by fetching only the chunks that changed.
 
 A manifest describes content, so it is built once per SHA-256 and shared by every file with those
 bytes: the object `.chunks/<sha256>` in the release storage, recorded as `File.chunks_size` on each
-of them. Building reads the object (the local file itself, or a temporary copy of an S3 object) and
-uploads the manifest outside any transaction; a short transaction then records it and the CDN
-purges of each affected version, whose API response now has a `chunks_url`.
+of them.
 
-Publishing queues a build per large file (releases.chunk_tasks); the `backfill-chunk-manifests`
-beat job and `manage.py build_chunk_manifests` build whatever is still missing.
+Uploads build it from the bytes they send, in the pass that hashes them (`manifest_builder`, then
+`store_built_manifest` before the file's row is recorded): publish_release, the admin's form and its
+uploads in parts never read an object back for it. What they could not build (files published
+before, a manifest upload that failed, one that verification found missing from storage) is built by
+the `backfill-chunk-manifests` beat job and `manage.py build_chunk_manifests`, the only paths that
+read objects back: they stream the object once (no temporary copy), count the bytes they read (log
+and /metrics), upload the manifest outside any transaction, and a short transaction records it with
+the CDN purges of each affected version, whose API response now has a `chunks_url`.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.db.models import Count, Max, Q
 
-from .. import chunking
+from .. import chunking, observability
 from ..models import File, Version
 from ..storage import StorageError, release_store
 from .common import ReleaseError, record_change
@@ -44,6 +48,7 @@ class ManifestOutcome:
     size: int = 0
     chunks: int = 0
     files: int = 0  # file rows recorded by this call
+    read: int = 0  # bytes of the object read back from storage to build it
 
     def describe(self) -> str:
         return {
@@ -77,19 +82,33 @@ def build_chunk_manifest(sha256_or_file_id: str | int) -> ManifestOutcome:
         return ManifestOutcome(sha256, "present", size=seen["manifest"])
     if seen["manifest"] is not None:  # decided for another file with the same bytes
         state = "shared" if seen["manifest"] else "too-large"
-        return ManifestOutcome(sha256, state, size=seen["manifest"], files=_record(sha256, seen["manifest"]))
+        return ManifestOutcome(sha256, state, size=seen["manifest"], files=record_manifest(sha256, seen["manifest"]))
     data = _compute(sha256, seen["size"])
+    read = seen["size"]
     if not chunking.small_enough(len(data), seen["size"]):
         logger.warning("chunk manifest of %s: %d bytes for %d, not kept", sha256, len(data), seen["size"])
-        return ManifestOutcome(sha256, "too-large", size=len(data), files=_record(sha256, 0))
+        return ManifestOutcome(sha256, "too-large", size=len(data), files=record_manifest(sha256, 0), read=read)
     try:
-        release_store().upload(chunking.manifest_key(sha256), io.BytesIO(data), content_type="application/octet-stream")
+        _upload(sha256, data)
     except StorageError as error:
-        raise ReleaseError(f"Could not store the chunk manifest of {sha256}: {error}") from error
+        failure = ReleaseError(f"Could not store the chunk manifest of {sha256}: {error}")
+        failure.read_bytes = read
+        raise failure from error
     count = (len(data) - chunking.HEADER.size) // chunking.RECORD.size
-    recorded = _record(sha256, len(data))
-    logger.info("chunk manifest of %s: %d chunks, %d bytes, %d files", sha256, count, len(data), recorded)
-    return ManifestOutcome(sha256, "built", size=len(data), chunks=count, files=recorded)
+    recorded = record_manifest(sha256, len(data))
+    logger.info(
+        "chunk manifest of %s: %d chunks, %d bytes, %d files, %d bytes read back",
+        sha256,
+        count,
+        len(data),
+        recorded,
+        read,
+    )
+    return ManifestOutcome(sha256, "built", size=len(data), chunks=count, files=recorded, read=read)
+
+
+def _upload(sha256: str, data: bytes) -> None:
+    release_store().upload(chunking.manifest_key(sha256), io.BytesIO(data), content_type="application/octet-stream")
 
 
 def _sha256_of(value: str | int) -> str:
@@ -105,24 +124,85 @@ def _sha256_of(value: str | int) -> str:
 
 def _compute(sha256: str, size: int) -> bytes:
     """The manifest of the object of a file with these bytes (a published one when there is one),
-    checked against what was recorded. No transaction is open: this reads the whole object."""
+    checked against what was recorded. No transaction is open: this streams the whole object once,
+    hashing and chunking it in the same pass, and counts the bytes read (/metrics)."""
     rows = File.objects.filter(sha256=sha256)
     key = rows.published().values_list("key", flat=True).first() or rows.values_list("key", flat=True).first()
+    builder = chunking.ManifestBuilder()
     try:
-        with release_store().local_copy(key) as path:
-            data = chunking.build_manifest(path)
-    except (StorageError, chunking.ManifestError) as error:
-        raise ReleaseError(f"Could not build the chunk manifest of {key}: {error}") from error
-    manifest = chunking.parse_manifest(data)
-    if (manifest.file_size, manifest.file_sha256.hex()) != (size, sha256):
-        raise ReleaseError(
-            f"Could not build the chunk manifest of {key}: the object has {manifest.file_size:,} bytes with "
-            f"SHA-256 {manifest.file_sha256.hex()}, not the recorded {size:,} bytes and {sha256}."
-        )
-    return data
+        digest, read = release_store().compute_sha256(key, observe=builder.update)
+        if (read, digest) != (size, sha256):
+            raise ReleaseError(
+                f"Could not build the chunk manifest of {key}: the object has {read:,} bytes with "
+                f"SHA-256 {digest}, not the recorded {size:,} bytes and {sha256}."
+            )
+    except StorageError as error:
+        raise _unbuilt(ReleaseError(f"Could not build the chunk manifest of {key}: {error}"), builder) from error
+    except ReleaseError as error:
+        raise _unbuilt(error, builder) from None
+    observability.count(chunk_backfill_read_bytes=builder.size)
+    return builder.finish(bytes.fromhex(digest))
 
 
-def _record(sha256: str, size: int) -> int:
+def _unbuilt(error: ReleaseError, builder: chunking.ManifestBuilder) -> ReleaseError:
+    """`error`, counting the bytes read before it (in /metrics, and for the backfill's log)."""
+    observability.count(chunk_backfill_read_bytes=builder.size)
+    error.read_bytes = builder.size
+    return error
+
+
+# --- built while uploading ---------------------------------------------------------------------
+
+
+def manifest_builder(size: int) -> chunking.ManifestBuilder | None:
+    """A builder to show the bytes of an upload of `size` bytes to, or None: it gets no manifest."""
+    return chunking.ManifestBuilder() if chunking.gets_manifest(size) else None
+
+
+def recorded_manifest(sha256: str) -> int | None:
+    """The manifest size already recorded for these bytes (0: none kept), or None if none is."""
+    found = File.objects.filter(sha256=sha256, chunks_size__isnull=False).values_list("chunks_size", flat=True)
+    return found.first()
+
+
+def store_built_manifest(builder: chunking.ManifestBuilder | None, sha256: str, size: int) -> int | None:
+    """Store the manifest `builder` built from an upload of `size` bytes hashing to `sha256`; the
+    `chunks_size` to record with the file. None when it has none yet: small files, a builder that
+    did not see every byte, a manifest upload that failed (the backfill job builds those later).
+    Bytes that have a manifest already share it: nothing is stored again."""
+    if builder is None:
+        return None
+    shared = recorded_manifest(sha256)
+    if shared is not None:
+        return shared
+    if builder.size != size:
+        return None
+    data = builder.finish(bytes.fromhex(sha256))
+    if not chunking.small_enough(len(data), size):
+        return 0
+    try:
+        _upload(sha256, data)
+    except StorageError as error:
+        logger.warning("chunk manifest of %s not stored (the backfill job will build it): %s", sha256, error)
+        return None
+    return len(data)
+
+
+def delete_unused_manifests(sha256s) -> None:
+    """Delete the stored manifests of these contents that no file row has any more (a deleted
+    draft's, a refused upload's). A manifest a concurrent upload records meanwhile and loses here
+    is noticed by verification and rebuilt."""
+    store = release_store()
+    for sha256 in sorted(
+        set(sha256s) - set(File.objects.filter(sha256__in=set(sha256s)).values_list("sha256", flat=True))
+    ):
+        try:
+            store.delete(chunking.manifest_key(sha256))
+        except StorageError as error:
+            logger.warning("could not delete the chunk manifest of %s (unused, safe to remove): %s", sha256, error)
+
+
+def record_manifest(sha256: str, size: int) -> int:
     """Record the manifest on every file with these bytes that lacks it, and have the API responses
     of their versions purged (they gain a chunks_url). One short transaction; returns the rows."""
     with transaction.atomic():
@@ -168,11 +248,15 @@ def backfill_chunk_manifests(limit: int) -> dict[str, int]:
     files = files.exclude(verification_status__in=[Status.MISSING, Status.MISMATCH])
     todo = files.values("sha256").annotate(newest=Max("pk")).order_by("-newest")[:limit]
     counts: dict[str, int] = {}
+    read = 0
     for row in list(todo):
         try:
-            state = build_chunk_manifest(row["sha256"]).state
+            outcome = build_chunk_manifest(row["sha256"])
+            state, read = outcome.state, read + outcome.read
         except ReleaseError as error:
             logger.warning("chunk manifest of %s not built: %s", row["sha256"], error)
-            state = "failed"
+            state, read = "failed", read + getattr(error, "read_bytes", 0)
         counts[state] = counts.get(state, 0) + 1
+    if counts:
+        counts["bytes_read"] = read
     return counts

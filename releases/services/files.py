@@ -21,13 +21,15 @@ from ..models import (
     validate_relative_path,
 )
 from ..storage import Progress, StorageError, guess_content_type, release_store
+from . import chunks
 from .common import ReleaseError, as_release_error, locked, record_change, version_lock
 
 logger = logging.getLogger(__name__)
 
 
 def delete_draft(version: Version) -> None:
-    """Remove a draft with its file rows and the objects the site uploaded for it."""
+    """Remove a draft with its file rows, the objects the site uploaded for it, and the chunk
+    manifests of its files that no other file shares."""
     with version_lock(version), transaction.atomic():
         version = locked(version)
         if not version.is_draft:
@@ -35,6 +37,7 @@ def delete_draft(version: Version) -> None:
                 f"{version.model.slug} {version.version} is {version.status}; only drafts can be deleted."
             )
         keys = list(version.files.filter(managed_object=True).values_list("key", flat=True))
+        contents = list(version.files.values_list("sha256", flat=True))
         unfinished = list(
             version.browser_uploads.filter(state__in=BrowserUpload.State.active()).values_list(
                 "key", "storage_upload_id"
@@ -45,6 +48,7 @@ def delete_draft(version: Version) -> None:
         record_change(version.model.slug, version)
     # Uploads being checked may have joined their object already: it goes with the draft's.
     delete_objects(keys + [key for key, _ in unfinished])
+    chunks.delete_unused_manifests(contents)  # the chunk manifests no other file shares
     abort_storage_uploads(unfinished)
 
 
@@ -118,10 +122,11 @@ def removing_uploads_on_failure():
         raise
 
 
-def upload(key: str, fileobj: BinaryIO, content_type: str, progress, uploaded: list[str], *, jobs: int | None = None):
+def upload(key: str, fileobj: BinaryIO, content_type: str, progress, uploaded: list[str], *, jobs=None, observe=None):
     uploaded.append(key)
     with as_release_error():
-        return release_store().upload(key, fileobj, content_type=content_type, progress=progress, jobs=jobs)
+        store = release_store()
+        return store.upload(key, fileobj, content_type=content_type, progress=progress, jobs=jobs, observe=observe)
 
 
 def create_file_row(version: Version, **fields) -> File:
@@ -153,16 +158,31 @@ def add_file(
         key = default_object_key(draft.model.slug, draft.version, path)
         check_file_names(draft.model.slug, path, key)
         check_unused(draft, path, key)
-        stored = upload(key, fileobj, content_type, progress, uploaded)
-        with transaction.atomic():
-            return create_file_row(
-                locked_draft(draft),
-                path=path,
-                key=key,
-                size=stored.size,
-                sha256=stored.sha256,
-                content_type=content_type,
-            )
+        builder = chunks.manifest_builder(_size_of(fileobj))  # built from the bytes sent: none read back
+        stored = upload(key, fileobj, content_type, progress, uploaded, observe=builder.update if builder else None)
+        chunks_size = chunks.store_built_manifest(builder, stored.sha256, stored.size)
+        try:
+            with transaction.atomic():
+                return create_file_row(
+                    locked_draft(draft),
+                    path=path,
+                    key=key,
+                    size=stored.size,
+                    sha256=stored.sha256,
+                    content_type=content_type,
+                    chunks_size=chunks_size,
+                )
+        except BaseException:
+            chunks.delete_unused_manifests([stored.sha256])
+            raise
+
+
+def _size_of(fileobj: BinaryIO) -> int:
+    """The bytes left in a seekable file from where it stands."""
+    start = fileobj.tell()
+    size = fileobj.seek(0, 2) - start
+    fileobj.seek(start)
+    return size
 
 
 def register_object(version: Version, path: str, key: str | None = None) -> File:
@@ -213,6 +233,7 @@ def remove_file(file: File) -> None:
         File.objects.filter(pk=file.pk).delete()
     if managed:
         delete_objects([key])
+    chunks.delete_unused_manifests([file.sha256])
 
 
 def delete_objects(keys: Iterable[str]) -> None:

@@ -19,6 +19,7 @@ from ..models import (
 )
 from ..rendering import render_markdown
 from ..storage import Progress, guess_content_type, sha256_of_file
+from . import chunks
 from .common import ReleaseError, as_release_error, version_lock
 from .files import (
     check_file_names,
@@ -86,15 +87,16 @@ def release_local_files(
             get_or_create_model(model_slug), version_string, notes=notes, prerelease=prerelease
         )
         recorded: list[int] = []
+        manifests: list[str] = []  # contents whose chunk manifest this run stored
         try:
             with version_lock(version, wait=False):
                 version = current_draft(version)
-                kept = _identical_draft_files(version, files)
+                kept = _identical_draft_files(version, files, manifests)
                 new = [item for item in files if item.path not in kept]
                 for item in new:  # every check before the first byte is sent
                     check_unused(version, item.path, default_object_key(model_slug, version.version, item.path))
                 for item in new:
-                    recorded.append(_upload_and_record(version, item, uploaded, progress_for, jobs).pk)
+                    recorded.append(_upload_and_record(version, item, uploaded, progress_for, jobs, manifests).pk)
                 if existing:
                     version = update_version_details(version, notes=notes or version.notes, prerelease=prerelease)
                 if not draft:
@@ -105,16 +107,25 @@ def release_local_files(
             raise
         except BaseException:
             _undo(version, recorded, created_version=existing is None, created_model=not model_existed)
+            chunks.delete_unused_manifests(manifests)
             raise
     return ReleaseOutcome(version=version, uploaded=[item.path for item in new], kept=sorted(kept))
 
 
-def _upload_and_record(version: Version, item: LocalFile, uploaded: list[str], progress_for, jobs) -> File:
+def _upload_and_record(version: Version, item: LocalFile, uploaded: list[str], progress_for, jobs, manifests) -> File:
+    """Upload one file and record it with its chunk manifest, built from the bytes as they are read
+    to be sent (one read of the local file; nothing is read back from storage)."""
     key = default_object_key(version.model.slug, version.version, item.path)  # checked by the caller
     content_type = guess_content_type(item.path)
-    progress = progress_for(item, item.source.stat().st_size) if progress_for else None
+    size = item.source.stat().st_size
+    progress = progress_for(item, size) if progress_for else None
+    builder = chunks.manifest_builder(size)
     with open(item.source, "rb") as source:
-        stored = upload(key, source, content_type, progress, uploaded, jobs=jobs)  # no transaction open
+        observe = builder.update if builder else None
+        stored = upload(key, source, content_type, progress, uploaded, jobs=jobs, observe=observe)  # no transaction
+    chunks_size = chunks.store_built_manifest(builder, stored.sha256, stored.size)
+    if chunks_size:
+        manifests.append(stored.sha256)
     with transaction.atomic():
         return create_file_row(
             locked_draft(version),
@@ -123,6 +134,7 @@ def _upload_and_record(version: Version, item: LocalFile, uploaded: list[str], p
             size=stored.size,
             sha256=stored.sha256,
             content_type=content_type,
+            chunks_size=chunks_size,
         )
 
 
@@ -151,9 +163,9 @@ def _check_local_files(files: list[LocalFile]) -> None:
         seen[item.path] = item.source
 
 
-def _local_sha256(item: LocalFile) -> str:
+def _local_sha256(item: LocalFile, builder=None) -> str:
     with open(item.source, "rb") as source:
-        return sha256_of_file(source)[0]
+        return sha256_of_file(source, observe=builder.update if builder else None)[0]
 
 
 def _compare_with_released(version: Version, files: list[LocalFile]) -> ReleaseOutcome:
@@ -169,9 +181,11 @@ def _compare_with_released(version: Version, files: list[LocalFile]) -> ReleaseO
     return ReleaseOutcome(version=version, unchanged=True)
 
 
-def _identical_draft_files(version: Version, files: list[LocalFile]) -> set[str]:
-    """Paths the draft already has with the same content; other content, or a file not named, is refused."""
-    in_draft = {file.path: file.sha256 for file in version.files.all()}
+def _identical_draft_files(version: Version, files: list[LocalFile], manifests: list[str]) -> set[str]:
+    """Paths the draft already has with the same content; other content, or a file not named, is
+    refused. A kept file that has no chunk manifest yet (uploaded before manifests were built while
+    uploading) gets one from the same read of the local file that compares its SHA-256."""
+    in_draft = {file.path: file for file in version.files.all()}
     unnamed = sorted(set(in_draft) - {item.path for item in files})
     if unnamed:
         raise ReleaseError(
@@ -180,12 +194,18 @@ def _identical_draft_files(version: Version, files: list[LocalFile]) -> set[str]
         )
     kept = set()
     for item in files:
-        if item.path not in in_draft:
+        held = in_draft.get(item.path)
+        if held is None:
             continue
-        if in_draft[item.path] != _local_sha256(item):
+        lacking = held.chunks_size is None and chunks.recorded_manifest(held.sha256) is None
+        builder = chunks.manifest_builder(held.size) if lacking else None
+        if held.sha256 != _local_sha256(item, builder):
             raise ReleaseError(
                 f"Draft {version.model.slug} {version.version} already has {item.path} with other content; "
                 "remove it from the draft first."
             )
+        if builder is not None and (size := chunks.store_built_manifest(builder, held.sha256, held.size)) is not None:
+            chunks.record_manifest(held.sha256, size)
+            manifests.append(held.sha256)
         kept.add(item.path)
     return kept

@@ -1,7 +1,8 @@
 """What becomes of an admin upload once the page says all its parts are in (browser_uploads.py).
 
 `finish_upload`, the body of the task queued by completion, joins the parts in storage, checks the
-object's size and S3's checksum of the parts, hashes it (the local store hashes while joining) and
+object's size and S3's checksum of the parts, hashes it and builds its chunk manifest in one read
+(the local store does both while joining; S3 joins by itself, so its object is read once) and
 records it as a file of its draft; or fails the upload: the object is removed, nothing recorded.
 Every change of state is conditional on the state it leaves (`move`), so a task delivered twice, an
 abort racing a completion, or the beat job never undo one another. Also the `abort-stale-uploads`
@@ -20,6 +21,7 @@ from django.utils import timezone
 from ..models import BrowserUpload, File
 from ..storage import MissingObject, StorageError, StoredObject, StoredPart, release_store
 from ..storage.hashing import Composite
+from . import chunks
 from .common import ReleaseError, as_release_error, version_lock
 from .files import check_unused, create_file_row, current_draft, delete_objects, locked_draft
 
@@ -34,28 +36,39 @@ def finish_upload(upload_id) -> BrowserUpload:
     upload = BrowserUpload.objects.select_related("version__model").get(pk=upload_id)
     if upload.state != State.HASHING:
         return upload  # recorded already (a task delivered twice), or aborted meanwhile
+    builder = chunks.manifest_builder(upload.size)
     try:
-        stored = _join(upload)
+        stored = _join(upload, builder)
     except MissingObject:
         return fail_upload(upload, "is missing from storage: neither its parts nor the object are there")
     problem = _size_or_parts_problem(upload, stored)
     if problem:
         return fail_upload(upload, problem)
     sha256 = stored.sha256
-    if sha256 is None:  # S3 keeps a checksum of the part checksums only: hash the object
-        sha256, size = release_store().compute_sha256(upload.key)
+    unseen = builder is not None and builder.size != upload.size  # S3 joined the parts by itself
+    if sha256 is None or (unseen and chunks.recorded_manifest(sha256) is None):
+        # One read of the object for what the join did not give: its SHA-256, its manifest.
+        builder = chunks.manifest_builder(upload.size)
+        sha256, size = release_store().compute_sha256(upload.key, observe=builder.update if builder else None)
         if size != upload.size:
             return fail_upload(upload, f"has {size:,} bytes in storage, expected {upload.size:,}")
     if upload.expected_sha256 and sha256 != upload.expected_sha256:
         return fail_upload(upload, f"has SHA-256 {sha256}, not the expected {upload.expected_sha256}")
+    chunks_size = chunks.store_built_manifest(builder, sha256, upload.size)
     try:
-        return _record(upload, sha256)
+        recorded = _record(upload, sha256)
     except ReleaseError as error:
         return fail_upload(upload, f"could not be recorded: {error}")
+    finally:
+        chunks.delete_unused_manifests([sha256])  # stored for a row that was not recorded
+    if chunks_size is not None:
+        chunks.record_manifest(sha256, chunks_size)  # on the row just made (and any other lacking it)
+    return recorded
 
 
-def _join(upload: BrowserUpload) -> StoredObject:
-    """Complete the storage upload; if an earlier try completed it already, the object is there."""
+def _join(upload: BrowserUpload, builder) -> StoredObject:
+    """Complete the storage upload (a store that reads the parts to join them shows them to the
+    builder); if an earlier try completed it already, the object is there."""
     store = release_store()
     try:
         parts = held_parts(upload)
@@ -64,7 +77,8 @@ def _join(upload: BrowserUpload) -> StoredObject:
         if stored is None:
             raise
         return stored
-    return store.complete_parts_upload(upload.key, upload.storage_upload_id, parts)
+    observe = builder.update if builder else None
+    return store.complete_parts_upload(upload.key, upload.storage_upload_id, parts, observe=observe)
 
 
 def held_parts(upload: BrowserUpload) -> list[StoredPart]:

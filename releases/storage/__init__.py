@@ -28,13 +28,14 @@ from .base import (
     StoredObject,
     StoredPart,
 )
-from .hashing import CHUNK_SIZE, HashingReader, guess_content_type, sha256_of_file, sha256_of_stream
+from .hashing import CHUNK_SIZE, HashingReader, Observer, guess_content_type, sha256_of_file, sha256_of_stream
 
 __all__ = [
     "PART_CHECKSUM_HEADER",
     "CHUNK_SIZE",
     "HashingReader",
     "MissingObject",
+    "Observer",
     "PartTarget",
     "Progress",
     "ReleaseStore",

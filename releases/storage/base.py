@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from .hashing import CHUNK_SIZE, sha256_of_stream
+from .hashing import CHUNK_SIZE, Observer, sha256_of_stream
 
 Progress = Callable[[int], None]  # called with the number of bytes just transferred
 # The header a part of a browser upload carries its base64 SHA-256 in (S3's name, used by both stores).
@@ -75,9 +72,12 @@ class ReleaseStore:
         content_type: str,
         progress: Progress | None = None,
         jobs: int | None = None,
+        observe: Observer | None = None,
     ) -> StoredObject:
         """Store the readable, seekable ``fileobj`` (from its current position) at ``key``; ``jobs``
-        is how many parts of a large file a store may send at once."""
+        is how many parts of a large file a store may send at once. ``observe`` is shown every byte
+        stored, once, in order, from the same reads that hash them (a store that must read the
+        source again shows it a prefix only: the caller compares its count with the size)."""
         raise NotImplementedError
 
     def abort_stale_uploads(self, older_than, keep: frozenset = frozenset()) -> int:
@@ -103,8 +103,12 @@ class ReleaseStore:
         """Where part ``number`` goes, accepted only with bytes whose base64 SHA-256 is ``sha256``."""
         raise NotImplementedError
 
-    def complete_parts_upload(self, key: str, upload_id: str, parts: list[StoredPart]) -> StoredObject:
-        """Join the parts, in order, into the object at ``key``."""
+    def complete_parts_upload(
+        self, key: str, upload_id: str, parts: list[StoredPart], observe: Observer | None = None
+    ) -> StoredObject:
+        """Join the parts, in order, into the object at ``key``. A store that reads the bytes to join
+        them (the local one) hashes them and shows them to ``observe`` on the way; S3 joins them
+        itself, returns no full SHA-256 and never calls ``observe``."""
         raise NotImplementedError
 
     def abort_parts_upload(self, key: str, upload_id: str) -> None:
@@ -130,27 +134,15 @@ class ReleaseStore:
         """Raise StorageError unless the store answers (for /readyz)."""
         raise NotImplementedError
 
-    @contextmanager
-    def local_copy(self, key: str) -> Iterator[str]:
-        """A filesystem path with the object's bytes while the block runs, for work that needs a
-        file (chunking memory-maps it). Read-only: it may be the object itself. Backends without
-        files of their own copy the object into a temporary file (TMPDIR needs room for it),
-        removed afterwards. Raises MissingObject or StorageError."""
-        handle, path = tempfile.mkstemp(prefix="model-releases-copy-")
-        try:
-            with os.fdopen(handle, "wb") as out:
-                for chunk in self.iter_bytes(key):
-                    out.write(chunk)
-            yield path
-        finally:
-            os.remove(path)
-
-    def compute_sha256(self, key: str, progress: Progress | None = None) -> tuple[str, int]:
-        """Stream the whole object and hash it: (hex digest, size)."""
+    def compute_sha256(
+        self, key: str, progress: Progress | None = None, observe: Observer | None = None
+    ) -> tuple[str, int]:
+        """Stream the whole object and hash it: (hex digest, size); ``observe`` is shown every byte
+        read, once, in order (the chunk manifest of a browser upload, or of the backfill)."""
         chunks = self.iter_bytes(key)
         if progress:
             chunks = _reporting(chunks, progress)
-        return sha256_of_stream(chunks)
+        return sha256_of_stream(chunks, observe)
 
 
 def _reporting(chunks: Iterator[bytes], progress: Progress) -> Iterator[bytes]:

@@ -11,6 +11,9 @@ from collections.abc import Callable, Iterator
 from typing import BinaryIO, NamedTuple
 
 CHUNK_SIZE = 1024 * 1024
+# Shown every byte of an object once, in order, by the pass that stores or reads it (the chunk
+# manifest is built so, services/chunks.py). The view is valid only during the call.
+Observer = Callable[[memoryview], None]
 
 
 # Python's own table only: the host's mime.types must not decide what a
@@ -73,8 +76,9 @@ class HashingReader:
     checksums that S3 keeps for a multipart upload (its COMPOSITE SHA-256).
     """
 
-    def __init__(self, fileobj: BinaryIO, part_size: int | None = None):
+    def __init__(self, fileobj: BinaryIO, part_size: int | None = None, observe: Observer | None = None):
         self._file = fileobj
+        self._observe = observe  # sees the bytes the hash sees; with a gap, a prefix only
         self._hash = hashlib.sha256()
         self._hashed = fileobj.tell()
         self._start = self._hashed
@@ -95,6 +99,8 @@ class HashingReader:
 
     def _update(self, data: memoryview) -> None:
         self._hash.update(data)
+        if self._observe is not None:
+            self._observe(data)
         while self._part_size and data:
             take = min(len(data), self._part_size - self._part_filled)
             self._part_hash.update(data[:take])
@@ -132,19 +138,23 @@ class HashingReader:
         return Composite.of("SHA256", digests)
 
 
-def sha256_of_stream(chunks: Iterator[bytes]) -> tuple[str, int]:
+def sha256_of_stream(chunks: Iterator[bytes], observe: Observer | None = None) -> tuple[str, int]:
     digest, size = hashlib.sha256(), 0
     for chunk in chunks:
         digest.update(chunk)
+        if observe is not None:
+            observe(memoryview(chunk))
         size += len(chunk)
     return digest.hexdigest(), size
 
 
-def sha256_of_file(fileobj: BinaryIO, progress: Callable[[int], None] | None = None) -> tuple[str, int]:
+def sha256_of_file(
+    fileobj: BinaryIO, progress: Callable[[int], None] | None = None, observe: Observer | None = None
+) -> tuple[str, int]:
     def chunks():
         while chunk := fileobj.read(CHUNK_SIZE):
             if progress:
                 progress(len(chunk))
             yield chunk
 
-    return sha256_of_stream(chunks())
+    return sha256_of_stream(chunks(), observe)

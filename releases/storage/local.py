@@ -6,7 +6,6 @@ Writes go to a temporary file that is renamed into place, so a reader never sees
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from typing import BinaryIO
 
 from django.core.files.storage import FileSystemStorage
@@ -26,12 +25,12 @@ class LocalStore(ReleaseStore):
     def _path(self, key: str) -> str:
         return self.storage.path(key)  # safe_join: a key can never leave the root
 
-    def upload(self, key, fileobj, *, content_type, progress=None, jobs=None):
+    def upload(self, key, fileobj, *, content_type, progress=None, jobs=None, observe=None):
         target = self._path(key)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         with temporary_file(os.path.dirname(target), ".upload-", f"write object {key!r}") as (handle, temporary):
             with os.fdopen(handle, "wb") as out:
-                digest, size = sha256_of_file(_Tee(fileobj, out), progress)
+                digest, size = sha256_of_file(_Tee(fileobj, out), progress, observe)
                 out.flush()
                 os.fsync(out.fileno())
             os.chmod(temporary, 0o644)
@@ -52,10 +51,10 @@ class LocalStore(ReleaseStore):
     def receive_part(self, upload_id, number, read, length, sha256):
         return self.parts.receive(upload_id, number, read, length, sha256)
 
-    def complete_parts_upload(self, key, upload_id, parts):
+    def complete_parts_upload(self, key, upload_id, parts, observe=None):
         joined = JoinedParts(self.parts.paths(upload_id, parts))
         try:
-            stored = self.upload(key, joined, content_type="application/octet-stream")
+            stored = self.upload(key, joined, content_type="application/octet-stream", observe=observe)
         finally:
             joined.close()
         self.parts.abort(upload_id)
@@ -91,14 +90,6 @@ class LocalStore(ReleaseStore):
         os.makedirs(root, exist_ok=True)
         if not os.access(root, os.W_OK):
             raise StorageError(f"{root} is not writable.")
-
-    @contextmanager
-    def local_copy(self, key):
-        """The object's own file: nothing is copied."""
-        path = self._path(key)
-        if not os.path.isfile(path):
-            raise MissingObject(f"Object {key!r} does not exist.")
-        yield path
 
     def open(self, key: str) -> BinaryIO:
         """A local file handle, for serving byte ranges directly."""

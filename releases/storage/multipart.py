@@ -1,7 +1,8 @@
 """Resumable multipart uploads to S3 for large local files (publish_release).
 
-Parts go up `jobs` at a time, each with its CRC32 checksum (S3 checks it on arrival; the whole
-file's SHA-256, which the site records, is computed here beside them). The upload is not aborted
+Parts go up `jobs` at a time, each with its CRC32 checksum (S3 checks it on arrival). The file is
+read once, in order: the whole file's SHA-256, which the site records, and whatever the caller
+builds from the bytes (the chunk manifest) are computed from the same reads that feed the parts. The upload is not aborted
 when the run stops: the next upload of the same key finds it (S3 lists the uploads in progress by
 key), keeps every stored part whose size and CRC32 (or MD5 ETag, where the store lists no CRC32)
 match the local part, and sends only the rest. Abandoned uploads are aborted by the
@@ -21,7 +22,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from .hashing import Composite, crc32, sha256_of_file
+from .hashing import Composite, crc32
 
 logger = logging.getLogger(__name__)
 
@@ -80,9 +81,14 @@ class ResumableUpload:
         self._lock = threading.Lock()
         self._stop = threading.Event()  # set by the first failure or interruption: no new part starts
 
-    def run(self, content_type: str, progress=None) -> tuple[str, Composite]:
-        """Upload and complete. Returns the whole file's SHA-256 (read once more, in order, while the
-        parts go up) and S3's composite checksum of the parts, to compare with what S3 reports.
+    def run(self, content_type: str, progress=None, observe=None) -> tuple[str, Composite]:
+        """Upload and complete. Returns the whole file's SHA-256 and S3's composite checksum of the
+        parts, to compare with what S3 reports.
+
+        The file is read once, in order, on this thread: each part is hashed into the whole file's
+        SHA-256 and shown to `observe` (which sees every byte once, in order: the chunk manifest is
+        built there), then handed to the pool, whose `jobs` threads each send one part at a time.
+        At most `jobs` parts wait beside the ones in flight, so memory stays at 2 x jobs parts.
 
         Stopped part way (Ctrl-C, a failure), it waits for the parts in flight, cancels the rest and
         leaves the upload in S3 for the next run to resume."""
@@ -92,11 +98,19 @@ class ResumableUpload:
             self._abort(upload_id)  # cut with another part size: start again
             upload_id, stored = self._start(content_type), {}
         self.report.parts = len(parts)
-        pool = ThreadPoolExecutor(self.jobs)
+        whole, room = hashlib.sha256(), threading.BoundedSemaphore(2 * self.jobs)
+        pool, futures = ThreadPoolExecutor(self.jobs, thread_name_prefix="part"), []
         try:
-            futures = [pool.submit(self._part, upload_id, part, stored.get(part.number), progress) for part in parts]
-            with os.fdopen(os.dup(self.fd), "rb") as source:  # in order, beside the uploads
-                whole = sha256_of_file(source)[0]
+            for part in parts:
+                room.acquire()
+                if self._stop.is_set():
+                    room.release()
+                    break
+                data = self._read(part)
+                whole.update(data)
+                if observe is not None:
+                    observe(data)
+                futures.append(pool.submit(self._part, upload_id, part, data, stored.get(part.number), progress, room))
             wait(futures, return_when=FIRST_EXCEPTION)
             answers = [future.result() for future in futures]  # raises the first failure
         except BaseException:
@@ -110,7 +124,14 @@ class ResumableUpload:
             UploadId=upload_id,
             MultipartUpload={"Parts": [dict(PartNumber=p.number, **answer) for p, answer in zip(parts, answers)]},
         )
-        return whole, Composite.of(PART_CHECKSUM, [base64.b64decode(answer["ChecksumCRC32"]) for answer in answers])
+        checksums = [base64.b64decode(answer["ChecksumCRC32"]) for answer in answers]
+        return whole.hexdigest(), Composite.of(PART_CHECKSUM, checksums)
+
+    def _read(self, part: Part) -> bytes:
+        data = os.pread(self.fd, part.length, part.offset)
+        if len(data) != part.length:
+            raise OSError(f"the file shrank while it was being uploaded (part {part.number})")
+        return data
 
     # --- finding what is there ---------------------------------------------------------------
 
@@ -154,19 +175,18 @@ class ResumableUpload:
 
     # --- one part --------------------------------------------------------------------------------
 
-    def _part(self, upload_id: str, part: Part, stored: dict | None, progress) -> dict:
-        if self._stop.is_set():
-            raise Stopped(f"part {part.number} not started: the upload stopped")
+    def _part(self, upload_id: str, part: Part, data: bytes, stored: dict | None, progress, room) -> dict:
         try:
-            return self._send_part(upload_id, part, stored, progress)
+            if self._stop.is_set():
+                raise Stopped(f"part {part.number} not started: the upload stopped")
+            return self._send_part(upload_id, part, data, stored, progress)
         except BaseException:
             self._stop.set()
             raise
+        finally:
+            room.release()
 
-    def _send_part(self, upload_id: str, part: Part, stored: dict | None, progress) -> dict:
-        data = os.pread(self.fd, part.length, part.offset)
-        if len(data) != part.length:
-            raise OSError(f"the file shrank while it was being uploaded (part {part.number})")
+    def _send_part(self, upload_id: str, part: Part, data: bytes, stored: dict | None, progress) -> dict:
         checksum = base64.b64encode(crc32(data)).decode()
         if stored is not None and self._same(stored, data, checksum):
             with self._lock:

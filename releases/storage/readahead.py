@@ -27,9 +27,10 @@ def _read_ring() -> list[bytearray]:
     return ring
 
 
-def sha256_of_response(source, key: str, progress: Progress | None = None) -> tuple[str, int]:
-    """(hex SHA-256, size) of an http.client response's body, the object at ``key``; the caller
-    closes the response. A body shorter than its Content-Length raises StorageError."""
+def sha256_of_response(source, key: str, progress: Progress | None = None, observe=None) -> tuple[str, int]:
+    """(hex SHA-256, size) of an http.client response's body, the object at ``key``, each buffer
+    also shown to ``observe`` (hashing.Observer); the caller closes the response. A body shorter
+    than its Content-Length raises StorageError."""
     expected = source.length
     free, full = queue.Queue(), queue.Queue()
     for buffer in _read_ring():
@@ -64,7 +65,10 @@ def sha256_of_response(source, key: str, progress: Progress | None = None) -> tu
             if isinstance(item, StorageError):
                 raise item
             buffer, filled = item
-            digest.update(memoryview(buffer)[:filled])
+            with memoryview(buffer)[:filled] as view:
+                digest.update(view)
+                if observe is not None:
+                    observe(view)
             size += filled
             if progress:
                 progress(filled)

@@ -8,9 +8,7 @@ from __future__ import annotations
 import base64
 import http.client
 import os
-import tempfile
 import threading
-from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
@@ -156,14 +154,14 @@ class S3Store(ReleaseStore):
         part = settings.RELEASE_MULTIPART_THRESHOLD
         return TransferConfig(multipart_threshold=part, multipart_chunksize=part, max_concurrency=4)
 
-    def upload(self, key, fileobj, *, content_type, progress=None, jobs=None):
+    def upload(self, key, fileobj, *, content_type, progress=None, jobs=None, observe=None):
         start = fileobj.tell()
         size = fileobj.seek(0, os.SEEK_END) - start
         fileobj.seek(start)
         if start == 0 and size >= settings.RELEASE_MULTIPART_THRESHOLD and multipart.is_a_file(fileobj):
-            return self._upload_resumable(key, fileobj, size, content_type, progress, jobs)
+            return self._upload_resumable(key, fileobj, size, content_type, progress, jobs, observe)
         part_size = settings.RELEASE_MULTIPART_THRESHOLD
-        reader = HashingReader(fileobj, part_size=part_size if size >= part_size else None)
+        reader = HashingReader(fileobj, part_size=part_size if size >= part_size else None, observe=observe)
         with _storage_errors(f"upload object {key!r}"):
             self.client.upload_fileobj(
                 reader,
@@ -187,14 +185,14 @@ class S3Store(ReleaseStore):
             raise StorageError(f"Object {key!r} {problem}; it was removed, try again.")
         return StoredObject(key=key, size=size, sha256=digest, content_type=content_type)
 
-    def _upload_resumable(self, key, fileobj, size, content_type, progress, jobs):
+    def _upload_resumable(self, key, fileobj, size, content_type, progress, jobs, observe):
         upload = multipart.ResumableUpload(
             self.client, self.part_client, self.bucket, key, fileobj.fileno(), size,
             part_size=min(multipart.PART_SIZE, settings.RELEASE_MULTIPART_THRESHOLD),  # a lower threshold: smaller parts
             jobs=jobs or settings.RELEASE_UPLOAD_JOBS,
         )  # fmt: skip
         with _storage_errors(f"upload object {key!r}"):
-            digest, composite = upload.run(content_type, progress)
+            digest, composite = upload.run(content_type, progress, observe)
         self.last_upload = upload.report
         problem = self._check_uploaded(key, size, digest, composite)
         if problem:
@@ -219,7 +217,7 @@ class S3Store(ReleaseStore):
         with _storage_errors(f"sign part {number} of {key!r}"):
             return browser_parts.part_target(self.client, self.bucket, key, upload_id, number, sha256, expires)
 
-    def complete_parts_upload(self, key, upload_id, parts):
+    def complete_parts_upload(self, key, upload_id, parts, observe=None):
         with _storage_errors(f"complete the upload of {key!r}"):
             browser_parts.complete(self.client, self.bucket, key, upload_id, parts)
         stored = self.stat(key)
@@ -309,12 +307,12 @@ class S3Store(ReleaseStore):
             content_type=head.get("ContentType"),
         )
 
-    def compute_sha256(self, key, progress=None):
+    def compute_sha256(self, key, progress=None, observe=None):
         """Hash while reading ahead (see `readahead`). botocore's body (urllib3) would read into
         new objects and copy them, so the GET is a presigned URL read with http.client."""
         connection, source = self._open_presigned(key)
         try:
-            return readahead.sha256_of_response(source, key, progress)
+            return readahead.sha256_of_response(source, key, progress, observe)
         finally:
             source.close()
             connection.close()
@@ -339,19 +337,6 @@ class S3Store(ReleaseStore):
                 raise MissingObject(f"Object {key!r} does not exist.")
             raise StorageError(f"Could not read object {key!r}: storage answered {response.status} {response.reason}.")
         return connection, response
-
-    @contextmanager
-    def local_copy(self, key):
-        """The object downloaded into a temporary file (boto3's managed download: ranged GETs on
-        several connections), removed when the block ends. TMPDIR needs room for the object."""
-        handle, path = tempfile.mkstemp(prefix="model-releases-copy-")
-        os.close(handle)
-        try:
-            with _storage_errors(f"download object {key!r}"):
-                self.client.download_file(self.bucket, key, path, Config=self._transfer_config())
-            yield path
-        finally:
-            os.remove(path)
 
     def iter_bytes(self, key, chunk_size=CHUNK_SIZE):
         with _storage_errors(f"read object {key!r}"):

@@ -22,16 +22,20 @@ class Command(BaseCommand):
             files = list(services.files_for_manifests(model, version))
         except services.ReleaseError as error:
             raise CommandError(str(error)) from error
-        failed, width = 0, len(str(len(files)))
+        failed, read, width = 0, 0, len(str(len(files)))
         for number, file in enumerate(files, start=1):
             label = f"[{number:>{width}}/{len(files)}] {file.version.model.slug} {file.version.version} {file.path}"
             try:
                 outcome = services.build_chunk_manifest(file.sha256)
             except services.ReleaseError as error:
-                failed += 1
+                failed, read = failed + 1, read + getattr(error, "read_bytes", 0)
                 self.stderr.write(f"{label}: FAILED: {error}")
                 continue
+            read += outcome.read
             self.stdout.write(f"{label}: {outcome.describe()}")
+        summary = f"{len(files)} file{'s' if len(files) != 1 else ''} checked, {read:,} bytes read from storage"
         if failed:
-            raise CommandError(f"{failed} of {len(files)} files have no chunk manifest; see the lines above.")
-        self.stdout.write(self.style.SUCCESS(f"Done: {len(files)} file{'s' if len(files) != 1 else ''} checked."))
+            raise CommandError(
+                f"{failed} of {len(files)} files have no chunk manifest; see the lines above ({summary})."
+            )
+        self.stdout.write(self.style.SUCCESS(f"Done: {summary}."))
