@@ -74,9 +74,7 @@ class CountingProxy:
                     proxy.seen.requests[kind] += 1
                     if kind == "PutPart" or kind == "PutObject":
                         proxy.seen.puts_in_flight += 1
-                        proxy.seen.most_puts_in_flight = max(
-                            proxy.seen.most_puts_in_flight, proxy.seen.puts_in_flight
-                        )
+                        proxy.seen.most_puts_in_flight = max(proxy.seen.most_puts_in_flight, proxy.seen.puts_in_flight)
                 try:
                     status, reason, headers, answer = proxy.ask(self.command, self.path, self.headers, body)
                 finally:  # before the client hears the answer: it cannot send its next PUT sooner
@@ -124,3 +122,32 @@ class CountingProxy:
             return response.status, response.reason, response.getheaders(), answer
         finally:
             connection.close()
+
+
+def counted_moto(settings, moto_endpoint: str, s3_bucket: str):
+    """For a fixture: the release storage on a fresh moto bucket behind a CountingProxy (yielded),
+    with 5 MiB parts. `yield from counted_moto(settings, moto_endpoint, s3_bucket)`."""
+    from .conftest import s3_storage_options
+
+    proxy = CountingProxy(moto_endpoint)
+    settings.RELEASE_STORAGE = {"BACKEND": "s3", "OPTIONS": s3_storage_options(proxy.url, s3_bucket)}
+    settings.RELEASE_MULTIPART_THRESHOLD = 5 * 1024 * 1024
+    yield proxy
+    proxy.stop()
+
+
+class StorageReads:
+    """Counts the reads of objects' bytes at the storage layer (any store), by key."""
+
+    def __init__(self, monkeypatch, store_class):
+        self.keys: list[str] = []
+        for name in ("iter_bytes", "compute_sha256", "open"):
+            if hasattr(store_class, name):
+                monkeypatch.setattr(store_class, name, self._counting(getattr(store_class, name)))
+
+    def _counting(self, real):
+        def read(store, key, *args, **kwargs):
+            self.keys.append(key)
+            return real(store, key, *args, **kwargs)
+
+        return read

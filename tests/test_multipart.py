@@ -11,6 +11,8 @@ from releases.models import File, Version
 from releases.services import LocalFile, release_local_files
 from releases.storage import multipart
 
+from . import storage_servers
+
 pytestmark = pytest.mark.django_db(transaction=True)
 
 MiB = 1024 * 1024
@@ -123,23 +125,15 @@ def test_parts_are_planned_within_s3s_limits():
 
 
 @pytest.fixture
-def counted_store(settings, moto_endpoint, s3_bucket, local_store):
-    """The release storage on moto behind a counting proxy (tests/storage_servers.py)."""
-    from .conftest import s3_storage_options
-    from .storage_servers import CountingProxy
-
-    proxy = CountingProxy(moto_endpoint)
-    settings.RELEASE_STORAGE = {"BACKEND": "s3", "OPTIONS": s3_storage_options(proxy.url, s3_bucket)}
-    settings.RELEASE_MULTIPART_THRESHOLD = multipart.MIN_PART
-    yield proxy
-    proxy.stop()
+def counted_moto(settings, moto_endpoint, s3_bucket, local_store):
+    yield from storage_servers.counted_moto(settings, moto_endpoint, s3_bucket)
 
 
 @pytest.mark.parametrize("jobs", [1, 3])
-def test_jobs_is_the_most_parts_in_flight_at_once(counted_store, tmp_path, jobs):
+def test_jobs_is_the_most_parts_in_flight_at_once(counted_moto, tmp_path, jobs):
     path = tmp_path / "model.pt"
     path.write_bytes(os.urandom(31 * MiB))  # 7 parts of 5 MiB
-    publish(path, jobs=jobs)
-    seen = counted_store.reset()
+    call_command("publish_release", "tts", "v1", str(path), "--jobs", str(jobs))
+    seen = counted_moto.reset()  # PUTs counted at a proxy, from their request to the answer
     assert seen.requests["PutPart"] == 7
     assert seen.most_puts_in_flight == jobs

@@ -168,3 +168,92 @@ def test_paths_equal_after_unicode_normalisation_are_one_path(write_file, local_
     assert not Version.objects.exists()
     publish("index-tts", "v1", nfd)
     assert File.objects.get().path == "caf\u00e9.bin"  # stored in NFC
+
+
+# --- chunk manifests: built from the bytes sent, nothing read back ----------------------------------
+
+
+@pytest.fixture
+def counted_moto(settings, moto_endpoint, s3_bucket, local_store):
+    from . import storage_servers
+
+    yield from storage_servers.counted_moto(settings, moto_endpoint, s3_bucket)
+
+
+@pytest.fixture
+def weights_dir(write_file):
+    """One file sent in parts (13 MiB, 5 MiB parts), one in one PUT (2 MiB), one too small for a manifest."""
+    import random
+
+    write_file("w/model.pt", random.Random(1).randbytes(13 * 1024 * 1024 + 5))
+    write_file("w/vocoder.bin", random.Random(2).randbytes(2 * 1024 * 1024))
+    return write_file("w/config.yaml", b"rate: 24000\n").parent
+
+
+def check_manifests_recorded(weights_dir: Path, stored_manifest) -> None:
+    from releases.chunking import build_manifest
+
+    files = {file.path: file for file in File.objects.all()}
+    assert files["config.yaml"].chunks_size is None  # under 1 MiB: none
+    for path in ("model.pt", "vocoder.bin"):
+        expected = build_manifest(weights_dir / path)  # what the backfill would build from the whole file
+        assert files[path].chunks_size == len(expected)
+        assert stored_manifest(files[path].sha256) == expected
+
+
+@pytest.mark.django_db(transaction=True)
+def test_publishing_to_s3_records_the_manifests_with_the_files_and_reads_nothing_back(
+    counted_moto, weights_dir, s3_client, s3_bucket
+):
+    from releases.chunking import manifest_key
+
+    publish("tts", "v1", *sorted(weights_dir.iterdir()))  # the embedded default: tasks run in-process
+    seen = counted_moto.reset()  # every request of the publish, counted at the proxy in front of moto
+    assert Version.objects.get().status == "published"
+    assert (seen.object_reads, seen.object_bytes_read) == ([], 0)
+    assert seen.requests["PutPart"] == 3 and seen.requests["PutObject"] == 4  # 2 files, 2 manifests
+
+    def stored(sha):
+        return s3_client.get_object(Bucket=s3_bucket, Key=manifest_key(sha))["Body"].read()
+
+    check_manifests_recorded(weights_dir, stored)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_publishing_locally_records_the_manifests_and_reads_no_object(local_store, weights_dir, monkeypatch):
+    from releases.chunking import manifest_key
+    from releases.storage.local import LocalStore
+
+    from .storage_servers import StorageReads
+
+    reads = StorageReads(monkeypatch, LocalStore)
+    publish("tts", "v1", *sorted(weights_dir.iterdir()))
+    assert Version.objects.get().status == "published" and reads.keys == []
+    monkeypatch.undo()
+    check_manifests_recorded(weights_dir, lambda sha: b"".join(local_store.iter_bytes(manifest_key(sha))))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_same_bytes_published_again_share_their_manifest(counted_moto, weights_dir):
+    publish("tts", "v1", weights_dir / "vocoder.bin")
+    counted_moto.reset()
+    publish("other", "v1", weights_dir / "vocoder.bin")
+    seen = counted_moto.reset()
+    assert seen.requests["PutObject"] == 1 and seen.object_bytes_read == 0  # the file; its manifest is shared
+    assert len(set(File.objects.values_list("chunks_size", flat=True))) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_refused_publish_leaves_no_manifest_behind(local_store, weights_dir, monkeypatch):
+    from releases.chunking import manifest_key
+    from releases.services import versions
+
+    def refused(version):
+        raise versions.ReleaseError("refused for the test")
+
+    monkeypatch.setattr("releases.services.local_release.publish_version", refused)
+    with pytest.raises(CommandError, match="refused for the test"):
+        publish("tts", "v1", weights_dir / "model.pt", weights_dir / "vocoder.bin")
+    assert not File.objects.exists() and not Version.objects.exists()
+    for path in ("model.pt", "vocoder.bin"):
+        assert local_store.stat(manifest_key(sha256((weights_dir / path).read_bytes()))) is None
