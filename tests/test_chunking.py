@@ -542,3 +542,150 @@ def test_a_real_worker_builds_the_manifest_of_a_published_file(local_store, publ
         worker.stop()
     file = File.objects.get()
     assert parse_manifest(stored_manifest(local_store, file.sha256)).file_sha256.hex() == file.sha256
+
+
+# --- uploads from the admin: one read of the joined object --------------------------------------
+
+
+@pytest.fixture
+def counted_moto(settings, moto_endpoint, s3_bucket, local_store):
+    from . import storage_servers
+
+    yield from storage_servers.counted_moto(settings, moto_endpoint, s3_bucket)
+
+
+@pytest.fixture
+def upload_page(admin_client, monkeypatch):
+    from releases.services import browser_uploads
+
+    from .factories import VersionFactory
+    from .test_direct_upload import Page
+
+    monkeypatch.setattr(browser_uploads, "PART_SIZE", 5 * MiB)
+    return Page(admin_client, VersionFactory(model__slug="tts", version="v2"))
+
+
+def uploaded(page, data: bytes) -> File:
+    upload = page.start(data).json()
+    page.send(upload, data)
+    assert page.complete(upload, data).json()["state"] == "done"
+    return File.objects.get()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_admin_upload_to_s3_is_hashed_and_chunked_in_one_read_of_the_object(
+    counted_moto, upload_page, s3_client, s3_bucket
+):
+    weights = noise(80, 12 * MiB + 7)
+    counted_moto.reset()
+    file = uploaded(upload_page, weights)
+    seen = counted_moto.reset()
+    assert seen.object_reads == [f"/{s3_bucket}/tts/v2/model.safetensors"] and seen.object_bytes_read == len(weights)
+    key = chunking.manifest_key(file.sha256)
+    raw = s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+    assert file.chunks_size == len(raw) and parse_manifest(raw).file_sha256.hex() == file.sha256
+    assert chunk_sha_of(weights, parse_manifest(raw)) == [chunk.sha256 for chunk in parse_manifest(raw).chunks]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_admin_upload_to_the_local_store_is_chunked_while_its_parts_are_joined(
+    local_store, upload_page, monkeypatch
+):
+    from releases.storage.local import LocalStore
+
+    from .storage_servers import StorageReads
+
+    reads = StorageReads(monkeypatch, LocalStore)
+    weights = noise(81, 12 * MiB + 7)
+    file = uploaded(upload_page, weights)
+    assert reads.keys == []  # the join read the parts; the object was never read back
+    monkeypatch.undo()
+    raw = stored_manifest(local_store, file.sha256)
+    assert file.chunks_size == len(raw) and chunk_sha_of(weights, parse_manifest(raw)) == [
+        chunk.sha256 for chunk in parse_manifest(raw).chunks
+    ]
+
+
+# --- manifests follow storage: deleted with the last file, rebuilt when missing -------------------
+
+
+@pytest.mark.django_db
+def test_deleting_a_draft_deletes_the_manifests_no_other_file_uses(local_store, publish):
+    shared, own = noise(90, 2 * MiB), noise(91, 2 * MiB)
+    publish("index-tts", "v1", {"model.pt": shared})
+    draft = publish("index-tts", "v2", {"model.pt": shared, "extra.pt": own}, draft=True)
+    shared_key, own_key = (chunking.manifest_key(hashlib.sha256(data).hexdigest()) for data in (shared, own))
+    assert local_store.stat(own_key) and local_store.stat(shared_key)
+    services.delete_draft(draft)
+    assert local_store.stat(own_key) is None  # only the draft had those bytes
+    assert local_store.stat(shared_key) is not None  # v1 still has these
+    assert File.objects.get().chunks_size == local_store.stat(shared_key).size
+
+
+@pytest.mark.django_db
+def test_removing_a_draft_file_deletes_its_manifest_unless_shared(local_store, publish):
+    weights = noise(92, 2 * MiB)
+    draft = publish("index-tts", "v1", {"model.pt": weights, "copy.pt": weights}, draft=True)
+    key = chunking.manifest_key(hashlib.sha256(weights).hexdigest())
+    services.remove_file(draft.files.get(path="copy.pt"))
+    assert local_store.stat(key) is not None
+    services.remove_file(draft.files.get(path="model.pt"))
+    assert local_store.stat(key) is None
+
+
+@pytest.mark.django_db
+def test_verification_notices_a_missing_manifest_and_it_is_rebuilt(
+    any_store, publish, caplog, django_capture_on_commit_callbacks
+):
+    from releases import verification
+
+    weights = noise(93, 3 * MiB)
+    publish("index-tts", "v1", {"model.pt": weights})
+    publish("other", "v1", {"model.pt": weights})
+    file = File.objects.first()
+    key = chunking.manifest_key(file.sha256)
+    size = any_store.stat(key).size
+    any_store.delete(key)  # lost from storage: clients would fall back to whole downloads
+    with django_capture_on_commit_callbacks(execute=True):  # the beat job: it notices, and queues the rebuild
+        report = tasks.verify_files.apply().get()
+    assert report["failed"] == 0 and "missing from storage, queued to be rebuilt: " + file.sha256 in caplog.text
+    assert any_store.stat(key).size == size and set(File.objects.values_list("chunks_size", flat=True)) == {size}
+    assert "backfill-chunk-manifests: {'built': 1, 'bytes_read': 3145728}" in caplog.text
+    assert verification.verify_batch().manifests_missing == []  # found again: nothing to do
+
+
+@pytest.mark.django_db
+def test_a_missing_manifest_waits_for_the_backfill_when_the_broker_is_down(local_store, publish, monkeypatch):
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("broker unreachable")
+
+    publish("index-tts", "v1", {"model.pt": noise(94, 2 * MiB)})
+    file = File.objects.get()
+    local_store.delete(chunking.manifest_key(file.sha256))
+    monkeypatch.setattr(chunk_tasks.backfill_chunk_manifests, "delay", broker_down)
+    from releases import verification
+
+    assert verification.verify_batch().manifests_missing == [file.sha256]
+    file.refresh_from_db()
+    assert file.chunks_size is None  # so /chunks/<sha256> answers 404, not a link to nothing; the backfill's to do
+    assert services.backfill_chunk_manifests(10)["built"] == 1
+
+
+@pytest.mark.django_db
+def test_the_backfill_says_in_its_log_and_in_metrics_how_many_bytes_it_read(
+    local_store, publish, caplog, client, settings
+):
+    import re
+
+    def metric() -> int:
+        text = client.get("/metrics", HTTP_AUTHORIZATION="Bearer metrics-token").content.decode()
+        return int(float(re.search(r"^model_releases_chunk_backfill_read_bytes_total (\S+)$", text, re.M)[1]))
+
+    settings.METRICS_TOKEN = "metrics-token"
+    publish("index-tts", "v1", {"a.pt": noise(95, 2 * MiB), "b.pt": noise(96, MiB)})
+    before = metric()
+    forget_manifests(local_store)
+    assert chunk_tasks.backfill_chunk_manifests.apply().get() == {"built": 2, "bytes_read": 3 * MiB}
+    assert "backfill-chunk-manifests: {'built': 2, 'bytes_read': 3145728}" in caplog.text
+    assert "2097152 bytes read back" in caplog.text and "1048576 bytes read back" in caplog.text
+    assert metric() - before == 3 * MiB
