@@ -20,7 +20,7 @@ from client_bench import bench_python_client  # noqa: E402
 from common import free_port, manage, start_gunicorn, wait_for_http, wait_until  # noqa: E402
 from notes import bench_notes  # noqa: E402
 from pages_bench import bench_pages  # noqa: E402
-from upload_bench import bench_uploads  # noqa: E402
+from upload_bench import PROFILES, bench_uploads  # noqa: E402
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "200"))
 
@@ -515,10 +515,12 @@ def main() -> int:
         rows += bench_python_client()
     text, ok = table(rows)
     header = f"Model Releases benchmarks, {datetime.date.today().isoformat()}, on {machine()}"
-    print(f"\n{header}\n\n{text}")
+    print(f"\n{header}\n\n{text}\n\n{profile_section()}")
+    report = REPO / "docs" / "benchmarks.md"
+    if only == "uploads" and report.exists():  # the publish rows (and their profile) replace their old ones
+        report.write_text(with_upload_rows(report.read_text(), text, header))
     if only:
         return 0 if ok else 1
-    report = REPO / "docs" / "benchmarks.md"
     load = ""
     if report.exists() and "\n## Load\n" in report.read_text():  # written by `make load`; kept
         load = "\n## Load\n" + report.read_text().split("\n## Load\n", 1)[1]
@@ -528,9 +530,46 @@ def main() -> int:
         "the site runs on SQLite (and gunicorn for the client rows), all on loopback. The Python client's rows "
         "(bench/client_bench.py) run gunicorn with local storage behind bench/throttle.py, a loopback proxy that "
         "limits each connection or all of them and counts the bytes the server sends.\n\n"
-        f"{text}\n{load}"
+        f"{text}\n\n{profile_section()}{load}"
     )
     return 0 if ok else 1
+
+
+PROFILE_HEADING = "## Where a publish's time goes"
+
+
+def profile_section() -> str:
+    if not PROFILES:
+        return ""
+    body = "\n\n".join(f"{server}:\n\n```\n{summary}\n```" for server, summary in PROFILES.items())
+    return (
+        f"{PROFILE_HEADING}\n\nOne `publish_release` of the 1 GiB file under cProfile (bench/upload_bench.py), top "
+        "entries by own time. cProfile sees the main thread, which now reads the file once and hashes and "
+        "chunks every byte; the threads that send the parts (each part's CRC32, then its PUT) are not in it.\n\n"
+        f"{body}\n"
+    )
+
+
+def with_upload_rows(report: str, text: str, header: str) -> str:
+    """`report` with its publish_release rows replaced by those of `text` (a BENCH_ONLY=uploads run,
+    dated in the profile section) and its profile section replaced."""
+    new = [line for line in text.splitlines() if line.startswith("| publish_release") or line.startswith("| what one")]
+    lines, placed, kept = report.splitlines(), False, []
+    for line in lines:
+        if line.startswith("| publish_release") or line.startswith("| what one"):
+            if not placed:
+                kept += new
+                placed = True
+            continue
+        kept.append(line)
+    result = "\n".join(kept) + "\n"
+    before, _, after = result.partition(f"\n{PROFILE_HEADING}\n")
+    if after:  # drop the old profile section, up to the next heading
+        rest = after.split("\n## ", 1)
+        result = before + ("\n## " + rest[1] if len(rest) > 1 else "\n")
+    section = profile_section().replace("\n\nOne ", f"\n\nThe publish rows above: {header}. One ", 1)
+    head, sep, tail = result.partition("\n## Load\n")
+    return head.rstrip("\n") + "\n\n" + section + (sep + tail if sep else "")
 
 
 if __name__ == "__main__":

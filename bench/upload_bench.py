@@ -1,20 +1,25 @@
 """`make bench` rows for publishing multi-gigabyte files: publish_release against `aws s3 cp` (awscli,
-in .venv-awscli, built by `make awscli`) to the same moto server, and an interrupted upload resumed."""
+in .venv-awscli, built by `make awscli`) to the same moto server and to LocalStack's S3 (wall time,
+CPU, bytes read from the local disk and read back from storage), a profile of one publish, and an
+interrupted upload resumed. `BENCH_ONLY=uploads make bench` runs only these."""
 
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from common import REPO
 from throttle import Throttle
 
 GiB = 1024**3
-ROUNDS = 3
+ROUNDS = int(os.environ.get("BENCH_UPLOAD_ROUNDS", "3"))
 AWSCLI = REPO / ".venv-awscli" / "bin" / "aws"
 
 
@@ -27,12 +32,22 @@ def big_file(path: Path, size: int = GiB) -> Path:
     return path
 
 
-def publish(env: dict, version: str, path: Path, endpoint: str | None = None) -> subprocess.Popen:
-    """publish_release --draft: the upload and its checks, as `aws s3 cp` does them. (Publishing would
-    also build the file's chunk manifest, in the command itself here: the bench runs tasks eagerly.)"""
+def publish(
+    env: dict,
+    version: str,
+    path: Path,
+    endpoint: str | None = None,
+    *,
+    draft: bool = True,
+    model: str = "upload-bench",
+    profile: Path | None = None,
+) -> subprocess.Popen:
+    """publish_release (--draft by default: the upload and its checks). Published or not, the chunk
+    manifest is built from the bytes as they go up, in the command itself."""
     env = {**env, **({"AWS_S3_ENDPOINT_URL": endpoint} if endpoint else {})}
+    python = [sys.executable] + (["-m", "cProfile", "-o", str(profile)] if profile else [])
     return subprocess.Popen(
-        [sys.executable, str(REPO / "manage.py"), "publish_release", "upload-bench", version, str(path), "--draft"],
+        [*python, str(REPO / "manage.py"), "publish_release", model, version, str(path)] + (["--draft"] if draft else []),
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         # Ctrl-C must reach it: a bench started in the background by a shell without job control
         # ignores SIGINT, and so would its children (Python then installs no KeyboardInterrupt).
@@ -40,27 +55,40 @@ def publish(env: dict, version: str, path: Path, endpoint: str | None = None) ->
     )  # fmt: skip
 
 
-CPU: dict[str, list[float]] = {}  # CPU seconds of each kind of run (the bench's own children)
+@dataclass
+class Run:
+    wall: float  # seconds
+    cpu: float  # user + system seconds of the process and its children
+    disk: int  # bytes it read from the local disk (block input: the file is evicted from the page cache first)
 
 
-def timed(process: subprocess.Popen, kind: str = "") -> float:
-    start, before = time.perf_counter(), os.times()
+def measured(process: subprocess.Popen) -> Run:
+    start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     out, err = process.communicate(timeout=900)
     if process.returncode != 0:
         raise RuntimeError(f"{process.args} failed ({process.returncode}): {err[-2000:]}")
-    after = os.times()
-    CPU.setdefault(kind, []).append(
-        after.children_user + after.children_system - before.children_user - before.children_system
-    )
-    return time.perf_counter() - start
+    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return Run(wall, cpu, (after.ru_inblock - before.ru_inblock) * 512)
 
 
-def awscli_copy(env: dict, endpoint: str, path: Path, key: str) -> float:
+def timed(process: subprocess.Popen) -> float:
+    return measured(process).wall
+
+
+def evicted(path: Path) -> Path:
+    """`path` out of the page cache, so the next run reads it from the disk (and says how much)."""
+    with open(path, "rb") as source:
+        os.fsync(source.fileno())
+        os.posix_fadvise(source.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    return path
+
+
+def awscli(env: dict, endpoint: str, path: Path, key: str) -> subprocess.Popen:
     command = [str(AWSCLI), "--endpoint-url", endpoint, "s3", "cp", "--only-show-errors", str(path),
                f"s3://{env['AWS_STORAGE_BUCKET_NAME']}/{key}"]  # fmt: skip
     aws_env = {**env, "AWS_DEFAULT_REGION": "us-east-1"}
-    process = subprocess.Popen(command, env=aws_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return timed(process, "awscli")
+    return subprocess.Popen(command, env=aws_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def stored_parts(client, bucket: str, key: str) -> list[dict]:
@@ -75,29 +103,109 @@ def bench_uploads(endpoint: str, work: Path) -> list[tuple]:
         return [("publish_release vs aws s3 cp", "awscli missing: run `make awscli`", ">= 0.9x", False)]
     env = dict(os.environ)
     path = big_file(work / "big.bin")
-    size = path.stat().st_size
-    ours, theirs = [], []
-    # Three rounds, taking turns at going first (neither always meets a fresher moto, or the other's
-    # writeback); moto's time to join the parts after the last byte varies by seconds from run to run.
+    rows = publish_against_awscli("moto", env, endpoint, path, profile=work / "publish.prof")
+    with localstack_server(work / "localstack") as (localstack_endpoint, credentials):
+        import boto3
+
+        boto3.client("s3", endpoint_url=localstack_endpoint, region_name="us-east-1", **credentials).create_bucket(
+            Bucket=env["AWS_STORAGE_BUCKET_NAME"]
+        )
+        localstack_env = {**env, "AWS_S3_ENDPOINT_URL": localstack_endpoint, "AWS_ACCESS_KEY_ID": "test",
+                          "AWS_SECRET_ACCESS_KEY": "test"}  # fmt: skip
+        rows += publish_against_awscli("LocalStack", localstack_env, localstack_endpoint, path)
+    return rows + [interrupted_and_resumed(env, endpoint, path, path.stat().st_size)]
+
+
+def publish_against_awscli(server: str, env: dict, endpoint: str, path: Path, profile: Path | None = None) -> list:
+    """Rounds of `publish_release` (published, manifest included, tasks in-process as in the embedded
+    default) and `aws s3 cp` of the same file to the same server, taking turns at going first (neither
+    always meets a fresher server, or the other's writeback); the file is evicted from the page cache
+    before every run. Then one run of each through a proxy that counts the bytes read back."""
+    size, model = path.stat().st_size, f"bench-{server.lower()}"
+    ours: list[Run] = []
+    theirs: list[Run] = []
     for round_ in range(ROUNDS):
-        runs = [lambda: theirs.append(awscli_copy(env, endpoint, path, f"awscli/big-{round_}.bin")),
-                lambda: ours.append(timed(publish(env, f"v{round_}", path), "ours"))]  # fmt: skip
+        runs = [lambda: theirs.append(measured(awscli(env, endpoint, evicted(path), f"awscli/{round_}.bin"))),
+                lambda: ours.append(measured(publish(env, f"v{round_}", evicted(path), draft=False, model=model)))]  # fmt: skip
         for run in runs if round_ % 2 else runs[::-1]:
             run()
-    ours_s, theirs_s = min(ours), min(theirs)
+    read_back = {
+        "ours": counted_read_back(endpoint, lambda url: publish(env, "counted", path, url, draft=False, model=model)),
+        "awscli": counted_read_back(endpoint, lambda url: awscli(env, url, path, "awscli/counted.bin")),
+    }
+    best, their_best = min(ours, key=lambda run: run.wall), min(theirs, key=lambda run: run.wall)
+    ratio = their_best.wall / best.wall
     rows = [
         (
-            f"publish_release vs aws s3 cp (awscli), one 1 GiB file to the same moto server (best of {ROUNDS})",
-            f"ours {ours_s:.2f} s ({size / ours_s / 2**20:.0f} MiB/s) vs awscli {theirs_s:.2f} s "
-            f"({size / theirs_s / 2**20:.0f} MiB/s) = {theirs_s / ours_s:.2f}x; CPU seconds: ours "
-            f"{min(CPU['ours']):.1f} (each part's CRC32 for S3 to check, and the whole file's SHA-256, read "
-            f"again in order) vs awscli {min(CPU['awscli']):.1f}, beside moto's own on 2 cores; every run: ours "
-            f"{' / '.join(f'{t:.1f}' for t in ours)} s, awscli {' / '.join(f'{t:.1f}' for t in theirs)} s",
+            f"publish_release (published, chunk manifest included) vs aws s3 cp (awscli), one 1 GiB file to the "
+            f"same {server} server (best of {ROUNDS})",
+            f"ours {best.wall:.2f} s ({size / best.wall / 2**20:.0f} MiB/s) vs awscli {their_best.wall:.2f} s "
+            f"({size / their_best.wall / 2**20:.0f} MiB/s) = {ratio:.2f}x; every run: ours "
+            f"{' / '.join(f'{run.wall:.1f}' for run in ours)} s, awscli {' / '.join(f'{run.wall:.1f}' for run in theirs)} s",
             ">= 0.9x",
-            theirs_s / ours_s >= 0.9,
-        )
+            ratio >= 0.9,
+        ),
+        (
+            f"what one 1 GiB publish costs ({server}): CPU seconds, bytes read from the local disk, bytes read "
+            "back from storage (at a counting proxy)",
+            f"ours {min(run.cpu for run in ours):.1f} CPU s (the SHA-256, FastCDC and chunk hashes, part CRC32s), "
+            f"{max(run.disk for run in ours) / 2**20:,.0f} MiB from disk, {read_back['ours']:,} bytes read back; "
+            f"awscli {min(run.cpu for run in theirs):.1f} CPU s (part CRC32s), "
+            f"{max(run.disk for run in theirs) / 2**20:,.0f} MiB from disk, {read_back['awscli']:,} bytes read back",
+            "read back: 0; disk: the file once",
+            read_back["ours"] == 0 and max(run.disk for run in ours) <= size * 1.05,
+        ),
     ]
-    return rows + [interrupted_and_resumed(env, endpoint, path, size)]
+    if profile is not None:
+        measured(publish(env, "profiled", evicted(path), draft=False, model=model, profile=profile))
+        PROFILES[server] = profile_summary(profile)
+    return rows
+
+
+PROFILES: dict[str, str] = {}  # server -> the top of a cProfile run of publish_release's main thread
+
+
+def profile_summary(path: Path, entries: int = 14) -> str:
+    import io
+    import pstats
+
+    out = io.StringIO()
+    stats = pstats.Stats(str(path), stream=out)
+    stats.sort_stats("tottime").print_stats(entries)
+    lines = out.getvalue().splitlines()
+    first = next(n for n, line in enumerate(lines) if line.strip().startswith("ncalls"))
+    return "\n".join(line.replace(str(REPO) + "/", "").replace(sys.prefix + "/", "") for line in lines[first:] if line)
+
+
+def counted_read_back(endpoint: str, start) -> int:
+    """Object bytes read back from storage (GET responses for objects) while `start(url)` runs."""
+    sys.path.insert(0, str(REPO))
+    from tests.storage_servers import CountingProxy
+
+    proxy = CountingProxy(endpoint)
+    try:
+        measured(start(proxy.url))
+        return proxy.reset().object_bytes_read
+    finally:
+        proxy.stop()
+
+
+@contextmanager
+def localstack_server(data_dir: Path):
+    """LocalStack's S3 (signatures checked) on a free loopback port, from the tests' own launcher."""
+    from common import free_port
+
+    sys.path.insert(0, str(REPO))
+    from tests import localstack
+
+    python = localstack.ensure_venv(REPO / ".venv-localstack")
+    port = free_port()
+    process = localstack.start(python, port, data_dir)
+    try:
+        localstack.wait_ready(port)
+        yield f"http://127.0.0.1:{port}", {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
+    finally:
+        localstack.stop(process)
 
 
 def interrupted_and_resumed(env: dict, endpoint: str, path: Path, size: int) -> tuple:

@@ -86,9 +86,10 @@ class ResumableUpload:
         parts, to compare with what S3 reports.
 
         The file is read once, in order, on this thread: each part is hashed into the whole file's
-        SHA-256 and shown to `observe` (which sees every byte once, in order: the chunk manifest is
-        built there), then handed to the pool, whose `jobs` threads each send one part at a time.
-        At most `jobs` parts wait beside the ones in flight, so memory stays at 2 x jobs parts.
+        SHA-256 (on a thread of its own, one part behind: hashlib releases the GIL) and shown to
+        `observe` (which sees every byte once, in order: the chunk manifest is built there), then
+        handed to the pool, whose `jobs` threads each send one part at a time. At most `jobs + 2`
+        parts are held at once (read, hashed or waiting for a thread of the pool).
 
         Stopped part way (Ctrl-C, a failure), it waits for the parts in flight, cancels the rest and
         leaves the upload in S3 for the next run to resume."""
@@ -98,7 +99,7 @@ class ResumableUpload:
             self._abort(upload_id)  # cut with another part size: start again
             upload_id, stored = self._start(content_type), {}
         self.report.parts = len(parts)
-        whole, room = hashlib.sha256(), threading.BoundedSemaphore(2 * self.jobs)
+        room, whole = threading.BoundedSemaphore(self.jobs + 2), _Digest(observe)
         pool, futures = ThreadPoolExecutor(self.jobs, thread_name_prefix="part"), []
         try:
             for part in parts:
@@ -108,15 +109,15 @@ class ResumableUpload:
                     break
                 data = self._read(part)
                 whole.update(data)
-                if observe is not None:
-                    observe(data)
                 futures.append(pool.submit(self._part, upload_id, part, data, stored.get(part.number), progress, room))
+            digest = whole.hexdigest()
             wait(futures, return_when=FIRST_EXCEPTION)
             answers = [future.result() for future in futures]  # raises the first failure
         except BaseException:
             self._stop.set()
             raise
         finally:
+            whole.close()
             pool.shutdown(wait=True, cancel_futures=True)
         self.client.complete_multipart_upload(
             Bucket=self.bucket,
@@ -125,7 +126,7 @@ class ResumableUpload:
             MultipartUpload={"Parts": [dict(PartNumber=p.number, **answer) for p, answer in zip(parts, answers)]},
         )
         checksums = [base64.b64decode(answer["ChecksumCRC32"]) for answer in answers]
-        return whole.hexdigest(), Composite.of(PART_CHECKSUM, checksums)
+        return digest, Composite.of(PART_CHECKSUM, checksums)
 
     def _read(self, part: Part) -> bytes:
         data = os.pread(self.fd, part.length, part.offset)
@@ -217,6 +218,30 @@ class ResumableUpload:
         if stored.get("ChecksumCRC32"):
             return stored["ChecksumCRC32"] == checksum
         return stored.get("ETag", "").strip('"') == hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+class _Digest:
+    """The whole file's SHA-256, computed on a thread of its own one part behind (hashlib releases
+    the GIL, so it runs beside `observe`, which sees each part on the caller's thread)."""
+
+    def __init__(self, observe):
+        self.sha256, self.observe = hashlib.sha256(), observe
+        self.thread, self.last = ThreadPoolExecutor(1, thread_name_prefix="sha256"), None
+
+    def update(self, data: bytes) -> None:
+        if self.last is not None:
+            self.last.result()  # one part at a time in the queue
+        self.last = self.thread.submit(self.sha256.update, data)
+        if self.observe is not None:
+            self.observe(data)
+
+    def hexdigest(self) -> str:
+        if self.last is not None:
+            self.last.result()
+        return self.sha256.hexdigest()
+
+    def close(self) -> None:
+        self.thread.shutdown(wait=True, cancel_futures=True)
 
 
 def listed_parts(client, bucket: str, key: str, upload_id: str) -> Iterator[dict]:
