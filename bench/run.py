@@ -544,8 +544,10 @@ def profile_section() -> str:
     body = "\n\n".join(f"{server}:\n\n```\n{summary}\n```" for server, summary in PROFILES.items())
     return (
         f"{PROFILE_HEADING}\n\nOne `publish_release` of the 1 GiB file under cProfile (bench/upload_bench.py), top "
-        "entries by own time. cProfile sees the main thread, which now reads the file once and hashes and "
-        "chunks every byte; the threads that send the parts (each part's CRC32, then its PUT) are not in it.\n\n"
+        "entries by own time. cProfile sees the main thread, which reads the file once and chunks every "
+        "byte (FastCDC, then each chunk's SHA-256), and waits for the server to join the parts; the whole "
+        "file's SHA-256 (a thread of its own) and the threads that send the parts (each part's CRC32, then "
+        "its PUT) are not in it.\n\n"
         f"{body}\n"
     )
 
