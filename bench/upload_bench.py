@@ -122,6 +122,7 @@ def publish_against_awscli(server: str, env: dict, endpoint: str, path: Path, pr
     always meets a fresher server, or the other's writeback); the file is evicted from the page cache
     before every run. Then one run of each through a proxy that counts the bytes read back."""
     size, model = path.stat().st_size, f"bench-{server.lower()}"
+    load_before = os.getloadavg()[0]
     ours: list[Run] = []
     theirs: list[Run] = []
     for round_ in range(ROUNDS):
@@ -133,6 +134,7 @@ def publish_against_awscli(server: str, env: dict, endpoint: str, path: Path, pr
         "ours": counted_read_back(endpoint, lambda url: publish(env, "counted", path, url, draft=False, model=model)),
         "awscli": counted_read_back(endpoint, lambda url: awscli(env, url, path, "awscli/counted.bin")),
     }
+    load = f"load average {load_before:.1f} before the runs, {os.getloadavg()[0]:.1f} after (2 cores shared)"
     best, their_best = min(ours, key=lambda run: run.wall), min(theirs, key=lambda run: run.wall)
     ratio = their_best.wall / best.wall
     rows = [
@@ -141,7 +143,8 @@ def publish_against_awscli(server: str, env: dict, endpoint: str, path: Path, pr
             f"same {server} server (best of {ROUNDS})",
             f"ours {best.wall:.2f} s ({size / best.wall / 2**20:.0f} MiB/s) vs awscli {their_best.wall:.2f} s "
             f"({size / their_best.wall / 2**20:.0f} MiB/s) = {ratio:.2f}x; every run: ours "
-            f"{' / '.join(f'{run.wall:.1f}' for run in ours)} s, awscli {' / '.join(f'{run.wall:.1f}' for run in theirs)} s",
+            f"{' / '.join(f'{run.wall:.1f}' for run in ours)} s, awscli {' / '.join(f'{run.wall:.1f}' for run in theirs)} s; "
+            + load,
             ">= 0.9x",
             ratio >= 0.9,
         ),

@@ -96,6 +96,15 @@ def test_a_manifest_built_from_a_stream_is_the_one_built_from_the_whole_file(tmp
     assert builder.finish(hashlib.sha256(data).digest()) == build_manifest(tmp_path / "f")
 
 
+def test_the_compiled_chunker_is_the_one_in_use():
+    # The package falls back to pure Python (about a hundred times slower) when its extension is
+    # missing; every upload of a large file runs it, so the pinned wheel must bring the extension.
+    import fastcdc
+    from fastcdc.fastcdc_cy import fastcdc_cy
+
+    assert fastcdc.fastcdc is fastcdc_cy
+
+
 def test_a_stream_under_the_largest_chunk_is_one_or_two_chunks():
     builder = chunking.ManifestBuilder()
     builder.update(b"")
