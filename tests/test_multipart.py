@@ -137,3 +137,14 @@ def test_jobs_is_the_most_parts_in_flight_at_once(counted_moto, tmp_path, jobs):
     seen = counted_moto.reset()  # PUTs counted at a proxy, from their request to the answer
     assert seen.requests["PutPart"] == 7
     assert 1 <= seen.most_puts_in_flight <= jobs  # never more than asked (with 3, usually 3)
+
+
+def test_a_stream_that_is_not_a_file_goes_up_jobs_parts_at_a_time_too(counted_moto):
+    import io
+
+    from releases.storage import release_store
+
+    data = os.urandom(21 * MiB)  # 5 parts of 5 MiB, through boto3's managed upload (no file to read at offsets)
+    release_store().upload("tts/v1/model.pt", io.BytesIO(data), content_type="application/octet-stream", jobs=1)
+    seen = counted_moto.reset()
+    assert seen.requests["PutPart"] == 5 and seen.most_puts_in_flight == 1

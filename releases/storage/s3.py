@@ -148,11 +148,11 @@ class S3Store(ReleaseStore):
             self._location = S3Location.from_presigned(url, PROBE_KEY)
         return self._location
 
-    def _transfer_config(self):
+    def _transfer_config(self, jobs: int | None = None):
         from boto3.s3.transfer import TransferConfig
 
         part = settings.RELEASE_MULTIPART_THRESHOLD
-        return TransferConfig(multipart_threshold=part, multipart_chunksize=part, max_concurrency=4)
+        return TransferConfig(multipart_threshold=part, multipart_chunksize=part, max_concurrency=jobs or 4)
 
     def upload(self, key, fileobj, *, content_type, progress=None, jobs=None, observe=None):
         start = fileobj.tell()
@@ -168,7 +168,7 @@ class S3Store(ReleaseStore):
                 self.bucket,
                 key,
                 ExtraArgs={"ChecksumAlgorithm": "SHA256", "ContentType": content_type},
-                Config=self._transfer_config(),
+                Config=self._transfer_config(jobs),  # parts of a stream (not a file) go up `jobs` at a time too
                 Callback=progress,
             )
         try:
