@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from . import outbox, signing, verification
+from .download_records import QUARANTINE_KEY, QUARANTINED_METRIC
 from .models import File
 from .observability import counters
 
@@ -23,6 +24,15 @@ class ReleasesCollector:
             if name.startswith("redirects:"):
                 redirects.add_metric([name.split(":", 1)[1]], value)
         yield redirects
+        quarantined = CounterMetricFamily(
+            "model_releases_download_records_quarantined",
+            f"Download records the fold could not read, set aside (see {QUARANTINE_KEY} or the quarantine file).",
+            labels=["reason"],
+        )
+        for name, value in sorted(values.items()):
+            if name.startswith(QUARANTINED_METRIC):
+                quarantined.add_metric([name.removeprefix(QUARANTINED_METRIC)], value)
+        yield quarantined
         yield CounterMetricFamily("model_releases_signing_cache_hits", "Signed links served from the windowed cache.",
                                   value=values.get("signing_hits", 0))  # fmt: skip
         yield CounterMetricFamily("model_releases_signing_cache_misses", "Signed links computed.",

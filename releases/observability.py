@@ -12,8 +12,11 @@ import json
 import logging
 import re
 import threading
+import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from django.conf import settings
 
@@ -98,20 +101,38 @@ _local: dict[str, Counter] = {}  # hash key -> its counters, when there is no Re
 _local_lock = threading.Lock()
 _redis = None
 KEY = "model-releases:metrics"
+# After a failed write, the next ones skip Redis for this long: a stalled Redis costs one request
+# its socket timeout, not every request.
+REDIS_RETRY_SECONDS = 5.0
+_unreachable_until = 0.0
 
 
 def redis_client():
     """The Redis that holds the counters (REDIS_URL), with short timeouts: counting never waits long."""
     global _redis
-    if _redis is None:
+    if _redis is None or _redis.url != settings.REDIS_URL:
         import redis
 
         _redis = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=0.5, socket_timeout=0.5)
+        _redis.url = settings.REDIS_URL
     return _redis
 
 
-# (hash key, field) -> amount, gathered during a request
-_batch: contextvars.ContextVar[Counter | None] = contextvars.ContextVar("metrics_batch", default=None)
+class RedisWrite(Protocol):
+    """A write that joins a request's one round trip to Redis (downloads.py's counts)."""
+
+    def add_to(self, pipeline) -> None: ...
+    def written(self) -> None: ...
+    def not_written(self, error: Exception) -> None: ...
+
+
+@dataclass
+class _Batch:
+    counts: Counter = field(default_factory=Counter)  # (hash key, field) -> amount
+    writes: list[RedisWrite] = field(default_factory=list)
+
+
+_batch: contextvars.ContextVar[_Batch | None] = contextvars.ContextVar("metrics_batch", default=None)
 
 
 def count(**fields: int) -> None:
@@ -128,14 +149,28 @@ def count_in(key: str, fields: dict[str, int]) -> None:
     entries = Counter({(key, name): value for name, value in fields.items()})
     batch = _batch.get()
     if batch is not None:
-        batch.update(entries)
+        batch.counts.update(entries)
         return
-    _write(entries)
+    _write(_Batch(entries))
 
 
-def _write(entries: Counter) -> None:
-    entries = {where: value for where, value in entries.items() if value}
-    if not entries:
+def write_with_counts(write: RedisWrite) -> None:
+    """Send `write` in the request's one round trip (now, outside a request). Only with REDIS_URL."""
+    batch = _batch.get()
+    if batch is not None:
+        batch.writes.append(write)
+        return
+    _write(_Batch(writes=[write]))
+
+
+class RedisSkipped(Exception):
+    """Redis failed a moment ago (REDIS_RETRY_SECONDS): not tried again yet."""
+
+
+def _write(batch: _Batch) -> None:
+    global _unreachable_until
+    entries = {where: value for where, value in batch.counts.items() if value}
+    if not entries and not batch.writes:
         return
     if not settings.REDIS_URL:
         with _local_lock:
@@ -143,12 +178,27 @@ def _write(entries: Counter) -> None:
                 _local.setdefault(key, Counter())[name] += value
         return
     try:
+        if time.monotonic() < _unreachable_until:
+            raise RedisSkipped("Redis failed less than REDIS_RETRY_SECONDS ago")
         pipeline = redis_client().pipeline(transaction=False)
         for (key, name), value in entries.items():
             pipeline.hincrby(key, name, value)
-        pipeline.execute()
+        for write in batch.writes:
+            write.add_to(pipeline)
+        # Errors per command, so that a write refused on its own falls back without the others.
+        results = pipeline.execute(raise_on_error=False)
     except Exception as error:  # metrics must never fail a download
+        if not isinstance(error, RedisSkipped):
+            _unreachable_until = time.monotonic() + REDIS_RETRY_SECONDS
         logger.debug("could not count metrics: %s", error)
+        for write in batch.writes:
+            write.not_written(error)
+        return
+    for write, result in zip(batch.writes, results[len(entries) :]):
+        if isinstance(result, Exception):
+            write.not_written(result)
+        else:
+            write.written()
 
 
 class CountsMiddleware:
@@ -158,7 +208,7 @@ class CountsMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
-        batch = Counter()
+        batch = _Batch()
         token = _batch.set(batch)
         try:
             return self.get_response(request)

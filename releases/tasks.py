@@ -18,7 +18,7 @@ from celery import shared_task
 from django.conf import settings
 from django.db import transaction
 
-from . import downloads, outbox, verification
+from . import download_fold, outbox, verification
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def verify_files(self):
 @shared_task(bind=True, acks_late=True, soft_time_limit=10 * 60, time_limit=11 * 60)
 def rollup_downloads(self):
     """Beat: fold the download counters into daily rows."""
-    return periodic("rollup-downloads", lambda: {"downloads": downloads.fold()})
+    return periodic("rollup-downloads", lambda: {"downloads": download_fold.fold()})
 
 
 def _as_dict(result: outbox.DrainResult) -> dict:

@@ -5,6 +5,7 @@ variable is listed in README.md. A backend that is chosen but not configured
 fails here, at start-up, with ImproperlyConfigured.
 """
 
+import ipaddress
 import os
 import secrets
 from email.utils import getaddresses
@@ -373,6 +374,16 @@ OUTBOX_MAX_ATTEMPTS = env_int("OUTBOX_MAX_ATTEMPTS", 8, minimum=1, maximum=100)
 OUTBOX_BACKOFF_SECONDS = env_int("OUTBOX_BACKOFF_SECONDS", 30, minimum=1, maximum=3600)
 OUTBOX_LEASE_SECONDS = env_int("OUTBOX_LEASE_SECONDS", 600, minimum=10, maximum=86400)
 JOB_LOCK_SECONDS = env_int("JOB_LOCK_SECONDS", 3600, minimum=10, maximum=86400)
+
+# Download counts: the same client and file within this many seconds count once (releases/downloads.py).
+DOWNLOAD_DEDUPE_SECONDS = env_int("DOWNLOAD_DEDUPE_SECONDS", 600, minimum=1, maximum=86400)
+# The proxies in front (as gunicorn's setting of the same name, same default): behind them the client
+# is read from X-Forwarded-For. "*" trusts any non-public address (a proxy inside the deployment).
+FORWARDED_ALLOW_IPS = env_list("FORWARDED_ALLOW_IPS", ["127.0.0.1"])
+try:
+    TRUSTED_PROXY_NETWORKS = [ipaddress.ip_network(item, strict=False) for item in FORWARDED_ALLOW_IPS if item != "*"]
+except ValueError as error:
+    raise ImproperlyConfigured(f"FORWARDED_ALLOW_IPS must be addresses, networks or '*': {error}.") from None
 
 # Who hears about verify failures and CDN work that keeps failing: "Name <a@b>, Name <c@d>"
 # (RFC 5322 address lists, read by the standard library: quoted names may hold commas).

@@ -135,7 +135,7 @@ def screenshots(page, name: str) -> None:
 def test_a_visitor_finds_a_model_reads_its_card_sees_what_changed_and_counts_a_download(
     live_server, browser_page, publish
 ):
-    from releases import downloads, services
+    from releases import download_fold, services
 
     publish("index-tts", "v1", {"model.pt": b"old weights", "config.yaml": b"a: 1\n"})
     publish("index-tts", "v2", {"model.pt": b"new weights!", "config.yaml": b"a: 1\n", "vocoder/g.bin": b"g"})
@@ -170,7 +170,7 @@ def test_a_visitor_finds_a_model_reads_its_card_sees_what_changed_and_counts_a_d
     with page.expect_download() as download_info:
         page.get_by_role("link", name="model.pt", exact=True).click()
     assert Path(download_info.value.path()).read_bytes() == b"new weights!"
-    downloads.fold()  # what the beat job does every few minutes
+    download_fold.fold()  # what the beat job does every few minutes
     page.reload()
     assert "1 download (1 in the last 30 days)" in page.locator(".downloads").first.inner_text()
     page.goto(live_server.url + "/?sort=downloads")

@@ -1,5 +1,7 @@
-"""Download counts: counted on the request path without the database, folded into daily rows,
-shown on pages and in the API; against the real Redis, and with no Redis at all."""
+"""Download counts: counted on the request path without the database, once per download start and
+per client within the window, folded into daily rows, shown on pages and in the API; against the
+real Redis, and with no Redis at all. (Unreadable records: test_download_quarantine.py; Redis
+down or stalled: test_redis.py.)"""
 
 from datetime import timedelta
 
@@ -7,18 +9,34 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from releases import downloads, observability
+from releases import download_fold, downloads, observability
+from releases.client_address import client_address
+from releases.download_records import COUNTS_KEY, FOLDING_PREFIX, QUARANTINE_KEY
 from releases.models import DailyDownloads, DownloadFold, File
+
+from .servers import wait_until
 
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(autouse=True)
-def fresh_counters(settings):
-    if settings.REDIS_URL:
+def forget_counts() -> None:
+    """The download keys of this Redis database, and what this process remembers of counting."""
+    if observability.settings.REDIS_URL:
         client = observability.redis_client()
-        client.delete(downloads.COUNTS_KEY, *client.scan_iter(match=f"{downloads.FOLDING_PREFIX}*"))
+        keys = [COUNTS_KEY, QUARANTINE_KEY]
+        for pattern in (f"{FOLDING_PREFIX}*", f"{downloads.SEEN_PREFIX}*", "model-releases:downloads:not-a-hash:*"):
+            keys += list(client.scan_iter(match=pattern))
+        client.delete(*keys)
+    downloads._seen = downloads._SeenMarkers()
+    downloads._fallback = downloads._Fallback()
+    observability._unreachable_until = 0.0
+
+
+@pytest.fixture(autouse=True)
+def fresh_counters():
+    forget_counts()
     yield
+    forget_counts()
 
 
 @pytest.fixture
@@ -34,23 +52,163 @@ def totals():
     }
 
 
-def test_a_get_of_a_stable_url_counts_once_and_a_head_does_not(client, tts):
-    for _ in range(3):
-        assert client.get("/models/tts/v2/model.pt").status_code == 302
-    assert client.head("/models/tts/v2/model.pt").status_code == 302
-    assert client.get("/models/tts/latest/model.pt").status_code == 302  # latest is v2
-    assert client.get("/models/tts/v1/config.yaml").status_code == 302
+def get(client, path, address="203.0.113.7", **headers):
+    response = client.get(path, REMOTE_ADDR=address, headers=headers)
+    assert response.status_code == 302, response
+    return response
+
+
+def test_a_get_of_a_stable_url_counts_and_a_head_does_not(client, tts):
+    get(client, "/models/tts/v2/model.pt", "203.0.113.1")
+    assert client.head("/models/tts/v2/model.pt", REMOTE_ADDR="203.0.113.2").status_code == 302
+    get(client, "/models/tts/latest/model.pt", "203.0.113.3")  # latest is v2
+    get(client, "/models/tts/v1/config.yaml", "203.0.113.1")
     assert client.get("/models/tts/v2/missing.bin").status_code == 404
     assert DailyDownloads.objects.count() == 0  # nothing written to the database yet
     assert call_command("rollup_downloads") is None
-    assert totals() == {("model.pt", "v2"): 4, ("config.yaml", "v1"): 1}
+    assert totals() == {("model.pt", "v2"): 2, ("config.yaml", "v1"): 1}
+
+
+@pytest.mark.parametrize(
+    "range_header, counts",
+    [
+        ("", True),
+        ("bytes=0-", True),
+        ("bytes=0-8388607", True),
+        ("bytes = 0-0", True),
+        ("bytes=0-99, 200-299", True),  # the first range starts the file
+        ("bytes=8388608-16777215", False),  # a later segment of a parallel download
+        ("bytes=1-", False),  # a resumed download
+        ("bytes=-100", False),  # the end of the file
+        ("bytes=200-299, 0-99", False),
+        ("bytes=abc", True),  # unreadable: the file server ignores it and sends the whole file
+        ("items=5-9", True),  # not bytes: ignored, the whole file
+    ],
+)
+def test_only_a_get_that_starts_a_download_counts(client, tts, range_header, counts):
+    get(client, "/models/tts/v2/model.pt", **({"Range": range_header} if range_header else {}))
+    assert download_fold.fold() == (1 if counts else 0)
+
+
+def test_a_parallel_download_in_segments_counts_once(client, tts):
+    """As the Python client fetches a large file: the first segment from byte 0, then the others."""
+    segment = 8 * 1024 * 1024
+    for index in range(26):
+        get(client, "/models/tts/v2/model.pt", Range=f"bytes={index * segment}-{(index + 1) * segment - 1}")
+    assert download_fold.fold() == 1
+
+
+def test_the_same_client_and_file_within_the_window_count_once_whatever_the_query(client, tts):
+    for query in ("", "?a=1", "?cache-bust=2", "?a=1"):
+        get(client, f"/models/tts/v2/model.pt{query}", "203.0.113.7")
+    get(client, "/models/tts/v1/model.pt", "203.0.113.7")  # another file
+    get(client, "/models/tts/v2/model.pt?a=1", "203.0.113.8")  # another client
+    get(client, "/models/tts/v2/model.pt", "2001:db8::8")
+    download_fold.fold()
+    assert totals() == {("model.pt", "v2"): 3, ("model.pt", "v1"): 1}
+
+
+def test_the_marker_expires_with_the_window_and_holds_no_address(client, tts, settings):
+    settings.DOWNLOAD_DEDUPE_SECONDS = 1
+    get(client, "/models/tts/v2/model.pt", "203.0.113.7")
+    redis = observability.redis_client()
+    markers = list(redis.scan_iter(match=f"{downloads.SEEN_PREFIX}*"))
+    assert len(markers) == 1 and 0 < redis.pttl(markers[0]) <= 1000
+    everything = b" ".join(markers + [redis.get(markers[0])] + list(redis.hgetall(COUNTS_KEY)))
+    assert b"203.0.113" not in everything and b"113.7" not in everything
+    field = f"{File.objects.get(version=tts).pk}:{timezone.now().date().isoformat()}".encode()
+
+    def counted_again():
+        get(client, "/models/tts/v2/model.pt", "203.0.113.7")
+        return int(redis.hget(COUNTS_KEY, field)) == 2
+
+    wait_until(counted_again, 10, what="the window to end")
+
+
+def test_markers_rotate_daily_and_depend_on_the_secret(settings):
+    today = downloads._marker(7, "203.0.113.7", "2026-12-03")
+    assert today == downloads._marker(7, "203.0.113.7", "2026-12-03")
+    assert today != downloads._marker(7, "203.0.113.7", "2026-12-04")
+    assert today != downloads._marker(8, "203.0.113.7", "2026-12-03")
+    assert today != downloads._marker(7, "203.0.113.8", "2026-12-03")
+    settings.SECRET_KEY = "another-secret-key-of-enough-length-for-django-0123456789"
+    assert today != downloads._marker(7, "203.0.113.7", "2026-12-03")
+
+
+def test_a_download_costs_one_round_trip_to_redis(client, tts, monkeypatch):
+    """The count, its marker and the request's metrics go in one pipeline, and nothing else is sent."""
+    import redis
+
+    sent = []
+    execute, command = redis.client.Pipeline.execute, redis.Redis.execute_command
+    monkeypatch.setattr(redis.client.Pipeline, "execute", lambda self, *a, **k: sent.append("pipeline") or execute(self, *a, **k))  # fmt: skip
+    monkeypatch.setattr(redis.Redis, "execute_command", lambda self, *a, **k: sent.append(a[0]) or command(self, *a, **k))  # fmt: skip
+    get(client, "/models/tts/v2/model.pt")
+    get(client, "/models/tts/v2/model.pt")  # the same client again: still one round trip, not counted
+    assert sent == ["pipeline", "pipeline"]
+    monkeypatch.undo()
+    assert download_fold.fold() == 1
+
+
+@pytest.mark.parametrize(
+    "trusted, meta, expected",
+    [
+        (["127.0.0.1"], {"REMOTE_ADDR": "203.0.113.7"}, "203.0.113.7"),
+        (["127.0.0.1"], {"REMOTE_ADDR": "203.0.113.7", "HTTP_X_FORWARDED_FOR": "198.51.100.1"}, "203.0.113.7"),
+        (["127.0.0.1"], {"REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_FOR": "6.6.6.6, 203.0.113.7"}, "203.0.113.7"),
+        (
+            ["127.0.0.1", "10.0.0.0/8"],
+            {"REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_FOR": "203.0.113.7, 10.1.2.3"},
+            "203.0.113.7",
+        ),  # fmt: skip
+        (["127.0.0.1"], {"REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_FOR": "203.0.113.7, 10.1.2.3"}, "10.1.2.3"),
+        (
+            ["*"],
+            {"REMOTE_ADDR": "172.18.0.3", "HTTP_X_FORWARDED_FOR": "6.6.6.6, 203.0.113.7, 10.0.0.5"},
+            "203.0.113.7",
+        ),  # fmt: skip
+        (["*"], {"REMOTE_ADDR": "198.51.100.9", "HTTP_X_FORWARDED_FOR": "203.0.113.7"}, "198.51.100.9"),
+        (["::1"], {"REMOTE_ADDR": "::1", "HTTP_X_FORWARDED_FOR": "[2001:db8::7]:443"}, "2001:db8::7"),
+        (["127.0.0.1"], {"REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_FOR": "203.0.113.7:5555, junk"}, "127.0.0.1"),
+        (["127.0.0.1"], {"REMOTE_ADDR": "127.0.0.1"}, "127.0.0.1"),
+        (["10.0.0.0/8"], {"REMOTE_ADDR": "::ffff:10.0.0.5", "HTTP_X_FORWARDED_FOR": "203.0.113.7"}, "203.0.113.7"),
+    ],
+)
+def test_the_client_is_read_behind_trusted_proxies_only(settings, trusted, meta, expected):
+    import ipaddress
+
+    settings.FORWARDED_ALLOW_IPS = trusted
+    settings.TRUSTED_PROXY_NETWORKS = [ipaddress.ip_network(item) for item in trusted if item != "*"]
+    assert client_address(meta) == expected
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"FORWARDED_ALLOW_IPS": "127.0.0.1,proxy.internal"}, "FORWARDED_ALLOW_IPS must be addresses"),
+        ({"DOWNLOAD_DEDUPE_SECONDS": "0"}, "DOWNLOAD_DEDUPE_SECONDS must be between 1 and 86400"),
+        ({"DOWNLOAD_DEDUPE_SECONDS": "ten"}, "DOWNLOAD_DEDUPE_SECONDS must be a whole number"),
+    ],
+)
+def test_settings_refuse_a_bad_proxy_list_or_window(tmp_path, env, message):
+    from .test_settings import load_settings
+
+    result = load_settings(tmp_path, **env)
+    assert result.returncode != 0 and message in result.stderr
+
+
+def test_clients_behind_one_proxy_are_told_apart(client, tts, settings):
+    settings.FORWARDED_ALLOW_IPS = ["*"]
+    for forwarded in ("203.0.113.7", "203.0.113.8", "6.6.6.6, 203.0.113.7"):  # the last one forged its header
+        client.get("/models/tts/v2/model.pt", REMOTE_ADDR="172.18.0.3", HTTP_X_FORWARDED_FOR=forwarded)
+    assert download_fold.fold() == 2
 
 
 def test_pages_and_api_show_totals_and_the_last_30_days(client, tts):
     model_pt = File.objects.get(version=tts, path="model.pt")
     DailyDownloads.objects.create(file=model_pt, day=timezone.now().date() - timedelta(days=40), count=100)
-    client.get("/models/tts/v2/model.pt")
-    downloads.fold()
+    get(client, "/models/tts/v2/model.pt")
+    download_fold.fold()
     api = client.get("/api/v1/models/tts/versions/v2").json()
     assert api["downloads"] == {"total": 101, "last_30_days": 1}
     model = client.get("/api/v1/models/tts").json()
@@ -63,65 +221,65 @@ def test_pages_and_api_show_totals_and_the_last_30_days(client, tts):
 
 
 def test_folding_twice_counts_once(client, tts):
-    client.get("/models/tts/v2/model.pt")
-    assert downloads.fold() == 1
-    assert downloads.fold() == 0
+    get(client, "/models/tts/v2/model.pt")
+    assert download_fold.fold() == 1
+    assert download_fold.fold() == 0
     assert totals() == {("model.pt", "v2"): 1}
 
 
-def test_a_fold_that_died_after_committing_is_not_counted_again(tts, settings):
+def test_a_fold_that_died_after_committing_is_not_counted_again(tts):
     """The set-aside hash of a fold whose rows committed is only deleted by the next fold."""
     client = observability.redis_client()
     file_id = File.objects.get(version=tts).pk
     today = timezone.now().date().isoformat()
-    committed, unfinished = f"{downloads.FOLDING_PREFIX}dead", f"{downloads.FOLDING_PREFIX}unfinished"
+    committed, unfinished = f"{FOLDING_PREFIX}dead", f"{FOLDING_PREFIX}unfinished"
     client.hset(committed, f"{file_id}:{today}", 5)
     DownloadFold.objects.create(name=committed, downloads=5)
     DailyDownloads.objects.create(file_id=file_id, day=timezone.now().date(), count=5)
     client.hset(unfinished, f"{file_id}:{today}", 2)  # set aside, never recorded
-    assert downloads.fold() == 2
+    assert download_fold.fold() == 2
     assert totals() == {("model.pt", "v2"): 7}
     assert not client.exists(committed) and not client.exists(unfinished)
 
 
 def test_a_redis_restart_loses_only_the_downloads_since_the_last_fold(client, tts):
-    for _ in range(3):
-        client.get("/models/tts/v2/model.pt")
-    downloads.fold()
-    for _ in range(2):
-        client.get("/models/tts/v2/model.pt")
-    observability.redis_client().delete(downloads.COUNTS_KEY)  # Redis restarted without persistence
-    downloads.fold()
+    for address in ("203.0.113.1", "203.0.113.2", "203.0.113.3"):
+        get(client, "/models/tts/v2/model.pt", address)
+    download_fold.fold()
+    for address in ("203.0.113.4", "203.0.113.5"):
+        get(client, "/models/tts/v2/model.pt", address)
+    observability.redis_client().delete(COUNTS_KEY)  # Redis restarted without persistence
+    download_fold.fold()
     assert totals() == {("model.pt", "v2"): 3}
 
 
-def test_counting_works_without_redis_across_processes(client, tts, settings, tmp_path):
+def test_counting_works_without_redis_across_processes_and_counts_a_client_once(client, tts, settings, tmp_path):
     settings.REDIS_URL = ""
     settings.DATA_DIR = tmp_path
-    client.get("/models/tts/v2/model.pt")
-    client.get("/models/tts/v1/model.pt")
+    for address in ("203.0.113.1", "203.0.113.1", "203.0.113.2"):
+        get(client, "/models/tts/v2/model.pt?x=" + address, address)
+    get(client, "/models/tts/v2/model.pt", "203.0.113.1", Range="bytes=100-")
+    get(client, "/models/tts/v1/model.pt")
     (tmp_path / "downloads" / "other-host-4242.log").write_text(  # another process's log
         f"{File.objects.get(version=tts).pk}:{timezone.now().date().isoformat()}\n"
     )
-    assert downloads.fold() == 3
-    assert totals() == {("model.pt", "v2"): 2, ("model.pt", "v1"): 1}
+    assert download_fold.fold() == 4
+    assert totals() == {("model.pt", "v2"): 3, ("model.pt", "v1"): 1}
     assert list((tmp_path / "downloads").iterdir()) == []
-    assert downloads.fold() == 0
+    assert download_fold.fold() == 0
 
 
-def test_malformed_counters_and_deleted_files_are_skipped(tts, settings, caplog):
-    client = observability.redis_client()
+def test_deleted_files_are_skipped(tts):
     file_id = File.objects.get(version=tts).pk
     today = timezone.now().date().isoformat()
-    client.hset(downloads.COUNTS_KEY, mapping={f"{file_id}:{today}": 1, "garbage": 3, f"999999:{today}": 4})
-    assert downloads.fold() == 1
+    observability.redis_client().hset(COUNTS_KEY, mapping={f"{file_id}:{today}": 1, f"999999:{today}": 4})
+    assert download_fold.fold() == 1
     assert totals() == {("model.pt", "v2"): 1}
-    assert "ignoring a malformed download counter 'garbage'" in caplog.text
 
 
 def test_the_beat_job_folds(client, tts):
     from releases import tasks
 
-    client.get("/models/tts/v2/model.pt")
+    get(client, "/models/tts/v2/model.pt")
     assert tasks.rollup_downloads.delay().get() == {"downloads": 1}
     assert totals() == {("model.pt", "v2"): 1}

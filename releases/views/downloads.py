@@ -27,8 +27,7 @@ def download(request, model_slug, version, path):
         return plain_error(error)
     link = signer().link(file.key, file.name, base_url=download_base(request))
     observability.count(**{f"redirects:{file.version.model.slug}": 1})
-    if request.method == "GET":  # a HEAD asks about the file; only a GET downloads it
-        count_download(file.pk)
+    count_download(request, file.pk)  # a GET that starts a download; never a HEAD or a later segment
     response = HttpResponseRedirect(link.url)
     response["X-Artifact-SHA256"] = file.sha256
     response["X-Artifact-Size"] = str(file.size)
