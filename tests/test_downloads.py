@@ -283,3 +283,106 @@ def test_the_beat_job_folds(client, tts):
     get(client, "/models/tts/v2/model.pt")
     assert tasks.rollup_downloads.delay().get() == {"downloads": 1}
     assert totals() == {("model.pt", "v2"): 1}
+
+
+# --- records that cannot be read: set aside, never a stop ----------------------------------------------
+
+
+def quarantined_metric() -> dict:
+    from releases import metrics
+
+    from .test_observability import parsed
+
+    samples = parsed(metrics.prometheus_text())
+    name = "model_releases_download_records_quarantined_total"
+    return {labels[0][1]: value for (sample, labels), value in samples.items() if sample == name}
+
+
+def quarantine_list() -> list[dict]:
+    import json
+
+    return [json.loads(entry) for entry in observability.redis_client().lrange(QUARANTINE_KEY, 0, -1)]
+
+
+def test_unreadable_redis_counters_are_set_aside_and_the_rest_is_folded(tts, caplog):
+    observability.redis_client().delete(observability.KEY)
+    file_id = File.objects.get(version=tts).pk
+    today = timezone.now().date().isoformat()
+    observability.redis_client().hset(
+        COUNTS_KEY,
+        mapping={
+            f"{file_id}:{today}": 2,
+            f"{file_id}:2026-11-30": "abc",
+            b"\xff\xfe:" + today.encode(): 1,  # not UTF-8
+            f"{2**63}:{today}": 1,  # beyond PostgreSQL's bigint
+            f"{file_id}:2026-02-30": 1,
+            f"{file_id}:{today}:x": 1,
+            f"{file_id}:2026-11-29": -3,
+        },
+    )
+    assert download_fold.fold() == 2
+    assert totals() == {("model.pt", "v2"): 2}
+    reasons = sorted(entry["reason"] for entry in quarantine_list())
+    assert reasons == ["bad_count", "bad_count", "bad_day", "bad_field", "file_id_out_of_range", "not_ascii"]
+    raw = {entry["reason"]: entry for entry in quarantine_list()}
+    assert raw["not_ascii"]["record"] == f"\\xff\\xfe:{today}=1"
+    assert raw["bad_count"]["batch"].startswith(FOLDING_PREFIX)
+    assert "set aside 6 unreadable download records" in caplog.text
+    assert [r.levelname for r in caplog.records if "unreadable download" in r.message] == ["WARNING"]
+    assert quarantined_metric() == {
+        "bad_count": 2, "bad_day": 1, "bad_field": 1, "file_id_out_of_range": 1, "not_ascii": 1
+    }  # fmt: skip
+    assert download_fold.fold() == 0
+    assert not list(observability.redis_client().scan_iter(match=f"{FOLDING_PREFIX}*"))
+
+
+def test_unreadable_log_lines_are_set_aside_and_the_rest_is_folded(tts, settings, tmp_path, caplog):
+    import base64
+    import json
+
+    settings.REDIS_URL = ""
+    file_id = File.objects.get(version=tts).pk
+    today = timezone.now().date().isoformat().encode()
+    log = tmp_path / "downloads" / "web-1-77.log"
+    log.parent.mkdir()
+    bad = [b"\xff" + str(file_id).encode() + b":" + today, str(2**63).encode() + b":" + today, b"garbage", b"7:" + today + b" zz"]  # fmt: skip
+    log.write_bytes(
+        b"\n".join([str(file_id).encode() + b":" + today, *bad, str(file_id).encode() + b":" + today]) + b"\n"
+    )
+    assert download_fold.fold() == 2
+    assert totals() == {("model.pt", "v2"): 2}
+    entries = [json.loads(line) for line in (tmp_path / "downloads" / "quarantine.jsonl").read_text().splitlines()]
+    assert [base64.b64decode(entry["raw"]) for entry in entries] == bad  # the exact bytes, to inspect
+    assert [entry["reason"] for entry in entries] == ["not_ascii", "file_id_out_of_range", "bad_field", "bad_line"]
+    assert "set aside 4 unreadable download records of web-1-77.folding-" in caplog.text
+    assert quarantined_metric()["not_ascii"] >= 1
+    assert sorted(path.name for path in (tmp_path / "downloads").iterdir()) == ["quarantine.jsonl"]
+
+
+def test_the_set_aside_batches_that_stopped_earlier_folds_are_folded_now(tts, settings, tmp_path):
+    """Batches that a fold before this one set aside and then crashed on (`int('abc')`, a `\\xff` line)."""
+    file_id = File.objects.get(version=tts).pk
+    today = timezone.now().date().isoformat()
+    redis = observability.redis_client()
+    redis.hset(f"{FOLDING_PREFIX}crashed-on-abc", mapping={f"{file_id}:{today}": 3, f"{file_id}:{today}x": "abc"})
+    redis.set(f"{FOLDING_PREFIX}not-a-hash", "5")
+    log = tmp_path / "downloads" / "web-1-77.folding-crashed"  # a fallback log set aside by a crashed fold
+    log.parent.mkdir()
+    marker = "0" * 32
+    log.write_bytes(f"{file_id}:{today} {marker}\n".encode() + b"\xff\xff\n")
+    assert download_fold.fold() == 4
+    assert totals() == {("model.pt", "v2"): 4}
+    assert sorted(entry["reason"] for entry in quarantine_list()) == ["bad_field", "not_a_hash", "not_ascii"]
+    assert redis.get(next(redis.scan_iter(match="model-releases:downloads:not-a-hash:*"))) == b"5"  # kept whole
+    assert not list(redis.scan_iter(match=f"{FOLDING_PREFIX}*")) and not log.exists()
+    assert download_fold.fold() == 0
+
+
+def test_the_quarantine_list_is_capped(tts, monkeypatch):
+    from releases import download_records
+
+    monkeypatch.setattr(download_records, "QUARANTINE_KEEP", 3)
+    today = timezone.now().date().isoformat()
+    observability.redis_client().hset(COUNTS_KEY, mapping={f"{n}:{today}": "abc" for n in range(1, 6)})
+    assert download_fold.fold() == 0
+    assert len(quarantine_list()) == 3
