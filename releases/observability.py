@@ -108,12 +108,17 @@ _unreachable_until = 0.0
 
 
 def redis_client():
-    """The Redis that holds the counters (REDIS_URL), with short timeouts: counting never waits long."""
+    """The Redis that holds the counters (REDIS_URL), with short timeouts and no retries (redis-py
+    would otherwise try ten times with backoff): counting never waits long."""
     global _redis
     if _redis is None or _redis.url != settings.REDIS_URL:
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
-        _redis = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=0.5, socket_timeout=0.5)
+        _redis = redis.Redis.from_url(
+            settings.REDIS_URL, socket_connect_timeout=0.5, socket_timeout=0.5, retry=Retry(NoBackoff(), 0)
+        )
         _redis.url = settings.REDIS_URL
     return _redis
 
