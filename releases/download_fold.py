@@ -58,22 +58,31 @@ Rows = Counter  # (file id, day) -> downloads
 
 def fold() -> int:
     """Add every counter set aside or pending to the daily rows; the number of downloads folded."""
+    logs = _logs_set_aside()
     if settings.REDIS_URL:
-        for log in _logs_set_aside():
-            send_log(log)
+        for log in logs:
+            _unless_taken(send_log, log)
         return _fold_redis()
-    return sum(_fold_log(log) for log in _logs_set_aside())
+    return sum(_unless_taken(_fold_log, log) for log in logs)
+
+
+def _unless_taken(work, log: Path) -> int:
+    """`work(log)`, or 0 when a process of this host took the log first (it sends its own logs)."""
+    try:
+        return work(log)
+    except FileNotFoundError:
+        return 0
 
 
 def _logs_set_aside() -> list[Path]:
-    """Every log of this host set aside (now, or by a fold or a sender that died), oldest first."""
+    """Every log of this host set aside (now, or by a fold or a sender that died)."""
     directory = log_dir()
     if not directory.is_dir():
         return []
     renamed = [set_aside(log) for log in directory.glob("*.log")]
     if renamed:
         time.sleep(LOG_SETTLE_SECONDS)
-    return sorted(directory.glob("*.folding-*"), key=lambda path: path.stat().st_mtime_ns)
+    return sorted(directory.glob("*.folding-*"))
 
 
 # --- Redis ------------------------------------------------------------------------------------------

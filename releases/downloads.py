@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -56,6 +58,8 @@ logger = logging.getLogger(__name__)
 
 SEEN_PREFIX = "model-releases:downloads:seen:"
 WARN_EVERY_SECONDS = 60.0
+MAX_LOCAL_MARKERS = 100_000  # markers a process keeps in memory; past it the oldest go first
+_DIGITS = re.compile(r"[0-9]{1,19}")
 REPLAY_CHUNK = 1000  # log lines sent to Redis per round trip
 
 # KEYS: the marker, the counts hash. ARGV: the window in seconds, the field. Counts only a new marker.
@@ -75,27 +79,38 @@ def starts_download(method: str, range_header: str) -> bool:
     if not equals or unit.strip().lower() != "bytes":
         return True  # no Range, or one the file server ignores: the whole file
     start, dash, _ = ranges.split(",", 1)[0].strip().partition("-")
+    start = start.strip()
     if not dash:
         return True  # unreadable: ignored, the whole file
-    if not start.strip():
+    if not start:
         return False  # a suffix range: the end of the file
-    return not start.strip().isdigit() or int(start) == 0
+    return not _DIGITS.fullmatch(start) or int(start) == 0
 
 
 def count_download(request, file_id: int) -> None:
     """Count one download of a file by this request's client, today (UTC). Never raises."""
-    if not starts_download(request.method, request.headers.get("Range", "")):
-        return
-    day = timezone.now().date().isoformat()
-    field = f"{file_id}:{day}"
-    marker = _marker(file_id, client_address(request.META), day)
-    if settings.REDIS_URL:
-        observability.write_with_counts(_RedisCount(field, marker))
-    elif _seen.first_time(marker):
-        _append(f"{field}\n")
+    try:
+        if not starts_download(request.method, request.headers.get("Range", "")):
+            return
+        day = timezone.now().date().isoformat()
+        field = f"{file_id}:{day}"
+        marker = _marker(file_id, client_address(request.META), day)
+        if settings.REDIS_URL:
+            observability.write_with_counts(_RedisCount(field, marker))
+        elif _seen.first_time(marker):
+            _append(f"{field}\n")
+    except Exception:  # counting must not fail a download
+        logger.exception("could not count a download of file %s", file_id)
 
 
 def _marker(file_id: int, address: str, day: str) -> str:
+    """The client's marker for a file and day. An IPv6 client is its /64 (one host's privacy
+    addresses change within it, and a flood of fresh addresses from one network counts once)."""
+    try:
+        if ipaddress.ip_address(address).version == 6:
+            address = str(ipaddress.ip_network(f"{address}/64", strict=False).network_address)
+    except ValueError:
+        pass  # no address (a Unix socket): counted under what REMOTE_ADDR says
     salt = hmac.new(settings.SECRET_KEY.encode(), f"download-dedupe {day}".encode(), hashlib.sha256).digest()
     return hmac.new(salt, f"{file_id} {address}".encode(), hashlib.sha256).hexdigest()[:32]
 
@@ -114,6 +129,8 @@ class _SeenMarkers:
                 self._until.popitem(last=False)
             if marker in self._until:
                 return False
+            if len(self._until) >= MAX_LOCAL_MARKERS:
+                self._until.popitem(last=False)  # the oldest: memory stays bounded under a flood
             self._until[marker] = now + settings.DOWNLOAD_DEDUPE_SECONDS
             return True
 
@@ -169,6 +186,7 @@ class _Fallback:
 
     def __init__(self):
         self.pending = False  # this process's log holds counts not yet sent to Redis
+        self.orphans_looked_for = False  # once per process, and after each of its own fallbacks
         self.unsent: list[Path] = []  # logs set aside whose sending failed
         self.kept_since_warning = 0
         self.last_warning = float("-inf")
@@ -191,15 +209,18 @@ class _Fallback:
         )
 
     def send_pending(self) -> None:
-        if not self.pending and not self.unsent:
+        if not self.pending and not self.unsent and self.orphans_looked_for:
             return
         with self.lock:
-            if not self.pending and not self.unsent:
+            if not self.pending and not self.unsent and self.orphans_looked_for:
                 return
-            logs, self.unsent, self.pending = self.unsent, [], False
+            look_for_orphans = self.pending or not self.orphans_looked_for
+            logs, self.unsent, self.pending, self.orphans_looked_for = self.unsent, [], False, True
             with _log_lock:
                 if own_log().exists():
                     logs.append(set_aside(own_log()))
+        if look_for_orphans:
+            logs += _orphaned_logs()
         for log in logs:
             try:
                 sent = send_log(log)
@@ -208,10 +229,35 @@ class _Fallback:
                 with self.lock:
                     self.unsent.append(log)
                 continue
-            logger.warning("Redis answers again: sent %d download counts kept in %s", sent, log.name)
+            logger.info("Redis answers again: sent %d download counts kept in %s", sent, log.name)
 
 
 _fallback = _Fallback()
+
+
+def _orphaned_logs() -> list[Path]:
+    """Set aside the logs of processes of this host that died with counts in them (a web worker
+    recycled while Redis was down): no one writes to them any more."""
+    found = []
+    for log in log_dir().glob("*.log"):
+        host, _, pid = log.stem.rpartition("-")
+        if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        try:
+            found.append(set_aside(log))
+        except FileNotFoundError:
+            pass  # another process of this host took it first
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def send_log(log: Path) -> int:

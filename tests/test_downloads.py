@@ -135,6 +135,22 @@ def test_markers_rotate_daily_and_depend_on_the_secret(settings):
     assert today != downloads._marker(7, "203.0.113.7", "2026-12-03")
 
 
+def test_an_ipv6_client_is_its_64_network():
+    assert downloads._marker(7, "2001:db8:1:2::1", "2026-12-03") == downloads._marker(
+        7, "2001:db8:1:2:aa::9", "2026-12-03"
+    )
+    assert downloads._marker(7, "2001:db8:1:2::1", "2026-12-03") != downloads._marker(
+        7, "2001:db8:1:3::1", "2026-12-03"
+    )
+    assert downloads._marker(7, "", "2026-12-03")  # no address at all (a Unix socket) still counts
+
+
+def test_a_process_keeps_a_bounded_number_of_markers(monkeypatch):
+    monkeypatch.setattr(downloads, "MAX_LOCAL_MARKERS", 2)
+    seen = downloads._SeenMarkers()
+    assert [seen.first_time(marker) for marker in ("a", "b", "a", "c", "a")] == [True, True, False, True, True]
+
+
 def test_a_download_costs_one_round_trip_to_redis(client, tts, monkeypatch):
     """The count, its marker and the request's metrics go in one pipeline, and nothing else is sent."""
     import redis

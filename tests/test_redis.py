@@ -3,6 +3,8 @@ download counts survive a Redis of the test's own that stops or stalls."""
 
 import os
 import signal
+import socket
+import subprocess
 import uuid
 
 import pytest
@@ -88,8 +90,11 @@ def test_counts_made_while_redis_stalls_go_to_the_local_log_and_none_is_lost(own
 def test_counts_made_while_redis_is_down_are_sent_when_it_answers_again(
     own_redis, client, publish, caplog, monkeypatch
 ):
+    from django.utils import timezone
+
     from releases import download_fold, downloads, observability
     from releases.download_records import COUNTS_KEY
+    from releases.models import File
 
     monkeypatch.setattr(observability, "REDIS_RETRY_SECONDS", 0.0)  # try Redis at every request
     publish("tts", "v1", {"model.pt": b"weights"})
@@ -99,10 +104,14 @@ def test_counts_made_while_redis_is_down_are_sent_when_it_answers_again(
     for n in range(2, 12):
         download(client, f"203.0.113.{n}")
     assert fallback_warnings(caplog) == ["WARNING"]
+    recycled = subprocess.Popen(["true"])  # a web worker of this host that was recycled meanwhile
+    recycled.wait()
+    orphan = downloads.own_log().with_name(f"{socket.gethostname()}-{recycled.pid}.log")
+    orphan.write_text("".join(f"{File.objects.get().pk}:{timezone.now().date()} {n:032x}\n" for n in range(2)))
     own_redis.start()  # empty: it kept nothing on disk, and the fold before took what it had
-    download(client, "203.0.113.12")  # the first count that reaches Redis sends the log
-    assert not downloads.own_log().exists()
+    download(client, "203.0.113.12")  # the first count that reaches Redis sends the logs
+    assert not downloads.own_log().exists() and not orphan.exists()
     assert "Redis answers again: sent 10 download counts" in caplog.text
-    assert sum(int(v) for v in observability.redis_client().hgetall(COUNTS_KEY).values()) == 11
-    assert download_fold.fold() == 11
-    assert folded_total() == 12
+    assert sum(int(v) for v in observability.redis_client().hgetall(COUNTS_KEY).values()) == 13
+    assert download_fold.fold() == 13
+    assert folded_total() == 14
