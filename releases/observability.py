@@ -2,7 +2,8 @@
 
 Counters live in Redis when REDIS_URL is set (shared by every web process and
 worker), in this process otherwise. Counting never breaks a request: a
-failure to count is logged and forgotten. metrics.py turns them into /metrics.
+failure to count is logged and forgotten (download counts, which join the same
+one write, fall back to their own log). metrics.py turns them into /metrics.
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ def redis_client():
 
 
 class RedisWrite(Protocol):
-    """A write that joins a request's one round trip to Redis (downloads.py's counts)."""
+    """A write that joins a request's one round trip to Redis (downloads.py's counts). It adds
+    exactly one command; it hears whether that command was carried out, or why not."""
 
     def add_to(self, pipeline) -> None: ...
     def written(self) -> None: ...

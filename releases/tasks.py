@@ -1,5 +1,5 @@
 """Celery tasks: thin, idempotent, taking ids; the work lives in outbox.py, verification.py and
-downloads.py.
+download_fold.py.
 
 Outbox rows are drained by a task queued once their change commits (`drain_after_commit`,
 the one place that queues it) and by beat jobs for whatever that missed. Retries of CDN work

@@ -350,7 +350,7 @@ CELERY_BEAT_SCHEDULE = {
         "task": "releases.tasks.warm_pending",
         "schedule": env_int("WARM_INTERVAL", 300, minimum=1, maximum=86400),
     },
-    # Also the most download counts a Redis restart can lose (see releases/downloads.py).
+    # Also the most download counts a Redis restart can lose (see releases/download_fold.py).
     "rollup-downloads": {
         "task": "releases.tasks.rollup_downloads",
         "schedule": env_int("ROLLUP_DOWNLOADS_INTERVAL", 300, minimum=10, maximum=86400),
