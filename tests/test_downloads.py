@@ -220,6 +220,25 @@ def test_clients_behind_one_proxy_are_told_apart(client, tts, settings):
     assert download_fold.fold() == 2
 
 
+@pytest.mark.django_db(transaction=True)
+def test_through_varnish_each_client_counts_once(varnish, publish):
+    """The shipped VCL in front: Varnish appends its peer to X-Forwarded-For, and a load balancer in
+    front of it (played by the header sent here) names the client."""
+    import http.client
+
+    publish("tts", "v1", {"model.pt": b"weights"})
+
+    def get_through_varnish(client: str, query: str = "") -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", varnish.port, timeout=10)
+        connection.request("GET", f"/models/tts/v1/model.pt{query}", headers={"X-Forwarded-For": client})
+        assert connection.getresponse().status == 302
+        connection.close()
+
+    for client, query in [("203.0.113.7", ""), ("203.0.113.7", "?bust=1"), ("203.0.113.8", ""), ("203.0.113.7", "")]:
+        get_through_varnish(client, query)
+    assert download_fold.fold() == 2
+
+
 def test_pages_and_api_show_totals_and_the_last_30_days(client, tts):
     model_pt = File.objects.get(version=tts, path="model.pt")
     DailyDownloads.objects.create(file=model_pt, day=timezone.now().date() - timedelta(days=40), count=100)
