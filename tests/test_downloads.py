@@ -198,6 +198,7 @@ def test_the_client_is_read_behind_trusted_proxies_only(settings, trusted, meta,
     assert client_address(meta) == expected
 
 
+@pytest.mark.slow  # starts servers or processes
 @pytest.mark.parametrize(
     "env, message",
     [
@@ -220,6 +221,7 @@ def test_clients_behind_one_proxy_are_told_apart(client, tts, settings):
     assert download_fold.fold() == 2
 
 
+@pytest.mark.slow  # starts servers or processes
 @pytest.mark.django_db(transaction=True)
 def test_through_varnish_each_client_counts_once(varnish, publish):
     """The shipped VCL in front: Varnish appends its peer to X-Forwarded-For, and a load balancer in

@@ -66,6 +66,7 @@ def fallback_warnings(caplog) -> list[str]:
     return [r.levelname for r in caplog.records if "Redis cannot be reached" in r.getMessage()]
 
 
+@pytest.mark.slow  # starts servers or processes
 def test_counts_made_while_redis_stalls_go_to_the_local_log_and_none_is_lost(own_redis, client, publish, caplog):
     from releases import download_fold, downloads
 
@@ -87,6 +88,7 @@ def test_counts_made_while_redis_stalls_go_to_the_local_log_and_none_is_lost(own
     assert not list(downloads.own_log().parent.glob("*.log")) and download_fold.fold() == 0
 
 
+@pytest.mark.slow  # starts servers or processes
 def test_counts_made_while_redis_is_down_are_sent_when_it_answers_again(
     own_redis, client, publish, caplog, monkeypatch
 ):
@@ -115,3 +117,51 @@ def test_counts_made_while_redis_is_down_are_sent_when_it_answers_again(
     assert sum(int(v) for v in observability.redis_client().hgetall(COUNTS_KEY).values()) == 13
     assert download_fold.fold() == 13
     assert folded_total() == 14
+
+
+@pytest.mark.slow  # starts servers or processes
+@pytest.mark.django_db(transaction=True)
+def test_gunicorn_workers_keep_every_count_through_a_stall(settings, publish):
+    """Issue's case: 40 downloads while Redis stalls for a few seconds, served by two gunicorn workers."""
+    import urllib.request
+
+    from releases import download_fold
+
+    from .servers import Gunicorn, django_env, wait_until
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    def download_from(site, client: str) -> None:
+        request = urllib.request.Request(f"{site.url}/models/tts/v1/model.pt", headers={"X-Forwarded-For": client})
+        try:
+            urllib.request.build_opener(NoRedirect).open(request, timeout=30)
+        except urllib.error.HTTPError as answer:
+            assert answer.code == 302
+
+    redis_server = RedisServer().start()
+    settings.REDIS_URL = redis_server.url
+    publish("tts", "v1", {"model.pt": b"weights"})
+    site = Gunicorn(django_env(REDIS_URL=redis_server.url, DJANGO_LOG_FORMAT="plain"), workers=2)
+    try:
+        for n in range(5):
+            download_from(site, f"198.51.100.{n}")
+        os.kill(redis_server.process.pid, signal.SIGSTOP)
+        try:
+            for n in range(40):
+                download_from(site, f"203.0.113.{n}")
+        finally:
+            os.kill(redis_server.process.pid, signal.SIGCONT)
+        for n in range(5):
+            download_from(site, f"192.0.2.{n}")
+        wait_until(lambda: "Redis cannot be reached" in site.log(), 10, what="the warning")
+        warnings = [line for line in site.log().splitlines() if "Redis cannot be reached" in line]
+        assert 1 <= len(warnings) <= 2 and all(" WARNING " in line for line in warnings)  # one per worker at most
+        site.stop()
+        site = None
+        assert download_fold.fold() == 50  # the workers' logs are sent by the fold on their host
+    finally:
+        if site:
+            site.stop()
+        redis_server.stop()
