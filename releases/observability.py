@@ -105,7 +105,7 @@ KEY = "model-releases:metrics"
 # After a failed write, the next ones skip Redis for this long: a stalled Redis costs one request
 # its socket timeout, not every request.
 REDIS_RETRY_SECONDS = 5.0
-_unreachable_until = 0.0
+_unreachable_until: dict[str, float] = {}  # REDIS_URL -> when to try it again
 
 
 def redis_client():
@@ -175,7 +175,6 @@ class RedisSkipped(Exception):
 
 
 def _write(batch: _Batch) -> None:
-    global _unreachable_until
     entries = {where: value for where, value in batch.counts.items() if value}
     if not entries and not batch.writes:
         return
@@ -185,7 +184,7 @@ def _write(batch: _Batch) -> None:
                 _local.setdefault(key, Counter())[name] += value
         return
     try:
-        if time.monotonic() < _unreachable_until:
+        if time.monotonic() < _unreachable_until.get(settings.REDIS_URL, 0.0):
             raise RedisSkipped("Redis failed less than REDIS_RETRY_SECONDS ago")
         pipeline = redis_client().pipeline(transaction=False)
         for (key, name), value in entries.items():
@@ -196,7 +195,7 @@ def _write(batch: _Batch) -> None:
         results = pipeline.execute(raise_on_error=False)
     except Exception as error:  # metrics must never fail a download
         if not isinstance(error, RedisSkipped):
-            _unreachable_until = time.monotonic() + REDIS_RETRY_SECONDS
+            _unreachable_until[settings.REDIS_URL] = time.monotonic() + REDIS_RETRY_SECONDS
         logger.debug("could not count metrics: %s", error)
         for write in batch.writes:
             write.not_written(error)

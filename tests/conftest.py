@@ -207,6 +207,20 @@ def quick_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_download_counts_from_earlier_runs():
+    """Each run creates the database afresh, so file ids repeat: counters or de-duplication markers
+    that an earlier run left in the test Redis would be taken for this run's files."""
+    from django.conf import settings
+
+    if settings.REDIS_URL:
+        import redis
+
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        for key in client.scan_iter(match="model-releases:downloads*"):
+            client.delete(key)
+
+
 @pytest.fixture(autouse=True)
 def tasks_run_in_process(settings):
     """Tasks queued by a test run right after its commit, in-process, as in the embedded default.

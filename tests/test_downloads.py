@@ -29,7 +29,7 @@ def forget_counts() -> None:
         client.delete(*keys)
     downloads._seen = downloads._SeenMarkers()
     downloads._fallback = downloads._Fallback()
-    observability._unreachable_until = 0.0
+    observability._unreachable_until.clear()
 
 
 @pytest.fixture(autouse=True)

@@ -44,12 +44,12 @@ def own_redis(settings, db):
     server = RedisServer().start()
     settings.REDIS_URL = server.url
     downloads._seen, downloads._fallback = downloads._SeenMarkers(), downloads._Fallback()
-    observability._unreachable_until = 0.0
+    observability._unreachable_until.clear()
     yield server
     if server.process and server.process.poll() is None:
         os.kill(server.process.pid, signal.SIGCONT)
     server.stop()
-    observability._unreachable_until = 0.0
+    observability._unreachable_until.clear()
 
 
 def download(client, address: str, path: str = "/models/tts/v1/model.pt") -> None:
