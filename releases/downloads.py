@@ -51,6 +51,7 @@ from .download_records import (
     log_lines,
     parse_log_line,
     quarantine_entry,
+    quarantine_location,
     report,
 )
 
@@ -285,7 +286,7 @@ def send_log(log: Path) -> int:
         results = pipeline.execute()
         sent += sum(1 for result in results[: len(results) - (2 if quarantined else 0)] if result)
     log.unlink(missing_ok=True)  # (a fold on this host may have sent the same log: markers count it once)
-    report(log.name, reasons, "the Redis quarantine list")
+    report(log.name, reasons, quarantine_location())
     return sent
 
 
