@@ -109,8 +109,9 @@ _unreachable_until: dict[str, float] = {}  # REDIS_URL -> when to try it again
 
 
 def redis_client():
-    """The Redis that holds the counters (REDIS_URL), with short timeouts and no retries (redis-py
-    would otherwise try ten times with backoff): counting never waits long."""
+    """The Redis that holds the counters (REDIS_URL), with short timeouts and no retries (said
+    explicitly: a pipeline sent again to a stalled Redis would run twice once it resumes, and
+    redis-py's defaults about retrying have changed between versions): counting never waits long."""
     global _redis
     if _redis is None or _redis.url != settings.REDIS_URL:
         import redis
