@@ -165,6 +165,26 @@ def own_log() -> Path:
     return log_dir() / f"{socket.gethostname()}-{os.getpid()}.log"
 
 
+class _Every:
+    """At most one log line per `seconds`, with the number of occasions since the last one."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.last, self.since = seconds, float("-inf"), 0
+        self.lock = threading.Lock()
+
+    def due(self) -> int:
+        """0 when not due yet; else the occasions this line speaks for (this one included)."""
+        with self.lock:
+            self.since += 1
+            if time.monotonic() - self.last < self.seconds:
+                return 0
+            occasions, self.since, self.last = self.since, 0, time.monotonic()
+            return occasions
+
+
+_unwritable = _Every(WARN_EVERY_SECONDS)
+
+
 def _append(line: str) -> bool:
     try:
         with _log_lock:
@@ -173,7 +193,8 @@ def _append(line: str) -> bool:
                 log.write(line)
         return True
     except OSError as error:
-        logger.warning("could not count a download (%s): %s", line.strip(), error)
+        if lost := _unwritable.due():
+            logger.warning("could not count %d download%s in %s: %s", lost, "" if lost == 1 else "s", own_log(), error)
         return False
 
 
@@ -189,8 +210,7 @@ class _Fallback:
         self.pending = False  # this process's log holds counts not yet sent to Redis
         self.orphans_looked_for = False  # once per process, and after each of its own fallbacks
         self.unsent: list[Path] = []  # logs set aside whose sending failed
-        self.kept_since_warning = 0
-        self.last_warning = float("-inf")
+        self.warning = _Every(WARN_EVERY_SECONDS)
         self.lock = threading.Lock()
 
     def keep(self, field: str, marker: str, error: Exception) -> None:
@@ -198,16 +218,13 @@ class _Fallback:
             return
         with self.lock:
             self.pending = True
-            self.kept_since_warning += 1
-            if time.monotonic() - self.last_warning < WARN_EVERY_SECONDS:
-                return
-            kept, self.kept_since_warning, self.last_warning = self.kept_since_warning, 0, time.monotonic()
-        logger.warning(
-            "Redis cannot be reached (%s): download counts go to %s until it answers (%d since the last warning)",
-            error,
-            own_log(),
-            kept,
-        )
+        if kept := self.warning.due():
+            logger.warning(
+                "Redis cannot be reached (%s): download counts go to %s until it answers (%d since the last warning)",
+                error,
+                own_log(),
+                kept,
+            )
 
     def send_pending(self) -> None:
         if not self.pending and not self.unsent and self.orphans_looked_for:

@@ -29,6 +29,7 @@ def forget_counts() -> None:
         client.delete(*keys)
     downloads._seen = downloads._SeenMarkers()
     downloads._fallback = downloads._Fallback()
+    downloads._unwritable = downloads._Every(downloads.WARN_EVERY_SECONDS)
     observability._unreachable_until.clear()
 
 
@@ -304,6 +305,14 @@ def test_counting_works_without_redis_across_processes_and_counts_a_client_once(
     assert totals() == {("model.pt", "v2"): 3, ("model.pt", "v1"): 1}
     assert list((tmp_path / "downloads").iterdir()) == []
     assert download_fold.fold() == 0
+
+
+def test_a_log_that_cannot_be_written_fails_no_download_and_is_said_once(client, tts, settings, tmp_path, caplog):
+    settings.REDIS_URL = ""
+    (tmp_path / "downloads").write_text("a file where the folder should be")
+    for n in range(5):
+        get(client, "/models/tts/v2/model.pt", f"203.0.113.{n}")
+    assert [r.levelname for r in caplog.records if "could not count" in r.getMessage()] == ["WARNING"]
 
 
 def test_deleted_files_are_skipped(tts):
