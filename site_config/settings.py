@@ -378,7 +378,7 @@ JOB_LOCK_SECONDS = env_int("JOB_LOCK_SECONDS", 3600, minimum=10, maximum=86400)
 # Download counts: the same client and file within this many seconds count once (releases/downloads.py).
 DOWNLOAD_DEDUPE_SECONDS = env_int("DOWNLOAD_DEDUPE_SECONDS", 600, minimum=1, maximum=86400)
 # The proxies in front (as gunicorn's setting of the same name, same default): behind them the client
-# is read from X-Forwarded-For. "*" trusts any non-public address (a proxy inside the deployment).
+# is read from X-Forwarded-For. "*" trusts any private address (releases/client_address.py).
 FORWARDED_ALLOW_IPS = env_list("FORWARDED_ALLOW_IPS", ["127.0.0.1"])
 try:
     TRUSTED_PROXY_NETWORKS = [ipaddress.ip_network(item, strict=False) for item in FORWARDED_ALLOW_IPS if item != "*"]
