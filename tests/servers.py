@@ -57,10 +57,14 @@ def stop(process: subprocess.Popen, timeout: float = 15) -> None:
 
 
 class Varnish:
-    """varnishd with the shipped VCL, in front of `backend_port`."""
+    """varnishd with the shipped VCL, in front of `backend_port`; purges need `purge_token`
+    (given to varnishd as VARNISH_PURGE_TOKEN; empty: none set, so nobody may purge)."""
 
-    def __init__(self, backend_port: int, purgers: tuple[str, ...] = ("127.0.0.1",)):
+    def __init__(
+        self, backend_port: int, purgers: tuple[str, ...] = ("127.0.0.1",), purge_token: str = "test-purge-token"
+    ):
         self.port = free_port()
+        self.purge_token = purge_token
         self.workdir = Path(tempfile.mkdtemp(prefix="varnish-"))
         self.workdir.chmod(0o755)  # the cache process runs as an unprivileged user
         # ... which may not read the clone itself (a home directory, a 0700 temporary folder):
@@ -85,6 +89,7 @@ class Varnish:
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, "VARNISH_PURGE_TOKEN": purge_token},
         )  # fmt: skip
         wait_until(lambda: self.process.poll() is not None or port_open(self.port), 30, what="varnishd")
         if self.process.poll() is not None:
