@@ -50,9 +50,12 @@ def test_a_hundred_file_publish_sends_one_purge_request(purge_log, publish):
 
 
 def test_identical_pending_keys_coalesce():
+    from .factories import VersionFactory
+
+    version = VersionFactory(model__slug="m", version="v1", status="published")
     with transaction.atomic():  # looked at before the commit drains them
-        outbox.record_change("m", "v1")
-        outbox.record_change("m", "v1")
+        outbox.record_change("m", version)
+        outbox.record_change("m", version)
         outbox.record_change("m")
         rows = OutboxEntry.objects.filter(state="pending")
         assert sorted(rows.values_list("key", "generation")) == [("model-m", 3), ("models", 3), ("version-m-v1", 2)]
@@ -104,7 +107,7 @@ def test_an_unexpected_error_still_settles_every_claimed_row(monkeypatch, settin
     def broken():
         raise RuntimeError("bad CDN_BASE_URL")
 
-    monkeypatch.setattr(cdn, "backend", broken)
+    monkeypatch.setattr(cdn, "backends", broken)
     OutboxEntry.objects.create(kind="purge", key="models")
     result = outbox.drain("purge")
     entry = OutboxEntry.objects.get()
