@@ -186,14 +186,15 @@ def _settle(
         return
     result.settled.append(item)
     mine = OutboxEntry.objects.filter(pk=entry.pk, state=State.PENDING, generation=item.generation)
-    if done_targets is not None:  # progress counts only for the generation that was sent
-        mine.update(done_targets=done_targets)
+    progress = {} if done_targets is None else {"done_targets": done_targets}  # only for the generation sent
     if error is None:
-        if mine.update(state=State.DONE, done_at=now, last_error=""):
+        if mine.update(state=State.DONE, done_at=now, last_error="", **progress):
             result.done += 1
         else:  # recorded again while in flight: run once more soon
             OutboxEntry.objects.filter(pk=entry.pk, state=State.PENDING).update(next_attempt_at=now)
         return
+    if progress:
+        mine.update(**progress)
     attempts = entry.attempts + 1
     result.errors.append(f"{entry.kind} {entry.key}: {error}")
     if attempts >= settings.OUTBOX_MAX_ATTEMPTS and mine.update(state=State.FAILED, last_error=error):
