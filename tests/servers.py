@@ -21,6 +21,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VCL = REPO_ROOT / "docker" / "varnish" / "default.vcl"
+PURGE_TOKEN = "test-purge-token-for-the-suite-only"  # long enough for DJANGO_ENV=production
 
 
 def free_port() -> int:
@@ -60,9 +61,7 @@ class Varnish:
     """varnishd with the shipped VCL, in front of `backend_port`; purges need `purge_token`
     (given to varnishd as VARNISH_PURGE_TOKEN; empty: none set, so nobody may purge)."""
 
-    def __init__(
-        self, backend_port: int, purgers: tuple[str, ...] = ("127.0.0.1",), purge_token: str = "test-purge-token"
-    ):
+    def __init__(self, backend_port: int, purgers: tuple[str, ...] = ("127.0.0.1",), purge_token: str = PURGE_TOKEN):
         self.port = free_port()
         self.purge_token = purge_token
         self.workdir = Path(tempfile.mkdtemp(prefix="varnish-"))
