@@ -162,6 +162,24 @@ def backends() -> list[Cdn]:
     return []
 
 
+def purge_each(work: list[tuple[Cdn, list[str], list[str]]]) -> list[str | None]:
+    """Send each (cache, keys, paths) its purge, all at once so that a cache that hangs until
+    CDN_TIMEOUT delays no other; returns an error (or None) for each, in order."""
+
+    def send(item: tuple[Cdn, list[str], list[str]]) -> str | None:
+        target, keys, paths = item
+        try:
+            target.purge(keys, paths)
+        except CdnError as error:
+            return str(error)
+        return None
+
+    if len(work) < 2:
+        return [send(item) for item in work]
+    with ThreadPoolExecutor(max_workers=len(work)) as pool:
+        return list(pool.map(send, work))
+
+
 def object_paths(files) -> list[str]:
     """The paths at which the CDN itself keeps these files' objects: only when downloads are
     CloudFront-signed links to the distribution (which caches storage's bytes by path). With any other

@@ -142,18 +142,18 @@ def _purge(claims: list[Claim], result: DrainResult) -> None:
     once every cache has been purged, and a retry goes only to the caches that failed."""
     reached: dict[int, list[str]] = {c.entry.pk: list(c.entry.done_targets) for c in claims}
     errors: dict[int, list[str]] = {c.entry.pk: [] for c in claims}
-    for target in cdn.backends():
-        todo = [c for c in claims if target.target not in reached[c.entry.pk]]
-        if not todo:
-            continue
-        try:
-            target.purge([c.entry.key for c in todo], sorted({path for c in todo for path in c.entry.paths}))
-        except cdn.CdnError as error:
-            for item in todo:
-                errors[item.entry.pk].append(str(error))
-            continue
-        for item in todo:
-            reached[item.entry.pk].append(target.target)
+    todo = {target: [c for c in claims if target.target not in reached[c.entry.pk]] for target in cdn.backends()}
+    todo = {target: items for target, items in todo.items() if items}
+    work = [
+        (target, [c.entry.key for c in items], sorted({path for c in items for path in c.entry.paths}))
+        for target, items in todo.items()
+    ]
+    for (target, items), error in zip(todo.items(), cdn.purge_each(work), strict=True):
+        for item in items:
+            if error:
+                errors[item.entry.pk].append(error)
+            else:
+                reached[item.entry.pk].append(target.target)
     for item in claims:
         error = "; ".join(errors[item.entry.pk]) or None
         _settle(item, result, error=error, done_targets=reached[item.entry.pk])

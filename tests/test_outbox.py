@@ -220,3 +220,32 @@ def test_a_newer_change_reaches_every_cache_again(settings):
     outbox._settle(claims[0], outbox.DrainResult(), error="refused", done_targets=["http://127.0.0.1:9", "x"])
     entry.refresh_from_db()
     assert (entry.generation, entry.done_targets) == (2, [])  # the newer change has reached no cache yet
+
+
+def test_a_slow_cache_delays_no_other(settings):
+    """The first cache answers only once the second has its purge: sent one after the other, the
+    first would give up (503) and the drain would fail."""
+    import threading
+
+    from .servers import RecordingServer
+
+    second_purged = threading.Event()
+
+    def after_the_other(request):
+        return (200, b"{}") if second_purged.wait(timeout=20) else (503, b"the other purge never came")
+
+    def purged(request):
+        second_purged.set()
+        return 200, b"{}"
+
+    slow, other = RecordingServer(), RecordingServer()
+    slow.respond, other.respond = after_the_other, purged
+    try:
+        settings.CDN_BACKEND, settings.CDN_PURGE_URL = "varnish", f"{slow.url},{other.url}"
+        settings.CDN_TIMEOUT = 30
+        OutboxEntry.objects.create(kind="purge", key="models")
+        assert outbox.drain("purge").done == 1
+        assert OutboxEntry.objects.get().done_targets == [slow.url, other.url]
+    finally:
+        slow.stop()
+        other.stop()
