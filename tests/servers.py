@@ -59,9 +59,11 @@ def stop(process: subprocess.Popen, timeout: float = 15) -> None:
 
 class Varnish:
     """varnishd with the shipped VCL, in front of `backend_port`; purges need `purge_token`
-    (given to varnishd as VARNISH_PURGE_TOKEN; empty: none set, so nobody may purge)."""
+    (given to varnishd as VARNISH_PURGE_TOKEN; None leaves it unset)."""
 
-    def __init__(self, backend_port: int, purgers: tuple[str, ...] = ("127.0.0.1",), purge_token: str = PURGE_TOKEN):
+    def __init__(
+        self, backend_port: int, purgers: tuple[str, ...] = ("127.0.0.1",), purge_token: str | None = PURGE_TOKEN
+    ):
         self.port = free_port()
         self.purge_token = purge_token
         self.workdir = Path(tempfile.mkdtemp(prefix="varnish-"))
@@ -88,7 +90,8 @@ class Varnish:
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "VARNISH_PURGE_TOKEN": purge_token},
+            env={key: value for key, value in os.environ.items() if key != "VARNISH_PURGE_TOKEN"}
+            | ({"VARNISH_PURGE_TOKEN": purge_token} if purge_token is not None else {}),
         )  # fmt: skip
         wait_until(lambda: self.process.poll() is not None or port_open(self.port), 30, what="varnishd")
         if self.process.poll() is not None:

@@ -114,10 +114,11 @@ def test_a_site_with_the_wrong_token_purges_nothing_and_keeps_retrying(settings,
     assert get(page)[1]["X-Cache"] == "MISS"
 
 
-def test_varnishd_without_a_purge_token_refuses_every_purge(live_server):
+@pytest.mark.parametrize("configured", [None, ""], ids=["unset", "empty"])
+def test_varnishd_without_a_purge_token_refuses_every_purge(live_server, configured):
     from .servers import Varnish
 
-    cache = Varnish(int(live_server.url.rsplit(":", 1)[1]), purge_token="")
+    cache = Varnish(int(live_server.url.rsplit(":", 1)[1]), purge_token=configured)
     try:
         for token in (None, ""):
             headers = {"xkey-purge": "models"} | ({"X-Purge-Token": token} if token is not None else {})

@@ -34,7 +34,8 @@ sub vcl_init {
 # byte, only ever runs for a guess whose digest already matches. The time a guess takes then
 # says nothing about how many of its leading characters are right.
 sub purge_token_ok {
-    if (std.getenv("VARNISH_PURGE_TOKEN") == "") {
+    # (getenv gives NULL for an unset variable, which is not equal to ""; NULL + "" is "")
+    if (std.getenv("VARNISH_PURGE_TOKEN") + "" == "") {
         return (synth(403, "Purging is off: varnishd has no VARNISH_PURGE_TOKEN"));
     }
     if (!req.http.X-Purge-Token
