@@ -1,13 +1,13 @@
 """Atom feeds of published, yanked and withdrawn versions: the whole site, and one per model.
 
 Built with Django's syndication framework; cached like pages and purged with the same surrogate
-keys (the site's feed with the index, a model's feed with the model).
+keys (the site's feed with the index, a model's feed with the model, its 404 included).
 """
 
 from __future__ import annotations
 
 from django.contrib.syndication.views import Feed
-from django.http import Http404
+from django.http import HttpResponse
 from django.urls import reverse
 from django.utils.feedgenerator import Atom1Feed
 from django.utils.html import escape
@@ -34,10 +34,7 @@ class ReleasesFeed(Feed):
         self.site = site_url(request)
         if model_slug is None:
             return None
-        try:
-            return selectors.model_for_feed(model_slug)
-        except selectors.NotFound as error:
-            raise Http404(str(error)) from error
+        return selectors.model_for_feed(model_slug)  # NotFound: model_feed answers it
 
     def title(self, model):
         return f"{model.name} releases" if model else "Model Releases"
@@ -87,5 +84,10 @@ def site_feed(request):
 
 @require_safe
 def model_feed(request, model_slug: str):
-    response = ReleasesFeed()(request, model_slug=model_slug)
+    try:
+        response = ReleasesFeed()(request, model_slug=model_slug)
+    except selectors.NotFound as error:
+        # Feed readers poll a name before its first release: the 404 is cached like the feed, under
+        # the model's key, which that first publish purges (so the feed appears at once).
+        response = HttpResponse(f"{error}\n", status=404, content_type="text/plain; charset=utf-8")
     return caching.cacheable(response, request, [caching.model_key(model_slug)])

@@ -262,7 +262,18 @@ SIGNED_URL_TTL = env_int("SIGNED_URL_TTL", 3600, minimum=1, maximum=302400)
 # --- CDN in front of downloads and pages ---
 CDN_BACKEND = env_choice("CDN_BACKEND", "none", ("none", "varnish", "fastly", "cloudfront"))
 CDN_BASE_URL = env_str("CDN_BASE_URL").rstrip("/")
-CDN_PURGE_URL = env_str("CDN_PURGE_URL").rstrip("/")
+# Varnish: one or more caches (comma-separated), each purged on every change; the shipped VCL
+# admits a purge only with CDN_PURGE_TOKEN in X-Purge-Token (varnishd's VARNISH_PURGE_TOKEN).
+CDN_PURGE_URL = ",".join(url.rstrip("/") for url in env_list("CDN_PURGE_URL", []))
+for purge_url in CDN_PURGE_URL.split(",") if CDN_PURGE_URL else []:
+    if not purge_url.startswith(("http://", "https://")) or " " in purge_url:
+        raise ImproperlyConfigured(f"CDN_PURGE_URL must list http:// or https:// addresses; got {purge_url!r}.")
+CDN_PURGE_TOKEN = env_str("CDN_PURGE_TOKEN")
+if PRODUCTION and CDN_BACKEND == "varnish" and len(CDN_PURGE_TOKEN) < 32:
+    raise ImproperlyConfigured(
+        "DJANGO_ENV=production with CDN_BACKEND=varnish needs CDN_PURGE_TOKEN (32+ random characters, "
+        "the same value as the cache's VARNISH_PURGE_TOKEN)."
+    )
 # CloudFront signed URLs (optional): the key pair's id and a PEM private key file.
 CLOUDFRONT_KEY_ID = env_str("CLOUDFRONT_KEY_ID")
 CLOUDFRONT_PRIVATE_KEY = b""

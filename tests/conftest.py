@@ -235,12 +235,14 @@ def tasks_run_in_process(settings):
 
 
 @pytest.fixture
-def varnish(live_server):
-    """varnishd with the shipped VCL on a free loopback port, in front of the live test server."""
+def varnish(live_server, settings):
+    """varnishd with the shipped VCL on a free loopback port, in front of the live test server
+    (the site's CDN_PURGE_TOKEN is the cache's purge secret)."""
     from .servers import Varnish
 
     port = int(live_server.url.rsplit(":", 1)[1])
     cache = Varnish(port)
+    settings.CDN_PURGE_TOKEN = cache.purge_token
     yield cache
     cache.stop()
 

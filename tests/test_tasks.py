@@ -54,7 +54,7 @@ def x_cache(url: str) -> tuple[str, bytes]:
 
 def test_a_publish_purges_varnish_through_a_real_worker(settings, varnish, publish, queued_for_real, start_worker):
     settings.CDN_BACKEND, settings.CDN_PURGE_URL = "varnish", varnish.url
-    worker = start_worker(CDN_BACKEND="varnish", CDN_PURGE_URL=varnish.url)
+    worker = start_worker(CDN_BACKEND="varnish", CDN_PURGE_URL=varnish.url, CDN_PURGE_TOKEN=varnish.purge_token)
     token = observability.request_id_var.set("req-publish-v1")  # as if an admin request published it
     try:
         publish("index-tts", "v1", {"model.pt": b"one"})
