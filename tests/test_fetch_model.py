@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from .clients import FILES, RECORD, WRONG_BODIES, run_process, tree
+from .clients import FILES, WRONG_BODIES, run_process
+from .clients import tree as tree_with_record
 from .servers import REPO_ROOT, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -44,6 +45,14 @@ def run(script, *args, env=None, wait=True):
     return run_process(command, env={"FETCH_MODEL_TIMEOUT": "5", **(env or {})}, wait=wait)
 
 
+RECORD = ".fetch-model.record"
+
+
+def tree(root):
+    """Every file under root and its bytes, but the client's record."""
+    return {path: content for path, content in tree_with_record(root).items() if path != RECORD}
+
+
 def load_client():
     """The client's source as a module, for its pure functions."""
     spec = importlib.util.spec_from_file_location("fetch_model", CLIENT)
@@ -65,7 +74,9 @@ def test_fresh_download_then_nothing_to_do(script, tmp_path, served):
     assert first.returncode == 0, first.stderr
     assert "fetch-model: index-tts latest is v2" in first.stderr
     assert tree(dest) == FILES
-    assert json.loads((dest / RECORD).read_text()) == {"model": "index-tts", "version": "v2"}
+    assert (dest / RECORD).read_text().splitlines()[:4] == [
+        "fetch-model-record 1", "model\tindex-tts", "requested\tlatest", "version\tv2"
+    ]
     assert sum(entry["bytes"] for entry in served) == sum(len(content) for content in FILES.values())
     served.clear()
     second = run(script, "index-tts", "v2", dest)
