@@ -75,7 +75,10 @@ def test_fresh_download_then_nothing_to_do(script, tmp_path, served):
     assert "fetch-model: index-tts latest is v2" in first.stderr
     assert tree(dest) == FILES
     assert (dest / RECORD).read_text().splitlines()[:4] == [
-        "fetch-model-record 1", "model\tindex-tts", "requested\tlatest", "version\tv2"
+        "fetch-model-record 1",
+        "model\tindex-tts",
+        "requested\tlatest",
+        "version\tv2",
     ]
     assert sum(entry["bytes"] for entry in served) == sum(len(content) for content in FILES.values())
     served.clear()
