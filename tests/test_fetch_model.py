@@ -30,14 +30,18 @@ PYTHON_MESSAGES = {  # what the Python client says about each wrong body of test
 }
 
 
-@pytest.fixture
-def script(client_site, tmp_path):
+def served_client(site, folder):
     """The client as the site serves it, saved where a user would save it."""
-    target = tmp_path / "tools" / "fetch_model.py"
+    target = folder / "tools" / "fetch_model.py"
     target.parent.mkdir()
-    with urllib.request.urlopen(f"{client_site}/fetch_model.py", timeout=10) as response:
+    with urllib.request.urlopen(f"{site}/fetch_model.py", timeout=10) as response:
         target.write_bytes(response.read())
     return target
+
+
+@pytest.fixture
+def script(client_site, tmp_path):
+    return served_client(client_site, tmp_path)
 
 
 def run(script, *args, env=None, wait=True):
