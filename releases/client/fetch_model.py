@@ -496,7 +496,6 @@ class Link:
             response, seen = self.web.get(self.stable, headers)
             self.learn(response.final_url, seen)  # type: ignore[attr-defined]
         else:
-            self.ready.wait()
             with self.lock:
                 if self.url is None or time.time() >= self.expires - 30:
                     self.learn(*self.web.locate(self.stable))
@@ -772,10 +771,10 @@ class FileFetch:
         """Fetch pending ranges one after another over one connection slot, until none is left."""
         try:
             while not errors:
-                with segments.lock:
-                    if not self.pending:
-                        return
-                    bounds, first = self.pending.pop(), self.link.claim()
+                taken = self.next_range(segments)
+                if taken is None:
+                    return
+                bounds, first = taken
                 with self.run.connections:
                     self.fetch_range(segments, bounds, first)
         except BaseException as error:  # reported by fetch_segments, in the file's own thread
@@ -784,6 +783,16 @@ class FileFetch:
                 segments.lock.notify_all()
         finally:
             self.link.ready.set()
+
+    def next_range(self, segments: Segments) -> tuple | None:
+        """(bounds, first) of the next pending range, or None. Only the first request goes out at
+        once; the others wait for its answer (a 200 to it brings the whole file)."""
+        with segments.lock:
+            if self.pending and self.link.claim():
+                return self.pending.pop(), True
+        self.link.ready.wait()
+        with segments.lock:
+            return (self.pending.pop(), False) if self.pending else None
 
     def fetch_range(self, segments: Segments, bounds: list, first: bool) -> None:
         tries, failure = 0, FetchError
@@ -796,8 +805,8 @@ class FileFetch:
                 self.link.forget()
                 self.run.report.say(f"{self.path}: {problem}; asking the stable URL for a fresh link")
             except OSError as problem:
-                if problem.errno == errno.ENOSPC:
-                    raise DestinationError(f"not enough free space in {self.target.parent} for {self.path}") from None
+                if problem.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):  # a full disk, quota, file size limit
+                    raise DestinationError(f"cannot write {self.part}: {problem.strerror}") from None
                 self.run.report.say(f"{self.path}: {problem or type(problem).__name__}")
                 failure = FetchError
             except (http.client.HTTPException, Transient) as problem:
@@ -814,7 +823,7 @@ class FileFetch:
 
     def stream_into(self, segments: Segments, bounds: list, first: bool) -> None:
         start = bounds[1]
-        try:  # the others wait for this file's first response: a 200 to it brings the whole file
+        try:
             response = self.link.get({"Range": f"bytes={start}-{bounds[2] - 1}"}, first)
             try:
                 if check_response(response, self.path, start, bounds[2], self.size) == 200:
