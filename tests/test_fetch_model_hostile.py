@@ -212,7 +212,7 @@ def test_a_manifest_whose_count_overstates_the_file_is_not_read(site, tmp_path):
     client = load_client()
     header = struct.pack(">8sIIIQ32sI", b"MRCHUNK1", 16384, 65536, 262144, 4 * MIB, bytes(32), 2**32 - 1)
     site.routes["/chunks"] = lambda h: h.send(200, header + b"\0" * 1000)
-    run_ = client.Run(1, 1, 5, client.Reporter(quiet=True))
+    run_ = client.Run(site.url, 1, 1, client.Reporter(quiet=True))
     with pytest.raises(ValueError, match="count does not fit the file's size"):
         client.read_manifest(run_, f"{site.url}/chunks", 4 * MIB, "0" * 64)
 
@@ -315,7 +315,7 @@ def test_a_site_answering_errors_is_down_and_a_verified_copy_starts(site, tmp_pa
     assert result.returncode == 0, result.stderr
     assert result.stderr.startswith(f"fetch-model: warning: cannot reach {site.url} (HTTP {status}); using m v1 as")
     fresh = fetch(site, tmp_path / "fresh", env={"FETCH_MODEL_RETRIES": "1"})
-    assert fresh.returncode == 4 and f"answered HTTP {status}" in fresh.stderr
+    assert fresh.returncode == 4 and f"cannot reach {site.url}/api/v1/models/m/versions/v1: HTTP {status}" in fresh.stderr
 
 
 def test_another_refusal_of_the_api_is_not_an_outage(site, tmp_path):

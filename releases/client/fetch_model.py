@@ -1,44 +1,35 @@
 #!/usr/bin/env python3
 """fetch_model.py: download a model version from Model Releases, verified.
 
-    python fetch_model.py MODEL VERSION DEST_DIR [--from OLD_DIR ...] [--connections N]
-                          [--include PATTERN ...] [--exclude PATTERN ...] [--verify] [--offline]
+    python fetch_model.py MODEL VERSION DEST_DIR [--from OLD_DIR] [--connections N]
+        [--include PATTERN] [--exclude PATTERN] [--verify] [--offline]
 
 or, from an application (Python 3.8+, standard library only, Linux, macOS, Windows):
 
     from fetch_model import ensure_model
     path = ensure_model("index-tts", "v23", "checkpoints/index-tts/v23")
 
-VERSION may be "latest"; the version it resolves to is reported. Files land at
-DEST_DIR/<path>. For each selected file of the version it:
-  - trusts DEST_DIR/<path> without reading it when its size, mtime, inode and ctime are the
-    ones DEST_DIR/.fetch-model.record noted when it was verified (--verify re-hashes all),
-    else keeps it when it has the published SHA-256;
-  - reuses a verified copy from --from OLD_DIR or a sibling folder of DEST_DIR that a client
-    filled (it holds a record): a copy-on-write clone, else a hard link, else a copy;
-  - else, when the site publishes chunk manifests and an older copy of the file is
-    at hand, fetches only the chunks that changed (a delta update);
-  - else downloads it: the stable URL is asked once per run (the GET that counts as a
-    download), and its signed link serves every Range segment until it expires or is
-    refused; then a HEAD of the stable URL (not counted) gives a fresh one. Segments go over
-    several connections (more while the total rate still grows), each resumable
-    (DEST_DIR/<dir>/.<name>.part and .<name>.part.segments);
-  - checks the SHA-256 and moves the file into place atomically, read-only. A partial or
-    wrong file never appears at DEST_DIR/<path>.
-When the site cannot be reached, a folder whose record still matches its files is used as it
-is (one warning line); --offline does so without any request. See docs/client-record.md.
-Two runs on one DEST_DIR take turns (DEST_DIR/.fetch-model.lock, shared with fetch-model.sh).
+VERSION may be "latest". Files land at DEST_DIR/<path>; DEST_DIR/.fetch-model.record notes
+what was verified (docs/client-record.md). For each selected file it:
+  - trusts it without reading when its size, mtime, inode and ctime are the recorded ones
+    (--verify: re-hash all), else keeps it when it has the published SHA-256;
+  - reuses a verified copy from --from OLD_DIR or a sibling folder a client filled (a clone,
+    else a hard link, else a copy), or fetches only the changed chunks of an older copy;
+  - else downloads it in Range segments over several connections (more while the total rate
+    grows), each resumable (.<name>.part and .<name>.part.segments beside it). The stable URL
+    is asked once a run (the GET that counts a download); its signed link serves the
+    segments until it expires or is refused, then a HEAD (never counted) renews it;
+  - checks the SHA-256 and moves the file into place atomically, read-only.
+With the site unreachable, a folder whose record still matches its files is used (one warning);
+--offline never asks. Two runs on one DEST_DIR take turns (.fetch-model.lock, as fetch-model.sh).
 
-Environment: MODEL_SITE (the site's address), FETCH_MODEL_RETRIES (default 5: tries
-per file or segment without progress), FETCH_MODEL_CONNECTIONS (a fixed number; unset:
-adaptive, up to 16), FETCH_MODEL_TIMEOUT (default 60: seconds without a byte before a
-connection counts as stalled), FETCH_MODEL_VERIFY=1, FETCH_MODEL_OFFLINE=1,
-FETCH_MODEL_INCLUDE / FETCH_MODEL_EXCLUDE (patterns separated by ':').
+Environment: MODEL_SITE, FETCH_MODEL_RETRIES (5: tries without progress), FETCH_MODEL_CONNECTIONS
+(fixed; unset: adaptive, up to 16), FETCH_MODEL_TIMEOUT (60 s without a byte: stalled),
+FETCH_MODEL_VERIFY=1, FETCH_MODEL_OFFLINE=1, FETCH_MODEL_INCLUDE / _EXCLUDE (':'-separated).
 
-Exit codes: 0 done; 1 usage; 3 unknown model or version (404), or withdrawn (410);
-4 the site or a download failed after every retry, or a malformed answer; 5 every try of
-a file gave something other than the published file, or the site named an unsafe path;
-6 DEST_DIR cannot be written or locked, or has not enough free space.
+Exit codes: 0 done; 1 usage; 3 unknown or withdrawn (404, 410); 4 the site or a download failed
+after every retry, or a malformed answer; 5 never the published file, or an unsafe path;
+6 DEST_DIR cannot be written or locked, or lacks the space.
 """
 
 from __future__ import annotations
@@ -101,11 +92,7 @@ class Malformed(FetchError):
 
 
 class Unreachable(FetchError):
-    """No answer from the site (connection, DNS, TLS, timeout, 5xx/429 after the retries)."""
-
-    def __init__(self, message: str, reason: str):
-        super().__init__(message)
-        self.reason = reason
+    """No answer from the site (connection, DNS, TLS, timeout, 5xx/429 after the retries): why."""
 
 
 class WrongContent(FetchError):
@@ -130,9 +117,6 @@ class Transient(Exception):
 
 class RangeIgnored(Exception):
     """A ranged request that got the whole file (200) from past byte 0: fetch it in one stream."""
-
-
-# --- paths and local files ------------------------------------------------------------------
 
 
 def path_problem(path: str) -> str | None:
@@ -176,6 +160,13 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def has_sha256(path: Path, sha256: str, size: int | None = None) -> bool:
+    try:
+        return path.is_file() and size in (None, path.stat().st_size) and sha256_of(path) == sha256
+    except OSError:
+        return False
+
+
 def make_read_only(path: Path) -> None:
     mode = os.stat(path).st_mode
     if mode & 0o222:  # a chmod changes the ctime even when the mode stays: only when needed
@@ -193,21 +184,11 @@ def remove_file(path: Path) -> None:
         path.unlink()
 
 
-def gib(count: int) -> str:
-    return f"{count / 2**30:.1f} GiB"
-
-
-# --- the record of what was verified --------------------------------------------------------
-
-
-def ns_text(ns: int) -> str:
-    return f"{ns // 10**9}.{ns % 10**9:09d}"
-
-
 def stat_facts(path: Path) -> tuple:
     """(size, mtime, inode, ctime) as the record writes them."""
     facts = os.stat(path)
-    return facts.st_size, ns_text(facts.st_mtime_ns), facts.st_ino, ns_text(facts.st_ctime_ns)
+    mtime, ctime = (f"{ns // 10**9}.{ns % 10**9:09d}" for ns in (facts.st_mtime_ns, facts.st_ctime_ns))
+    return facts.st_size, mtime, facts.st_ino, ctime
 
 
 def same_time(recorded: str, actual: str) -> bool:
@@ -253,25 +234,27 @@ class Record:
         return (size, inode) == (rsize, rinode) and same_time(rmtime, mtime) and same_time(rctime, ctime)
 
     def trusts(self, folder: Path, entry: dict) -> bool:
-        recorded = self.files.get(entry["path"])
-        return (
-            recorded is not None
-            and recorded[:2] == (entry["size"], entry["sha256"])
-            and self.unchanged(folder, entry["path"])
-        )
+        recorded = self.files.get(entry["path"], (None, None))
+        return recorded[:2] == (entry["size"], entry["sha256"]) and self.unchanged(folder, entry["path"])
 
 
-def write_record(dest: Path, fields: list, files: list) -> None:
+def write_record(asked: Request, resolved: str, files: list) -> None:
     """Note what this run verified (stat facts taken now, after every chmod), atomically."""
-    lines = [RECORD_FIRST_LINE] + [f"{key}\t{value}" for key, value in fields]
+    verified = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    fields = [("model", asked.model), ("requested", asked.version), ("version", resolved), ("verified", verified)]
+    fields += [("include", p) for p in asked.include] + [("exclude", p) for p in asked.exclude]
+    lines = [RECORD_FIRST_LINE] + [f"{key}\t{value}" for key, value in fields + [("client", "fetch_model.py/1")]]
     for entry in files:
-        size, mtime, inode, ctime = stat_facts(dest / entry["path"])
+        size, mtime, inode, ctime = stat_facts(asked.dest / entry["path"])
         lines.append("\t".join(("file", str(size), entry["sha256"], mtime, str(inode), ctime, entry["path"])))
-    temporary = dest / f"{RECORD}.{os.getpid()}.tmp"
-    with open(temporary, "w", encoding="utf-8", newline="\n") as out:
-        out.write("\n".join(lines) + "\n")
-    os.replace(temporary, dest / RECORD)
-    remove_file(dest / OLD_RECORD)
+    temporary = asked.dest / f"{RECORD}.{os.getpid()}.tmp"
+    try:
+        with open(temporary, "w", encoding="utf-8", newline="\n") as out:
+            out.write("\n".join(lines) + "\n")
+        os.replace(temporary, asked.dest / RECORD)
+        remove_file(asked.dest / OLD_RECORD)
+    except OSError as error:
+        raise DestinationError(f"cannot write {asked.dest / RECORD}: {error}") from error
 
 
 def verified_copy(dest: Path, model: str, version: str, include: list, exclude: list) -> Record | None:
@@ -285,18 +268,9 @@ def verified_copy(dest: Path, model: str, version: str, include: list, exclude: 
     ):
         return None
     for path, (_, sha256, *_) in record.files.items():
-        if path_problem(path):
+        if path_problem(path) or not (record.unchanged(dest, path) or has_sha256(dest / path, sha256)):
             return None
-        if not record.unchanged(dest, path):
-            try:
-                if sha256_of(dest / path) != sha256:
-                    return None
-            except OSError:
-                return None
     return record
-
-
-# --- HTTP ------------------------------------------------------------------------------------
 
 
 def redirect_target(current: str, location: str) -> str:
@@ -365,14 +339,11 @@ class Http:
         """Where the stable URL points now, asked with a HEAD (which never counts as a download)."""
         response = self.send("HEAD", url, {})
         response.read()
-        headers = {k.lower(): v for k, v in response.getheaders()}
-        if response.status in (404, 410):
-            raise NotFound(f"{url}: the site answered {response.status}; was the version withdrawn?")
-        if response.status in (301, 302, 303, 307, 308):
-            return redirect_target(url, response.getheader("Location", "")), headers
-        if response.status == 200:
-            return url, headers
-        raise Transient(f"HTTP {response.status} for a fresh link")
+        if response.status not in (200, 301, 302, 303, 307, 308):
+            check_response(response, url, 0, 0, 0)  # raises what the status means
+        return redirect_target(url, response.getheader("Location", url)), {
+            k.lower(): v for k, v in response.getheaders()
+        }
 
 
 def skip_body(response) -> None:
@@ -381,15 +352,12 @@ def skip_body(response) -> None:
         response.drop()
 
 
-def read_capped(response, cap: int, what: str) -> bytes:
+def json_body(response, what: str, cap: int = JSON_CAP):
+    """A JSON answer, read no further than its cap; Malformed when it is larger or not JSON."""
     body = response.read(cap + 1)
     if len(body) > cap:
         response.drop()
         raise Malformed(f"{what} is larger than {cap} bytes")
-    return body
-
-
-def parse_json(body: bytes, what: str):
     try:
         return json.loads(body)
     except (ValueError, RecursionError):
@@ -398,12 +366,9 @@ def parse_json(body: bytes, what: str):
 
 def error_detail(response) -> str | None:
     """The `detail` of a JSON error body (read at most ERROR_CAP of it), or None."""
-    body = response.read(ERROR_CAP + 1)
-    if len(body) > ERROR_CAP:
-        response.drop()
     try:
-        detail = json.loads(body).get("detail")
-    except (ValueError, RecursionError, AttributeError):
+        detail = json_body(response, "an error", ERROR_CAP).get("detail")
+    except (Malformed, AttributeError):
         return None
     return detail if isinstance(detail, str) else None
 
@@ -411,25 +376,25 @@ def error_detail(response) -> str | None:
 def read_json(web: Http, url: str, retries: int, give_up=lambda: False) -> dict:
     """The API's answer; NotFound for 404/410, Unreachable after the retries (or at once when
     `give_up()` says a verified copy can serve instead)."""
-    problem = reason = ""
+    reason = ""
     for attempt in range(1, retries + 1):
         try:
             response, _ = web.get(url, {"Accept": "application/json"})
             if response.status in (404, 410):
                 raise NotFound(error_detail(response) or f"{url}: not found ({response.status})")
             if response.status == 200:
-                return parse_json(read_capped(response, JSON_CAP, url), url)
+                return json_body(response, url)
             skip_body(response)
             if response.status < 500 and response.status != 429:
                 raise FetchError(f"{url} answered HTTP {response.status}")
-            problem, reason = f"{url} answered HTTP {response.status}", f"HTTP {response.status}"
+            reason = f"HTTP {response.status}"
         except (OSError, http.client.HTTPException, Transient) as error:
-            problem, reason = f"cannot reach {url}: {error}", str(error) or type(error).__name__
+            reason = str(error) or type(error).__name__
             if give_up():
                 break
         if attempt < retries:
             time.sleep(attempt)
-    raise Unreachable(problem, reason)
+    raise Unreachable(reason)
 
 
 def checked_listing(listing) -> tuple[str, list]:
@@ -456,14 +421,8 @@ def checked_listing(listing) -> tuple[str, list]:
     return listing["version"], listing["files"]
 
 
-def selected(files: list, include: list, exclude: list) -> list:
-    """The files a pattern selects: any include (or none given) and no exclude; fnmatch on the path."""
-    return [
-        entry
-        for entry in files
-        if (not include or any(fnmatchcase(entry["path"], pattern) for pattern in include))
-        and not any(fnmatchcase(entry["path"], pattern) for pattern in exclude)
-    ]
+def matches(path: str, patterns: list) -> bool:
+    return any(fnmatchcase(path, pattern) for pattern in patterns)
 
 
 def epoch(text) -> float | None:
@@ -482,14 +441,8 @@ class Link:
     def __init__(self, web: Http, entry: dict):
         self.web, self.stable, self.sha256 = web, entry["stable_url"], entry["sha256"]
         self.url, self.expires = None, epoch(entry.get("expires_at")) or 0.0
-        self.claimed = False
+        self.claimed, self.lock = False, threading.Lock()
         self.ready = threading.Event()  # the first response is in: the others may use the link
-        self.lock = threading.Lock()
-
-    def claim(self) -> bool:
-        """True once: the caller's request is the one that asks the stable URL (called in order)."""
-        first, self.claimed = not self.claimed, True
-        return first
 
     def get(self, headers: dict, first: bool) -> http.client.HTTPResponse:
         if first:
@@ -502,7 +455,7 @@ class Link:
                 url = self.url
             response, _ = self.web.get(url, headers)
         if response.status == 403:
-            self.forget()
+            self.url = None
         return response
 
     def learn(self, url: str, headers: dict) -> None:
@@ -512,13 +465,6 @@ class Link:
         self.url = url
         self.expires = epoch(headers.get("x-artifact-expires")) or self.expires or time.time() + 300
 
-    def forget(self) -> None:
-        """After a refusal or a wrong body: the next request asks the stable URL (HEAD) again."""
-        self.url = None
-
-
-# --- progress and connections ----------------------------------------------------------------
-
 
 class Reporter:
     """One line per file, or a progress bar on a terminal; all output on stderr."""
@@ -526,10 +472,8 @@ class Reporter:
     def __init__(self, quiet: bool = False, bar: bool | None = None):
         self.quiet = quiet
         self.bar = (not quiet) and (sys.stderr.isatty() if bar is None else bar)
-        self.lock = threading.Lock()
-        self.total = self.done = 0
-        self.started = time.monotonic()
-        self.shown = 0.0
+        self.lock, self.total, self.done = threading.Lock(), 0, 0
+        self.started, self.shown = time.monotonic(), 0.0
 
     def say(self, message: str) -> None:
         if self.quiet:
@@ -566,9 +510,7 @@ class Connections:
 
     def __init__(self, fixed: int | None):
         self.limit, self.growing = (fixed, False) if fixed else (START_CONNECTIONS, True)
-        self.most = fixed or MAX_CONNECTIONS
-        self.busy = 0
-        self.turn = threading.Condition()
+        self.most, self.busy, self.turn = fixed or MAX_CONNECTIONS, 0, threading.Condition()
         self.window, self.moved_bytes, self.last_rate = time.monotonic(), 0, 0.0
 
     def __enter__(self) -> Connections:
@@ -603,9 +545,6 @@ class Connections:
             self.turn.notify_all()
 
 
-# --- one file, in segments -----------------------------------------------------------------
-
-
 class Segments:
     """Which byte ranges of a part file hold the file's bytes, saved beside it to resume."""
 
@@ -615,23 +554,23 @@ class Segments:
         self.saving = threading.Lock()  # one writer at a time, each under a name of its own
 
     @classmethod
-    def load_or_plan(cls, part: Path, state: Path, size: int, sha256: str, one_stream: bool = False) -> Segments:
+    def load_or_plan(cls, part: Path, state: Path, size: int, sha256: str, step: int = 0) -> Segments:
         try:
             saved = json.loads(state.read_text())
-            if saved["size"] == size and saved["sha256"] == sha256 and part.exists() and not one_stream:
+            if saved["size"] == size and saved["sha256"] == sha256 and part.exists():
                 ranges = [[int(start), int(next_), int(end)] for start, next_, end in saved["ranges"]]
                 if all(0 <= start <= next_ <= end <= size for start, next_, end in ranges):
                     return cls(state, size, sha256, ranges)
         except (OSError, ValueError, KeyError, TypeError, RecursionError):
             pass
         # No state: a part file is a prefix (as fetch-model.sh leaves it), or nothing.
-        have = part.stat().st_size if part.exists() and not one_stream else 0
-        if have > size or one_stream:
+        have = part.stat().st_size if part.exists() else 0
+        if have > size:
             remove_file(part)
             have = 0
         part.touch()
         rest = size - have
-        step = size if one_stream else max(SEGMENT_SIZE, -(-rest // MAX_SEGMENTS))
+        step = step or max(SEGMENT_SIZE, -(-rest // MAX_SEGMENTS))
         bounds = list(range(have, size, step)) + [size] if rest else [have, have]
         ranges = [[0, have, have]] if have else []
         ranges += [[bounds[i], bounds[i], bounds[i + 1]] for i in range(len(bounds) - 1)]
@@ -667,13 +606,12 @@ class FileFetch:
         self.part, self.state = part_paths(target)
         self.link = Link(run.http, entry)
         self.fetched_chunks: list = []  # (offset, length, digest) fetched by a delta update
-        self.pending: list = []
-        self.one_stream = False  # the server ignores Range: the whole file in one response
+        self.pending, self.one_stream = [], False  # one_stream: the server ignores Range
 
     def download(self) -> None:
         """Fetch, verify and move into place; a wrong file is fetched again, up to the retries."""
         for _ in range(self.run.retries):
-            segments = Segments.load_or_plan(self.part, self.state, self.size, self.sha256, self.one_stream)
+            segments = Segments.load_or_plan(self.part, self.state, self.size, self.sha256, self.one_stream * self.size)
             if segments.held():
                 self.run.report.say(f"{self.path}: resuming at {segments.held()} bytes")
             try:
@@ -681,6 +619,7 @@ class FileFetch:
             except RangeIgnored:
                 self.run.report.say(f"{self.path}: the server ignores Range; downloading the file in one stream")
                 self.one_stream, self.fetched_chunks = True, []
+                self.discard()
                 continue
             except (WrongContent, DestinationError):
                 self.discard()  # never keep bytes that are not the file
@@ -693,7 +632,7 @@ class FileFetch:
                 os.replace(self.part, self.target)
                 return
             self.discard()
-            self.link.forget()
+            self.link.url = None  # the next request asks the stable URL (HEAD) again
             problem = problem or f"SHA-256 mismatch (got {actual}, expected {self.sha256})"
             self.run.report.say(f"{self.path}: {problem}; asking the stable URL for a fresh link")
         raise WrongContent(f"{self.path}: giving up after {self.run.retries} tries; never the published file")
@@ -788,7 +727,8 @@ class FileFetch:
         """(bounds, first) of the next pending range, or None. Only the first request goes out at
         once; the others wait for its answer (a 200 to it brings the whole file)."""
         with segments.lock:
-            if self.pending and self.link.claim():
+            if self.pending and not self.link.claimed:  # the first request asks the stable URL
+                self.link.claimed = True
                 return self.pending.pop(), True
         self.link.ready.wait()
         with segments.lock:
@@ -802,7 +742,7 @@ class FileFetch:
                 self.stream_into(segments, bounds, first)
             except WrongBody as problem:
                 failure = WrongContent
-                self.link.forget()
+                self.link.url = None  # the next request asks the stable URL (HEAD) again
                 self.run.report.say(f"{self.path}: {problem}; asking the stable URL for a fresh link")
             except OSError as problem:
                 if problem.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):  # a full disk, quota, file size limit
@@ -822,21 +762,16 @@ class FileFetch:
             time.sleep(min(tries, 5))
 
     def stream_into(self, segments: Segments, bounds: list, first: bool) -> None:
-        start = bounds[1]
+        start, response = bounds[1], None
         try:
             response = self.link.get({"Range": f"bytes={start}-{bounds[2] - 1}"}, first)
-            try:
-                if check_response(response, self.path, start, bounds[2], self.size) == 200:
-                    self.take_whole_file(segments, bounds)
-            except BaseException:
-                response.drop()
-                raise
-        finally:
-            self.link.ready.set()
-        try:
+            if check_response(response, self.path, start, bounds[2], self.size) == 200:
+                self.take_whole_file(segments, bounds)
+            self.link.ready.set()  # the first answer is in: the other segments may go
             self.write_body(response, segments, bounds)
         except BaseException:
-            response.drop()
+            self.link.ready.set()
+            response.drop() if response is not None else None
             raise
         if response.length is None and response.read(1):  # chunked: more than the segment's bytes
             response.drop()
@@ -900,8 +835,6 @@ def check_response(response, path: str, start: int, end: int, size: int) -> int:
     return response.status
 
 
-# --- reuse and delta -------------------------------------------------------------------------
-
 MANIFEST_HEADER = struct.Struct(">8sIIIQ32sI")  # magic, min, avg, max, file size, file SHA-256, count
 MANIFEST_RECORD = struct.Struct(">QI32s")  # offset, length, SHA-256 of one chunk
 MANIFEST_MAGIC = b"MRCHUNK1"
@@ -936,12 +869,9 @@ class LocalCopies:
             if self.by_size is None:
                 self.by_size = {}
                 for root in self.roots:
-                    for folder, dirs, names in os.walk(root):
-                        dirs[:] = [name for name in dirs if not name.startswith(".")]
-                        for name in names:
-                            if not name.startswith("."):
-                                found = Path(folder, name)
-                                self.by_size.setdefault(found.stat().st_size, []).append((root, found))
+                    for found in root.rglob("*"):
+                        if found.is_file() and not any(p.startswith(".") for p in found.relative_to(root).parts):
+                            self.by_size.setdefault(found.stat().st_size, []).append((root, found))
             return list(self.by_size.get(size, []))
 
     def find(self, relative: str, size: int, sha256: str) -> Path | None:
@@ -1050,9 +980,6 @@ def plan_delta(old_chunks, new_chunks) -> tuple:
     return copies, ranges, fetched
 
 
-# --- a run -------------------------------------------------------------------------------------
-
-
 class DestinationLock:
     """DEST_DIR/.fetch-model.lock (a folder holding the owner's pid), as fetch-model.sh takes it."""
 
@@ -1066,7 +993,10 @@ class DestinationLock:
                 self.folder.mkdir()
                 break
             except FileExistsError:
-                holder = self.holder()
+                try:
+                    holder = int((self.folder / "pid").read_text().strip() or 0)
+                except (OSError, ValueError):
+                    holder = 0
                 if holder and not process_alive(holder):  # left by a run that died: move it aside, remove it
                     stale = self.folder.with_name(f"{self.folder.name}.stale.{os.getpid()}")
                     try:
@@ -1086,12 +1016,6 @@ class DestinationLock:
         (self.folder / "pid").write_text(str(os.getpid()))
         return self
 
-    def holder(self) -> int:
-        try:
-            return int((self.folder / "pid").read_text().strip() or 0)
-        except (OSError, ValueError):
-            return 0
-
     def __exit__(self, *exc) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
 
@@ -1110,23 +1034,23 @@ def process_alive(pid: int) -> bool:
             kernel32.CloseHandle(handle)
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+    except OSError as error:  # PermissionError: it exists, owned by someone else
+        return not isinstance(error, ProcessLookupError)
     return True
 
 
 class Run:
-    """What every file of one run shares: HTTP, the connections, the retries, the reporter, and
-    DEST's record (None unless it is of this model and version)."""
+    """What every file of one run shares: the site, HTTP, the connections, the retries, the
+    reporter, and DEST's record (None unless it is of this model and version)."""
 
-    def __init__(self, connections: int | None, retries: int, timeout: float, report: Reporter):
-        self.retries, self.report = retries, report
-        self.http = Http(timeout)
-        self.connections = Connections(connections)
-        self.record: Record | None = None
-        self.verify = False
+    def __init__(self, site: str | None, connections: int | None, retries: int | None, report: Reporter):
+        self.site = (site or os.environ.get("MODEL_SITE") or SITE).rstrip("/")
+        if self.site == "__MODEL" + "_SITE__":
+            raise FetchError("set MODEL_SITE to the site's address (this copy was not downloaded from a site)")
+        self.retries, self.report = retries or env_int("FETCH_MODEL_RETRIES", 5, 1, 100), report
+        self.http = Http(env_int("FETCH_MODEL_TIMEOUT", 60, 1, 3600))
+        self.connections = Connections(connections or env_int("FETCH_MODEL_CONNECTIONS", 0, 0, 64) or None)
+        self.record, self.verify = None, False  # DEST's record (when of this version); --verify
 
 
 def env_int(name: str, default: int, low: int, high: int) -> int:
@@ -1144,99 +1068,76 @@ def env_patterns(name: str, given) -> list:
     return list(given) if given else [p for p in os.environ.get(name, "").split(":") if p]
 
 
-def ensure_model(
-    model: str,
-    version: str,
-    dest,
-    *,
-    site: str | None = None,
-    connections: int | None = None,
-    reuse_from=(),
-    retries: int | None = None,
-    quiet: bool = False,
-    include=(),
-    exclude=(),
-    verify: bool | None = None,
-    offline: bool | None = None,
-) -> Path:
+class Request:
+    """What one call asks for: MODEL VERSION into DEST, which files; and DEST's verified copy of it."""
+
+    def __init__(self, model: str, version: str, dest: Path, include: list, exclude: list):
+        self.model, self.version, self.dest, self.include, self.exclude = model, version, dest, include, exclude
+        self.copy = functools.lru_cache(maxsize=1)(lambda: verified_copy(dest, model, version, include, exclude))
+
+    def use_copy(self, report: Reporter, why: str) -> Path:
+        record = self.copy()
+        if record is None:
+            raise FetchError(f"offline: {self.model} {self.version} has no complete verified copy in {self.dest}")
+        report.say(f"{why}using {self.model} {record.value('version')} as verified at {record.value('verified')}")
+        return self.dest
+
+
+def ensure_model(model: str, version: str, dest, *, site: str | None = None, connections: int | None = None,
+                 reuse_from=(), retries: int | None = None, quiet: bool = False, include=(), exclude=(),
+                 verify: bool | None = None, offline: bool | None = None) -> Path:  # fmt: skip
     """Make DEST hold every (selected) file of MODEL VERSION, verified; return DEST as a Path.
 
     Raises NotFound (unknown or withdrawn), WrongContent (never the published bytes, or an
     unsafe path), DestinationError (DEST cannot be written or locked, or is full), FetchError
     (the rest, a malformed answer included). Warns YankedVersionWarning for a yanked version.
     """
+    patterns = env_patterns("FETCH_MODEL_INCLUDE", include), env_patterns("FETCH_MODEL_EXCLUDE", exclude)
+    asked, report = Request(model, version, Path(dest), *patterns), Reporter(quiet)
+    if os.environ.get("FETCH_MODEL_OFFLINE") == "1" if offline is None else offline:
+        return asked.use_copy(report, "offline: ")
+    run = Run(site, connections, retries, report)
+    run.verify = os.environ.get("FETCH_MODEL_VERIFY") == "1" if verify is None else verify
+    url = f"{run.site}/api/v1/models/{quote(model, safe='')}/versions/{quote(version, safe='')}"
+    try:  # a connection that fails while a verified copy is at hand: no need to wait out the retries
+        listing = read_json(run.http, url, run.retries, lambda: asked.copy() is not None)
+    except Unreachable as error:
+        if asked.copy() is None:
+            raise Unreachable(f"cannot reach {url}: {error}") from None
+        return asked.use_copy(report, f"warning: cannot reach {run.site} ({error}); ")
     try:
-        return fetch_version(model, version, Path(dest), site, connections, reuse_from, retries, quiet,
-                             (env_patterns("FETCH_MODEL_INCLUDE", include), env_patterns("FETCH_MODEL_EXCLUDE", exclude)),
-                             os.environ.get("FETCH_MODEL_VERIFY") == "1" if verify is None else verify,
-                             os.environ.get("FETCH_MODEL_OFFLINE") == "1" if offline is None else offline)  # fmt: skip
+        return place_version(run, asked, listing, reuse_from)
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as error:  # an answer we did not foresee
         raise Malformed(f"the site's answer is malformed ({type(error).__name__}: {error})") from error
 
 
-def fetch_version(model, version, dest, site, connections, reuse_from, retries, quiet, patterns, verify, offline):
-    site = (site or os.environ.get("MODEL_SITE") or SITE).rstrip("/")
-    report = Reporter(quiet)
-    include, exclude = patterns
-    if offline:
-        record = verified_copy(dest, model, version, include, exclude)
-        if record is None:
-            raise FetchError(f"offline: {model} {version} has no complete verified copy in {dest}")
-        report.say(f"offline: using {model} {record.value('version')} as verified at {record.value('verified')}")
-        return dest
-    if site == "__MODEL" + "_SITE__":
-        raise FetchError("set MODEL_SITE to the site's address (this copy was not downloaded from a site)")
-    run = Run(
-        connections or env_int("FETCH_MODEL_CONNECTIONS", 0, 0, 64) or None,
-        retries or env_int("FETCH_MODEL_RETRIES", 5, 1, 100),
-        env_int("FETCH_MODEL_TIMEOUT", 60, 1, 3600),
-        report,
-    )
-    url = f"{site}/api/v1/models/{quote(model, safe='')}/versions/{quote(version, safe='')}"
-    copy = functools.lru_cache(maxsize=1)(lambda: verified_copy(dest, model, version, include, exclude))
-    try:  # a connection that fails while a verified copy is at hand: no need to wait out the retries
-        listing = read_json(run.http, url, run.retries, lambda: copy() is not None)
-    except Unreachable as error:
-        record = copy()
-        if record is None:
-            raise
-        report.say(f"warning: cannot reach {site} ({error.reason}); using {model} {record.value('version')} "
-                   f"as verified at {record.value('verified')}")  # fmt: skip
-        return dest
+def place_version(run: Run, asked: Request, listing, reuse_from) -> Path:
+    model, dest = asked.model, asked.dest
     resolved, files = checked_listing(listing)
-    report.say(f"{model} {resolved}" if resolved == version else f"{model} {version} is {resolved}")
+    run.report.say(f"{model} {resolved}" if resolved == asked.version else f"{model} {asked.version} is {resolved}")
     if listing.get("status") == "yanked":
         reason = listing.get("yanked_reason") or "no reason given"
-        report.say(f"warning: {model} {resolved} is yanked: {reason}")
+        run.report.say(f"warning: {model} {resolved} is yanked: {reason}")
         warnings.warn(f"{model} {resolved} is yanked: {reason}", YankedVersionWarning, stacklevel=3)
     for entry in files:
         safe_relative_path(entry["path"])  # every path, before anything is written
-    files = selected(files, include, exclude)
+    # selected: any include (or none given) and no exclude; fnmatch on the whole path
+    files = [e for e in files if matches(e["path"], asked.include or ["*"]) and not matches(e["path"], asked.exclude)]
     if not files:
         raise UsageError(f"no file of {model} {resolved} matches the --include/--exclude patterns")
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise DestinationError(f"cannot create {dest}: {error}") from error
-    with DestinationLock(dest, report):
+    with DestinationLock(dest, run.report):
         record = Record.read(dest)
         if record is not None and (record.value("model"), record.value("version")) == (model, resolved):
             run.record = record
-        run.verify = verify
         outcomes = fetch_all(run, files, dest, reuse_folders(dest, reuse_from))
-        fields = [("model", model), ("requested", version), ("version", resolved),
-                  ("verified", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))]  # fmt: skip
-        fields += (
-            [("include", p) for p in include] + [("exclude", p) for p in exclude] + [("client", "fetch_model.py/1")]
-        )
-        try:
-            write_record(dest, fields, files)
-        except OSError as error:
-            raise DestinationError(f"cannot write {dest / RECORD}: {error}") from error
-    counts = {how: outcomes.count(how) for how in ("downloaded", "kept", "reused")}
-    report.say(
-        f"{model} {resolved}: {counts['downloaded']} downloaded, {counts['reused']} reused, "
-        f"{counts['kept']} already there, in {dest}"
+        write_record(asked, resolved, files)
+    counts = [outcomes.count(how) for how in ("downloaded", "reused", "kept")]
+    run.report.say(
+        f"{model} {resolved}: {counts[0]} downloaded, {counts[1]} reused, {counts[2]} already there, in {dest}"
     )
     return dest
 
@@ -1270,12 +1171,10 @@ def run_each(run: Run, entries: list, task) -> list:
                 index, entry = pending.pop()
             try:
                 results[index] = task(entry)
-            except FetchError as error:
-                run.report.say(f"{entry['path']}: FAILED ({error})")
-                failures.append(error)
-            except Exception as error:  # a bug or an odd platform: say so, keep the others going
-                run.report.say(f"{entry['path']}: FAILED ({type(error).__name__}: {error})")
-                failures.append(FetchError(str(error)))
+            except Exception as error:  # a FetchError, or a bug or an odd platform: say so, keep the others going
+                failure = error if isinstance(error, FetchError) else FetchError(f"{type(error).__name__}: {error}")
+                run.report.say(f"{entry['path']}: FAILED ({failure})")
+                failures.append(failure)
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(run.connections.most, len(entries)))]
     for thread in threads:
@@ -1293,25 +1192,18 @@ def fetch_all(run: Run, files: list, dest: Path, copies: LocalCopies) -> list:
     """Settle what is at hand (kept or reused), check the space the rest needs, download the rest."""
     settled = run_each(run, files, lambda entry: settle_locally(run, entry, dest, copies))
     missing = [entry for entry, outcome in zip(files, settled) if outcome is None]
-    check_space(dest, sum(max(entry["size"] - held_bytes(dest / entry["path"]), 0) for entry in missing))
+    parts = [part_paths(dest / entry["path"])[0] for entry in missing]  # what a part file holds is not missing
+    check_space(dest, sum(max(e["size"] - (p.stat().st_size if p.exists() else 0), 0) for e, p in zip(missing, parts)))
     downloaded = run_each(run, missing, lambda entry: download_file(run, entry, dest, copies))
     return [outcome for outcome in settled if outcome] + downloaded
 
 
-def held_bytes(target: Path) -> int:
-    try:
-        return part_paths(target)[0].stat().st_size
-    except OSError:
-        return 0
-
-
 def check_space(dest: Path, missing: int) -> None:
-    if not missing:
-        return
     need, free = missing + max(64 * BLOCK, missing // 100), shutil.disk_usage(dest).free
-    if free < need:
+    if missing and free < need:
         raise DestinationError(
-            f"not enough free space in {dest}: {gib(need)} needed ({gib(missing)} to download + margin), {gib(free)} free"
+            f"not enough free space in {dest}: {need / 2**30:.1f} GiB needed ({missing / 2**30:.1f} GiB to download"
+            f" + margin), {free / 2**30:.1f} GiB free"
         )
 
 
@@ -1322,7 +1214,7 @@ def settle_locally(run: Run, entry: dict, dest: Path, copies: LocalCopies) -> st
     if not run.verify and run.record is not None and run.record.trusts(dest, entry):
         run.report.say(f"{path}: already there, verified at {run.record.value('verified')}")
         return "kept"
-    if target.is_file() and target.stat().st_size == size and sha256_of(target) == sha256:
+    if has_sha256(target, sha256, size):
         make_read_only(target)
         run.report.say(f"{path}: already there, verified")
         return "kept"
@@ -1356,9 +1248,6 @@ def download_file(run: Run, entry: dict, dest: Path, copies: LocalCopies) -> str
     fetch.download()
     run.report.say(f"{path}: downloaded, SHA-256 verified")
     return "downloaded"
-
-
-# --- command line ------------------------------------------------------------------------------
 
 
 class Usage(argparse.ArgumentParser):
@@ -1396,11 +1285,8 @@ def main(argv=None) -> int:
     try:
         ensure_model(args.model, args.version, args.dest_dir, connections=args.connections, reuse_from=args.reuse_from,
                      include=args.include, exclude=args.exclude, verify=args.verify, offline=args.offline)  # fmt: skip
-    except UsageError as error:
-        parser.print_usage(sys.stderr)
-        sys.stderr.write(f"fetch-model: {error}\n")
-        return error.exit_code
     except FetchError as error:
+        parser.print_usage(sys.stderr) if isinstance(error, UsageError) else None
         sys.stderr.write(f"\nfetch-model: {error}\n" if sys.stderr.isatty() else f"fetch-model: {error}\n")
         return error.exit_code
     except KeyboardInterrupt:
