@@ -315,7 +315,9 @@ def test_a_site_answering_errors_is_down_and_a_verified_copy_starts(site, tmp_pa
     assert result.returncode == 0, result.stderr
     assert result.stderr.startswith(f"fetch-model: warning: cannot reach {site.url} (HTTP {status}); using m v1 as")
     fresh = fetch(site, tmp_path / "fresh", env={"FETCH_MODEL_RETRIES": "1"})
-    assert fresh.returncode == 4 and f"cannot reach {site.url}/api/v1/models/m/versions/v1: HTTP {status}" in fresh.stderr
+    assert (
+        fresh.returncode == 4 and f"cannot reach {site.url}/api/v1/models/m/versions/v1: HTTP {status}" in fresh.stderr
+    )
 
 
 def test_another_refusal_of_the_api_is_not_an_outage(site, tmp_path):
