@@ -704,3 +704,25 @@ def test_behind_gunicorn_with_local_storage_segments_and_a_delta(publish, tmp_pa
         site.stop()
     assert (tmp_path / "m" / "v1" / "model.pt").read_bytes() == old
     assert (tmp_path / "m" / "v2" / "model.pt").read_bytes() == new
+
+
+def test_the_default_connections_grow_while_the_rate_grows_and_stop_when_it_does_not(monkeypatch):
+    """A unit test of the client's Connections on a clock the test moves."""
+    client = load_client()
+    clock = [0.0]
+    monkeypatch.setattr(client.time, "monotonic", lambda: clock[0])
+
+    def window(connections, rate):  # every connection busy for one window at `rate` bytes/s in total
+        while connections.busy < connections.limit:
+            connections.__enter__()
+        clock[0] += client.RATE_WINDOW
+        connections.moved(int(rate * client.RATE_WINDOW))
+        return connections.limit
+
+    per_connection_cap = client.Connections(None)
+    assert per_connection_cap.limit == 4
+    assert [window(per_connection_cap, rate) for rate in (80e6, 160e6, 320e6, 330e6)] == [8, 16, 16, 16]
+    shared_cap = client.Connections(None)
+    assert [window(shared_cap, 100e6) for _ in range(4)] == [8, 8, 8, 8]  # the doubling did not pay: no more
+    fixed = client.Connections(3)
+    assert [window(fixed, rate) for rate in (1e6, 1e9)] == [3, 3] and fixed.most == 3

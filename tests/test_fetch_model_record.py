@@ -346,3 +346,14 @@ def test_the_publishing_rule_for_names_is_the_clients(path):
 @pytest.mark.parametrize("path", ["console.txt", "com10.bin", "lpt", "nul_x", "a" * 1024, "conf.d/x", "COM\u2074"])
 def test_names_near_the_reserved_ones_are_accepted(path):
     assert load_client().safe_relative_path(path) == path
+
+
+def test_a_folder_named_in_fetch_model_from_is_reused(client_site, publish, script, tmp_path, served):
+    shared = os.urandom(1_000_000)
+    publish("tts", "v1", {"model.pt": shared})
+    mine = tmp_path / "mine"  # not a client's folder, not a sibling: named by the user
+    mine.mkdir()
+    (mine / "model.pt").write_bytes(shared)
+    result = run(script, "tts", "v1", tmp_path / "models" / "v1", env={"FETCH_MODEL_FROM": f"{tmp_path / 'no'}:{mine}"})
+    assert result.returncode == 0 and f"model.pt: reused {mine / 'model.pt'}" in result.stderr, result.stderr
+    assert served == []

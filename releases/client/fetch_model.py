@@ -1133,7 +1133,7 @@ def place_version(run: Run, asked: Request, listing, reuse_from) -> Path:
         record = Record.read(dest)
         if record is not None and (record.value("model"), record.value("version")) == (model, resolved):
             run.record = record
-        outcomes = fetch_all(run, files, dest, reuse_folders(dest, reuse_from))
+        outcomes = fetch_all(run, files, dest, reuse_folders(dest, env_patterns("FETCH_MODEL_FROM", reuse_from)))
         write_record(asked, resolved, files)
     counts = [outcomes.count(how) for how in ("downloaded", "reused", "kept")]
     run.report.say(
