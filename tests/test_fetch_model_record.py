@@ -357,3 +357,55 @@ def test_a_folder_named_in_fetch_model_from_is_reused(client_site, publish, scri
     result = run(script, "tts", "v1", tmp_path / "models" / "v1", env={"FETCH_MODEL_FROM": f"{tmp_path / 'no'}:{mine}"})
     assert result.returncode == 0 and f"model.pt: reused {mine / 'model.pt'}" in result.stderr, result.stderr
     assert served == []
+
+
+# --- the documented lines, with the site up and then down -------------------------------------------
+
+
+def page_block(site, block_id):
+    import html
+    import re
+    import urllib.request
+
+    with urllib.request.urlopen(f"{site}/models/index-tts/v2/", timeout=10) as response:
+        page = response.read().decode()
+    return html.unescape(re.search(f'<pre id="{block_id}"><code>(.*?)</code></pre>', page, re.S).group(1))
+
+
+def test_the_version_pages_python_lines_start_a_complete_copy_with_the_site_down(client_site, tmp_path):
+    app = tmp_path / "app"
+    app.mkdir()
+    lines = page_block(client_site, "cmd-python")
+    up = subprocess.run(["sh", "-c", lines], cwd=app, capture_output=True, text=True, timeout=120)
+    assert up.returncode == 0, up.stderr
+    assert tree(app / "checkpoints" / "index-tts" / "v2") == FILES
+    dead = down()["MODEL_SITE"]
+    offline = subprocess.run(["sh", "-c", lines.replace(client_site, dead)], cwd=app, capture_output=True, text=True,
+                             timeout=120, env={**os.environ, "MODEL_SITE": dead})  # fmt: skip
+    assert offline.returncode == 0, offline.stderr
+    assert "fetch-model: cannot refresh the client; using the saved copy" in offline.stderr
+    assert "fetch-model: warning: cannot reach" in offline.stderr and not (app / "fetch_model.py.new").exists()
+    code = page_block(client_site, "cmd-ensure")
+    for site in (client_site, dead):
+        ensure = subprocess.run([sys.executable, "-c", code.replace(client_site, site) + "\nprint(model_dir)"],
+                                cwd=app, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert ensure.returncode == 0 and ensure.stdout.strip() == "checkpoints/index-tts/v2", ensure.stderr
+
+
+def test_the_readmes_start_up_example_starts_with_the_site_down(client_site, tmp_path):
+    import re
+
+    from .servers import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    example = re.search(r"```python\n(# webui\.py\n.*?)```", readme, re.S).group(1)
+    app = tmp_path / "app"
+    app.mkdir()
+    served_client(client_site, tmp_path).rename(app / "fetch_model.py")
+    for site in (client_site, down()["MODEL_SITE"]):
+        example_here = example.replace('"v23"', '"v2"').replace("https://models.example.org", site)
+        (app / "webui.py").write_text("def launch(path):\n    print(path)\n\n\n" + example_here)
+        result = subprocess.run([sys.executable, "webui.py"], cwd=app, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0 and result.stdout.strip() == "checkpoints/index-tts/v2", result.stderr
+    assert "warning: cannot reach" in result.stderr
+    assert tree(app / "checkpoints" / "index-tts" / "v2") == FILES
