@@ -711,6 +711,7 @@ def test_the_default_connections_grow_while_the_rate_grows_and_stop_when_it_does
     client = load_client()
     clock = [0.0]
     monkeypatch.setattr(client.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(client, "START_CONNECTIONS", 2)  # room for three doublings
 
     def window(connections, rate):  # every connection busy for one window at `rate` bytes/s in total
         while connections.busy < connections.limit:
@@ -720,9 +721,9 @@ def test_the_default_connections_grow_while_the_rate_grows_and_stop_when_it_does
         return connections.limit
 
     per_connection_cap = client.Connections(None)
-    assert per_connection_cap.limit == 4
-    assert [window(per_connection_cap, rate) for rate in (80e6, 160e6, 320e6, 330e6)] == [8, 16, 16, 16]
+    assert per_connection_cap.limit == 2
+    assert [window(per_connection_cap, rate) for rate in (40e6, 80e6, 160e6, 320e6)] == [4, 8, 16, 16]
     shared_cap = client.Connections(None)
-    assert [window(shared_cap, 100e6) for _ in range(4)] == [8, 8, 8, 8]  # the doubling did not pay: no more
+    assert [window(shared_cap, 100e6) for _ in range(4)] == [4, 4, 4, 4]  # the doubling did not pay: no more
     fixed = client.Connections(3)
     assert [window(fixed, rate) for rate in (1e6, 1e9)] == [3, 3] and fixed.most == 3
