@@ -722,8 +722,10 @@ def test_the_default_connections_grow_while_the_rate_grows_and_stop_when_it_does
 
     per_connection_cap = client.Connections(None)
     assert per_connection_cap.limit == 2
-    assert [window(per_connection_cap, rate) for rate in (40e6, 80e6, 160e6, 320e6)] == [4, 8, 16, 16]
+    # A window after each change is left out (connections still opening); then each doubling pays.
+    rates = [10e6, 40e6, 40e6, 80e6, 80e6, 160e6, 160e6, 320e6, 320e6]
+    assert [window(per_connection_cap, rate) for rate in rates] == [2, 4, 4, 8, 8, 16, 16, 16, 16]
     shared_cap = client.Connections(None)
-    assert [window(shared_cap, 100e6) for _ in range(4)] == [4, 4, 4, 4]  # the doubling did not pay: no more
+    assert [window(shared_cap, 100e6) for _ in range(6)] == [2, 4, 4, 2, 2, 2]  # did not pay: back, no more
     fixed = client.Connections(3)
     assert [window(fixed, rate) for rate in (1e6, 1e9)] == [3, 3] and fixed.most == 3

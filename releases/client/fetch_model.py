@@ -3,12 +3,9 @@
 
     python fetch_model.py MODEL VERSION DEST_DIR [--from OLD_DIR] [--connections N]
         [--include PATTERN] [--exclude PATTERN] [--verify] [--offline]
-
 or, from an application (Python 3.8+, standard library only, Linux, macOS, Windows):
-
     from fetch_model import ensure_model
     path = ensure_model("index-tts", "v23", "checkpoints/index-tts/v23")
-
 VERSION may be "latest". Files land at DEST_DIR/<path>; DEST_DIR/.fetch-model.record notes
 what was verified (docs/client-record.md). For each selected file it:
   - trusts it without reading when its size, mtime, inode and ctime are the recorded ones
@@ -64,7 +61,7 @@ MAX_SEGMENTS = 2048
 STATE_EVERY = 0.5  # seconds: how often a segment's progress is saved (what a kill -9 can lose)
 JSON_CAP, ERROR_CAP = 16 * BLOCK, 64 * 1024  # the most read of an API answer, of an error body
 START_CONNECTIONS, MAX_CONNECTIONS = 8, 16
-RATE_WINDOW = 0.2  # seconds of transfer over which the adaptive connection count compares rates
+RATE_WINDOW = 0.1  # seconds of transfer over which the adaptive connection count compares rates
 RECORD, OLD_RECORD = ".fetch-model.record", ".fetch-model.json"
 RECORD_FIRST_LINE = "fetch-model-record 1"
 WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"} | {
@@ -512,6 +509,7 @@ class Connections:
         self.limit, self.growing = (fixed, False) if fixed else (START_CONNECTIONS, True)
         self.most, self.busy, self.turn = fixed or MAX_CONNECTIONS, 0, threading.Condition()
         self.window, self.moved_bytes, self.last_rate = time.monotonic(), 0, 0.0
+        self.settling = True  # the window after a start or a change: connections still opening
 
     def __enter__(self) -> Connections:
         with self.turn:
@@ -535,13 +533,13 @@ class Connections:
                 return
             rate, saturated = self.moved_bytes / (now - self.window), self.busy >= self.limit
             self.window, self.moved_bytes = now, 0
-            if not saturated:  # not every connection in use: the rate says nothing about more of them
+            if self.settling or not saturated:  # the rate says nothing (yet) about more connections
+                self.settling = self.settling and not saturated
                 return
-            if rate < self.last_rate * 1.2:
-                self.growing = False
+            if rate < self.last_rate * 1.2 or self.limit == MAX_CONNECTIONS:  # the doubling did not pay: back
+                self.growing, self.limit = False, self.limit // 2 if rate < self.last_rate * 1.2 else self.limit
                 return
-            self.last_rate, self.limit = rate, min(2 * self.limit, MAX_CONNECTIONS)
-            self.growing = self.limit < MAX_CONNECTIONS
+            self.last_rate, self.limit, self.settling = rate, min(2 * self.limit, MAX_CONNECTIONS), True
             self.turn.notify_all()
 
 
@@ -550,8 +548,7 @@ class Segments:
 
     def __init__(self, state: Path, size: int, sha256: str, ranges: list):
         self.state, self.size, self.sha256, self.ranges = state, size, sha256, ranges  # [start, next, end+1]
-        self.lock = threading.Condition()
-        self.saving = threading.Lock()  # one writer at a time, each under a name of its own
+        self.lock, self.saving = threading.Condition(), threading.Lock()  # saving: one writer at a time
 
     @classmethod
     def load_or_plan(cls, part: Path, state: Path, size: int, sha256: str, step: int = 0) -> Segments:
@@ -603,8 +600,7 @@ class FileFetch:
     def __init__(self, run: Run, entry: dict, target: Path):
         self.run, self.entry, self.target = run, entry, target
         self.path, self.size, self.sha256 = entry["path"], entry["size"], entry["sha256"]
-        self.part, self.state = part_paths(target)
-        self.link = Link(run.http, entry)
+        (self.part, self.state), self.link = part_paths(target), Link(run.http, entry)
         self.fetched_chunks: list = []  # (offset, length, digest) fetched by a delta update
         self.pending, self.one_stream = [], False  # one_stream: the server ignores Range
 
@@ -771,7 +767,8 @@ class FileFetch:
             self.write_body(response, segments, bounds)
         except BaseException:
             self.link.ready.set()
-            response.drop() if response is not None else None
+            if response is not None:
+                response.drop()
             raise
         if response.length is None and response.read(1):  # chunked: more than the segment's bytes
             response.drop()
@@ -1286,7 +1283,8 @@ def main(argv=None) -> int:
         ensure_model(args.model, args.version, args.dest_dir, connections=args.connections, reuse_from=args.reuse_from,
                      include=args.include, exclude=args.exclude, verify=args.verify, offline=args.offline)  # fmt: skip
     except FetchError as error:
-        parser.print_usage(sys.stderr) if isinstance(error, UsageError) else None
+        if isinstance(error, UsageError):
+            parser.print_usage(sys.stderr)
         sys.stderr.write(f"\nfetch-model: {error}\n" if sys.stderr.isatty() else f"fetch-model: {error}\n")
         return error.exit_code
     except KeyboardInterrupt:
