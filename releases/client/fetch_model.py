@@ -443,8 +443,8 @@ class Link:
 
     def get(self, headers: dict, first: bool) -> http.client.HTTPResponse:
         if first:
-            response, seen = self.web.get(self.stable, headers)
-            self.learn(response.final_url, seen)  # type: ignore[attr-defined]
+            response, seen = self.web.get(self.stable, headers)  # a failure: the next one asks with a HEAD
+            self.learn(response.final_url if response.status < 400 else None, seen)  # type: ignore[attr-defined]
         else:
             with self.lock:
                 if self.url is None or time.time() >= self.expires - 30:
@@ -455,7 +455,7 @@ class Link:
             self.url = None
         return response
 
-    def learn(self, url: str, headers: dict) -> None:
+    def learn(self, url: str | None, headers: dict) -> None:
         published = headers.get("x-artifact-sha256")
         if published and published != self.sha256:
             raise WrongContent(f"{self.stable}: the site lists SHA-256 {self.sha256} but serves {published}")
