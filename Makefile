@@ -57,6 +57,7 @@ lint: venv
 
 # Performance targets, printed as one table (not part of `make test`).
 bench: venv awscli
+	command -v aria2c >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq aria2)
 	$(BIN)/python bench/run.py
 
 # awscli in a venv of its own (it pins its own botocore), to compare publish_release with `aws s3 cp`.

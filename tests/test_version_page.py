@@ -65,7 +65,8 @@ def test_the_api_gives_the_total_size_and_the_changes(client, two_versions):
 
 def test_the_page_shows_the_python_lines_beside_the_shell_ones(client, two_versions):
     page = client.get("/models/tts/v2/").content.decode()
-    assert "curl -fsSLO http://testserver/fetch_model.py\npython3 fetch_model.py tts v2 checkpoints/tts/v2" in page
+    assert "fetch_model.py.new &amp;&amp; mv fetch_model.py.new fetch_model.py ||" in page
+    assert "\npython3 fetch_model.py tts v2 checkpoints/tts/v2" in page
     assert "Invoke-WebRequest http://testserver/fetch_model.py -OutFile fetch_model.py\n" in page
     assert "python fetch_model.py tts v2 checkpoints\\tts\\v2" in page
     assert 'ensure_model("tts", "v2", "checkpoints/tts/v2",' in page and 'site="http://testserver")' in page
