@@ -20,7 +20,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from .models import RunAlert, RunOutcomeHour, Version
-from .run_stats import RunSummary, summaries
+from .run_stats import RunSummary, most_first, summaries
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def _open(version: Version, summary: RunSummary, now: datetime) -> bool:
             succeeded=summary.first_ok,
             failing=dict(summary.first_failing),
         )
-    outcomes = ", ".join(f"{name}: {runs}" for name, runs in summary.first_failing.most_common())
+    outcomes = ", ".join(f"{name}: {runs}" for name, runs in most_first(summary.first_failing))
     message = (
         f"First runs of {version.model.slug} {version.version} are failing: {summary.rate_text} of "
         f"{summary.first_runs} first runs in the last hour succeeded (threshold {settings.RUN_ALERT_THRESHOLD}%). "

@@ -22,7 +22,7 @@ from typing import Literal
 
 from django.conf import settings
 from django.utils import timezone
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from . import observability
 from .client_address import client_address, client_marker
@@ -71,6 +71,13 @@ class RunReport(BaseModel):
     duration_ms: int = Field(ge=0, le=7 * 86400 * 1000)
     os: Literal["linux", "darwin", "windows", "other"]
     resumed: bool
+
+    @field_validator("outcome", mode="before")
+    @classmethod
+    def _no_boolean(cls, value):
+        if isinstance(value, bool):  # true == 1 would match Literal[1]
+            raise ValueError("Input should be a valid integer")
+        return value
 
 
 class Refused(Exception):
@@ -124,7 +131,7 @@ def _known(report: RunReport) -> tuple[MLModel, Version | None]:
 
 def count(request, report: RunReport, model: MLModel, version: Version | None) -> bool:
     """Count a checked report unless its address sent too many this minute (False then)."""
-    now = timezone.now()
+    now = clock()
     minute = now.strftime("%Y-%m-%dT%H:%M")
     marker = client_marker(client_address(request.META), "run-report-rate", now.date().isoformat(), minute)
     field = field_for(model.pk, version.pk if version else 0, now, report.client, report.os, report.run_kind,
@@ -142,6 +149,11 @@ def count(request, report: RunReport, model: MLModel, version: Version | None) -
     _append(f"{field}\n")
     observability.count(**{metric: 1})
     return True
+
+
+def clock():
+    """When a report arrives (its hour is the one it counts in)."""
+    return timezone.now()
 
 
 class _LocalLimit:

@@ -72,7 +72,12 @@ class RunSummary:
         return self.breakdown("os")
 
     def failing_text(self) -> str:
-        return ", ".join(f"{name} ({runs})" for name, runs in self.failing.most_common()) or "none"
+        return ", ".join(f"{name} ({runs})" for name, runs in most_first(self.failing)) or "none"
+
+
+def most_first(counts: Counter) -> list[tuple[str, int]]:
+    """(name, count) by count, most first, then by name (the same order on every page)."""
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
 
 
 def summaries(by: str, ids, since: datetime) -> dict[int, RunSummary]:
