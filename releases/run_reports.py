@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections import OrderedDict
 from typing import Literal
 
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 MAX_BODY_BYTES = 4096
 MAX_BYTES = 2**53  # beyond what a double holds exactly: no real run moves that much
 RATE_WINDOW_SECONDS = 120  # a minute's counter outlives its minute, then goes
+WARN_EVERY_SECONDS = 60.0
 MAX_LOCAL_ADDRESSES = 10_000  # per-process rate counters kept; past it the oldest go first
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
 
@@ -137,18 +139,29 @@ def count(request, report: RunReport, model: MLModel, version: Version | None) -
     field = field_for(model.pk, version.pk if version else 0, now, report.client, report.os, report.run_kind,
                       report.outcome)  # fmt: skip
     metric = f"runs:{model.slug}:{version.version if version else ''}:{report.client}:{report.outcome_name}"
-    if settings.REDIS_URL:
+    if settings.REDIS_URL and not observability.redis_resting():
         try:
             keys = (f"{RATE_PREFIX}{minute}:{marker}", COUNTS_KEY, observability.KEY)
             args = (settings.RUN_REPORTS_PER_MINUTE, RATE_WINDOW_SECONDS, field, metric)
             return bool(observability.redis_client().eval(COUNT_UNLESS_LIMITED, 3, *keys, *args))
         except Exception as error:  # Redis down: this process limits and keeps the report itself
-            logger.warning("Redis cannot be reached (%s): a run report goes to %s", error, own_log())
+            observability.redis_failed()
+            _warn_now_and_then("Redis cannot be reached (%s): run reports go to %s until it answers", error, own_log())
     if not _local_limit.allows(f"{minute}:{marker}"):
         return False
     _append(f"{field}\n")
     observability.count(**{metric: 1})
     return True
+
+
+_last_warning = {"at": float("-inf")}
+
+
+def _warn_now_and_then(message: str, *args) -> None:
+    """At most one such WARNING a minute per process (an outage must not flood the log)."""
+    if time.monotonic() - _last_warning["at"] >= WARN_EVERY_SECONDS:
+        _last_warning["at"] = time.monotonic()
+        logger.warning(message, *args)
 
 
 def clock():
@@ -187,4 +200,4 @@ def _append(line: str) -> None:
             with open(own_log(), "a", encoding="ascii") as log:
                 log.write(line)
     except OSError as error:  # a lost report must not fail the request
-        logger.warning("could not keep a run report in %s: %s", own_log(), error)
+        _warn_now_and_then("could not keep a run report in %s: %s", own_log(), error)

@@ -197,3 +197,20 @@ def test_without_redis_reports_are_limited_counted_and_folded_by_this_process(cl
         ("v2", "fetch_model.py", "darwin", "first", 0): 1,
     }
     assert report_fold.fold() == 0
+
+
+def test_while_redis_cannot_be_reached_reports_go_to_the_log_and_are_folded_later(client, tts, settings, caplog):
+    reachable = settings.REDIS_URL
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there: refused at once
+    try:
+        assert post(client, report()).status_code == 202
+        assert post(client, report(os="other")).status_code == 202  # skips Redis for a while: no second wait
+        assert caplog.text.count("Redis cannot be reached") == 1
+    finally:
+        settings.REDIS_URL = reachable
+        observability._unreachable_until.clear()
+    assert report_fold.fold() == 2
+    assert rows() == {
+        ("v2", "fetch_model.py", "linux", "first", 0): 1,
+        ("v2", "fetch_model.py", "other", "first", 0): 1,
+    }

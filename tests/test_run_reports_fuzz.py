@@ -1,7 +1,6 @@
 """Schemathesis against the live test server, on the run-report endpoint only: generated reports,
 valid and not, every check (no 5xx, answers as the OpenAPI document declares them)."""
 
-import re
 import shutil
 import subprocess
 import sys
@@ -30,6 +29,4 @@ def test_the_report_endpoint_survives_fuzzing_and_matches_its_schema(live_server
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    # Every case passed. Schemathesis warns that most generated reports were refused: a report that
-    # matches the schema names a model this site does not have (400), which no schema can say.
-    assert re.search(r"(\d+) generated, \1 passed", result.stdout), result.stdout[-3000:]
+    assert "No issues found" in result.stdout, result.stdout[-3000:]
