@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db.models import Sum
 from django.utils import timezone
 
-from .models import NOT_THE_SITES_DOING, OUTCOMES, SUCCESS, RunOutcomeHour
+from .models import NOT_THE_SITES_DOING, OUTCOMES, SUCCESS, MLModel, RunOutcomeHour
 
 DAY = timedelta(hours=24)
 MONTH = timedelta(days=30)
@@ -107,9 +107,11 @@ def windows(by: str, owner_id: int, now: datetime | None = None) -> dict[str, Ru
     }
 
 
-def public_first_runs(version) -> RunSummary | None:
-    """For public pages: the version's last 30 days, when the operator shows them and there were first runs."""
+def public_first_runs(owner) -> RunSummary | None:
+    """For public pages: a version's (or a model's) last 30 days, when the operator shows them
+    (RUN_REPORTS_PUBLIC) and there were first runs; else None. One query, none when not shown."""
     if not settings.RUN_REPORTS_PUBLIC:
         return None
-    summary = summaries("version", [version.pk], timezone.now() - MONTH)[version.pk]
+    by = "model" if isinstance(owner, MLModel) else "version"
+    summary = summaries(by, [owner.pk], timezone.now() - MONTH)[owner.pk]
     return summary if summary.first_runs else None

@@ -82,6 +82,40 @@ def test_the_public_rate_only_when_the_operator_allows_it(mixed, tts, settings):
     settings.RUN_REPORTS_PUBLIC = True
     shown = run_stats.public_first_runs(tts)
     assert shown.rate_text == "80.0%" and shown.first_runs == 5
+    assert run_stats.public_first_runs(tts.model).rate_text == "66.7%"  # the unresolved run is the model's
+    assert run_stats.public_first_runs(MLModel.objects.get(slug="tts").versions.get(version="v1")) is None
+
+
+@pytest.mark.slow  # starts a process
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"RUN_REPORTS": "maybe"}, "RUN_REPORTS must be one of on, off"),
+        ({"RUN_REPORTS_PUBLIC": "sometimes"}, "RUN_REPORTS_PUBLIC must be a boolean"),
+        ({"RUN_ALERT_THRESHOLD": "101"}, "RUN_ALERT_THRESHOLD must be between 1 and 100"),
+        ({"RUN_ALERT_MIN_RUNS": "0"}, "RUN_ALERT_MIN_RUNS must be between 1 and 1000000"),
+        ({"RUN_REPORTS_PER_MINUTE": "lots"}, "RUN_REPORTS_PER_MINUTE must be a whole number"),
+    ],
+)
+def test_settings_refuse_bad_run_report_values(tmp_path, env, message):
+    from .test_settings import load_settings
+
+    result = load_settings(tmp_path, **env)
+    assert result.returncode != 0 and message in result.stderr
+
+
+def test_the_command_folds_and_checks(client, tts, settings, capsys):
+    from django.core.management import call_command
+
+    settings.ADMINS = [("Ops", "ops@example.org")]
+    settings.RUN_ALERT_MIN_RUNS = 1
+    send(client, outcome=6, outcome_name="dest_dir")
+    call_command("rollup_run_reports")
+    assert capsys.readouterr().out.splitlines() == [
+        "Folded 1 run report.",
+        "First runs of tts v2 are failing: ADMINS were mailed.",
+    ]
+    assert len(mail.outbox) == 1
 
 
 def test_unreadable_records_are_set_aside_and_the_rest_is_folded(client, tts, caplog):
