@@ -201,3 +201,19 @@ def test_the_beat_job_folds_and_checks(client, tts, settings):
     send(client, 2, outcome=5, outcome_name="wrong_content")
     assert rollup_run_reports.delay().get() == {"runs": 2, "alerts_opened": ["tts v2"], "alerts_recovered": []}
     assert len(mail.outbox) == 1 and "wrong_content: 2" in mail.outbox[0].body
+
+
+def test_the_admin_list_costs_the_same_queries_for_one_model_or_many(
+    admin_client, mixed, publish, django_assert_max_num_queries
+):
+    with django_assert_max_num_queries(12) as one:
+        admin_client.get("/admin/releases/runreportsbymodel/")
+    queries_for_one = len(one.captured_queries)
+    assert queries_for_one > 0
+    for name in ("a", "b", "c"):
+        publish(name, "v1", {"model.pt": name.encode()})
+        send(admin_client, model=name, version="v1")
+    report_fold.fold()
+    with django_assert_max_num_queries(queries_for_one):
+        listing = admin_client.get("/admin/releases/runreportsbymodel/").content.decode()
+    assert listing.count('<td class="field-runs_30d">1</td>') == 3
