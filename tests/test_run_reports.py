@@ -26,6 +26,8 @@ def forget_reports() -> None:
             keys += list(client.scan_iter(match=pattern))
         client.delete(*keys)
     run_reports._local_limit = run_reports._LocalLimit()
+    run_reports._last_warning["at"] = float("-inf")
+    observability._unreachable_until.clear()
     observability._local.clear()
 
 
