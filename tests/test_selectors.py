@@ -1,5 +1,5 @@
 """Pages and API run a constant number of queries, whatever the number of versions and files; the
-selectors take any text a visitor sends.
+selectors take any text a visitor sends."""
 
 import pytest
 from django.db import connection
