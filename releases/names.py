@@ -56,7 +56,7 @@ def path_problem(path: str) -> str | None:
     if problem:
         return problem
     if forbidden := sorted(FORBIDDEN_CHARACTERS.intersection(path)):
-        return f"must not contain {' '.join(forbidden)} (Windows refuses them; ':' also names a drive)"
+        return f'must not contain {" ".join(forbidden)} (no name on Windows may hold any of < > : " | ? *)'
     for segment in path.split("/"):
         if segment.endswith((".", " ")):
             return f"has a name ending in a dot or a space ({segment!r}), which Windows drops"

@@ -362,14 +362,22 @@ def test_the_site_s_part_url_takes_only_its_own_part_and_checksum(page, admin_cl
     assert page.put(target, first) == 200
 
 
-def test_the_site_s_part_url_refuses_a_user_without_permission(page, client, django_user_model, draft, weights):
+@pytest.mark.parametrize(
+    "permissions, refusal",
+    [((), 403), (("add_file", "view_version"), 404), (("change_version",), 403)],  # 404: someone else's upload
+)
+def test_the_site_s_part_url_refuses_a_user_without_permission(
+    page, client, django_user_model, draft, weights, local_store, permissions, refusal
+):
     upload = page.start(weights).json()
     number, part = page.parts(upload, weights)[0]
     target = page.sign(upload, number, checksum(part)).json()
     staff = django_user_model.objects.create_user("reader", password="pw", is_staff=True)
+    staff.user_permissions.add(*Permission.objects.filter(codename__in=permissions))
     client.force_login(staff)
-    assert Page(client, draft).put(target, part) == 403
+    assert Page(client, draft).put(target, part) == refusal  # a valid part URL is not a permission
     assert BrowserUpload.objects.get().part_checksums == {"1": checksum(part)}
+    assert local_store.stored_parts("", BrowserUpload.objects.get().storage_upload_id) == {}
 
 
 @pytest.mark.parametrize(

@@ -190,7 +190,7 @@ def test_files_published_before_the_rule_stay_downloadable_and_are_listed(client
     assert code == 1
     assert listing.splitlines() == [
         "old v2 trailing.: has a name ending in a dot or a space ('trailing.'), which Windows drops",
-        "old v3 ckpt:2024.yaml: must not contain : (Windows refuses them; ':' also names a drive)",
+        'old v3 ckpt:2024.yaml: must not contain : (no name on Windows may hold any of < > : " | ? *)',
         "old v3 sub/nul.txt: uses the name 'nul.txt', which Windows reserves for a device",
     ]
     for url in ["/models/old/v3/ckpt:2024.yaml", "/models/old/v3/sub/nul.txt", "/models/old/v2/trailing."]:
