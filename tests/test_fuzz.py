@@ -61,6 +61,7 @@ def public_urls(client) -> list[str]:
         "/models/index-tts/v12/", "/models/nobody/", "/models/index-tts/v99/",
         "/models/index-tts/v10/model.pt", "/models/index-tts/latest/sub/config.yaml", "/models/index-tts/v12/model.pt",
         "/models/index-tts/releases.atom", "/feeds/releases.atom", "/models/nobody/releases.atom",
+        "/models/index-tts/v13/", "/models/hidden-model/", "/models/index-tts/v13/model.pt",
         "/fetch-model.sh", "/fetch_model.py", "/healthz", "/metrics", f"/chunks/{sha256}", f"/{signed}",
         "/files/index-tts/v10/model.pt",
         "/api/v1/models", "/api/v1/models/index-tts", "/api/v1/models/index-tts/versions/v10",
@@ -69,10 +70,12 @@ def public_urls(client) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize("who", ["visitor", "staff"])  # staff see drafts: other querysets
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
-def test_no_query_string_gets_a_server_error_from_any_public_url(client, catalogue, method):
+def test_no_query_string_gets_a_server_error_from_any_public_url(request, catalogue, method, who):
     """On PostgreSQL, whose text cannot hold NUL (SQLite takes it, and would hide the 500s)."""
     assert connection.vendor == "postgresql", "run the suite with DATABASE_URL on PostgreSQL"
+    client = request.getfixturevalue("client" if who == "visitor" else "admin_client")
     failures = []
     for url in public_urls(client):
         path, _, signed_query = url.partition("?")
