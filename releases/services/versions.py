@@ -8,7 +8,15 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from .. import chunk_tasks, chunking
-from ..models import BrowserUpload, MLModel, Version, validate_model_slug, validate_object_key, validate_version_string
+from ..models import (
+    BrowserUpload,
+    MLModel,
+    Version,
+    validate_model_slug,
+    validate_object_key,
+    validate_relative_path,
+    validate_version_string,
+)
 from ..rendering import render_markdown
 from ..storage import release_store
 from .common import ReleaseError, as_release_error, locked, record_change, version_lock
@@ -93,6 +101,7 @@ def _check_files_ready(version: Version) -> None:
         if file.size is None or not file.sha256:
             raise ReleaseError(f"{label}: {file.path} has no size or checksum yet.")
         with as_release_error():
+            validate_relative_path(file.path)  # a draft's file recorded before the portable-name rule
             validate_object_key(file.key, version.model.slug)
         with as_release_error():
             stored = store.stat(file.key)

@@ -18,8 +18,9 @@ SORT_LABELS = {"name": "Name", "latest": "Latest release", "downloads": "Downloa
 @require_safe
 def index(request):
     """Every model, or those a search (`q`: name, description, tag) or a `tag` finds, in a chosen order."""
-    query = request.GET.get("q", "").strip()[:100]
-    tag = request.GET.get("tag", "").strip()[:50]
+    # Any query string is answered: control characters are dropped, an unknown sort is by name.
+    query = selectors.search_text(request.GET.get("q", ""), selectors.SEARCH_LENGTH)
+    tag = selectors.search_text(request.GET.get("tag", ""), selectors.TAG_LENGTH)
     sort = request.GET.get("sort", "name")
     sort = sort if sort in SORT_LABELS else "name"
     models = selectors.models_for_index(request.user, query=query, tag=tag, sort=sort)
