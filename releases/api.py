@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from urllib.parse import quote
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
@@ -235,7 +236,11 @@ def get_version(request: HttpRequest, model: str, version: str):
     openapi_extra={
         "responses": {
             200: {
-                "description": "One `<sha256>  <path>` line per file; the resolved version is in X-Artifact-Version.",
+                "description": (
+                    "One `<sha256>  <path>` line per file; the resolved version is in X-Artifact-Version, "
+                    "its status in X-Artifact-Status and, when yanked, the reason (percent-encoded UTF-8) in "
+                    "X-Artifact-Yanked-Reason."
+                ),
                 "content": {"text/plain": {"schema": {"type": "string"}}},
             }
         }
@@ -246,6 +251,10 @@ def get_sha256sums(request: HttpRequest, model: str, version: str):
     body = "".join(f"{file.sha256}  {file.path}\n" for file in selectors.files_of(resolved))
     response = HttpResponse(body, content_type="text/plain; charset=utf-8")
     response["X-Artifact-Version"] = resolved.version
+    # The shell client reads no JSON: it learns here that a version is yanked, and why.
+    response["X-Artifact-Status"] = resolved.status
+    if resolved.yanked_reason and resolved.status == resolved.Status.YANKED:
+        response["X-Artifact-Yanked-Reason"] = quote(resolved.yanked_reason, safe="")
     return caching.cacheable(
         response, request, [caching.model_key(model), caching.version_key(model, resolved.version)]
     )
