@@ -6,7 +6,8 @@ version's `sha256sums` (with `X-Artifact-Version`), the version's JSON, and each
 sets what goes wrong:
 
 - `sums`: the sha256sums body to send instead of the right one (malformed lines);
-- `endless_sums`: the sha256sums answer never ends;
+- `endless_sums`: the sha256sums answer never ends; `sums_status`: answer it with this status
+  (a 503 from a proxy) and an empty body;
 - `body`: how file GETs are answered:
   `"right"` (default), `"endless"` (200, no length, bytes until the client hangs up),
   `"longer"` (200, no length, the file then `extra` more bytes), `"ignore range"` (200 with the
@@ -45,6 +46,7 @@ class HostileSite:
         self.files, self.model, self.version = dict(files), model, version
         self.sums: bytes | None = None
         self.endless_sums = False
+        self.sums_status = 200
         self.body = "right"
         self.extra = 1024 * 1024
         self.location = ""
@@ -137,6 +139,8 @@ class HostileSite:
 
             def _sums(self, seen: Seen):
                 headers = {"Content-Type": "text/plain; charset=utf-8", "X-Artifact-Version": site.version}
+                if site.sums_status != 200:
+                    return self._send(seen, site.sums_status, b"", {"Content-Type": "text/plain"})
                 if site.endless_sums:
                     self.send_response(200)
                     for name, value in headers.items():

@@ -493,6 +493,26 @@ def test_an_endless_sums_answer_is_cut_at_its_cap(script, hostile, tmp_path):
     assert len(result.stderr.splitlines()) == 1 and not (tmp_path / "d").exists()
 
 
+def test_a_site_answering_503_after_the_retries_is_down_for_a_complete_copy(script, hostile, tmp_path):
+    dest = tmp_path / "d"
+    assert hostile_run(script, hostile, dest).returncode == 0
+    hostile.sums_status = 503
+    result = hostile_run(script, hostile, dest, FETCH_MODEL_RETRIES="2")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith(f"fetch-model: warning: cannot reach {hostile.url} (HTTP 503); using m v1 as")
+    assert len([seen for seen in hostile.requests if seen.path.endswith("/sha256sums")]) == 1 + 2  # retried first
+    never = hostile_run(script, hostile, tmp_path / "never", FETCH_MODEL_RETRIES="1")
+    assert never.returncode == 4 and not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("path", ["a\tb.bin", "../escape.bin", "/etc/x", "a/\x01.bin"])
+def test_an_unsafe_path_in_the_sums_is_refused_before_anything_is_written(script, hostile, tmp_path, path):
+    hostile.sums = f"{'0' * 64}  {path}\n".encode()
+    result = hostile_run(script, hostile, tmp_path / "d")
+    assert result.returncode == 5 and "refusing the unsafe path" in result.stderr
+    assert not (tmp_path / "d").exists()
+
+
 # --- a full disk ---------------------------------------------------------------------------------
 
 
