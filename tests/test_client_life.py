@@ -505,6 +505,17 @@ def test_a_site_answering_503_after_the_retries_is_down_for_a_complete_copy(scri
     assert never.returncode == 4 and not (tmp_path / "never").exists()
 
 
+def test_a_failed_run_leaves_the_previous_record_as_it_was(script, hostile, tmp_path):
+    dest = tmp_path / "d"
+    assert hostile_run(script, hostile, dest).returncode == 0
+    record = (dest / RECORD).read_bytes()
+    (dest / "weights.bin").unlink()
+    hostile.body = "endless"
+    assert hostile_run(script, hostile, dest).returncode == 5
+    assert (dest / RECORD).read_bytes() == record
+    assert not list(dest.glob(".fetch-model.record.*"))  # no temporary record left behind
+
+
 @pytest.mark.parametrize("path", ["a\tb.bin", "../escape.bin", "/etc/x", "a/\x01.bin"])
 def test_an_unsafe_path_in_the_sums_is_refused_before_anything_is_written(script, hostile, tmp_path, path):
     hostile.sums = f"{'0' * 64}  {path}\n".encode()
