@@ -385,6 +385,49 @@ def test_reuse_from_a_named_folder_places_read_only_files(site, script, tmp_path
     assert not (dest / ".model.pt.reuse").exists()
 
 
+@pytest.fixture
+def localstack_site(settings, localstack_endpoint, publish):
+    """gunicorn with its release storage on LocalStack's S3, which checks every signature."""
+    import uuid
+
+    import boto3
+
+    from releases import signing
+
+    from .servers import Gunicorn, django_env
+
+    keys = {"access_key": "test", "secret_key": "test"}
+    bucket = f"releases-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=localstack_endpoint, region_name="us-east-1", aws_access_key_id="test",
+                 aws_secret_access_key="test").create_bucket(Bucket=bucket)  # fmt: skip
+    settings.RELEASE_STORAGE = {"BACKEND": "s3", "OPTIONS": {"bucket_name": bucket, "endpoint_url": localstack_endpoint,
+                                "region_name": "us-east-1", "addressing_style": "path", **keys}}  # fmt: skip
+    signing.SIGNER.set(None)
+    publish("index-tts", "v2", FILES)
+    server = Gunicorn(django_env(
+        STORAGE_BACKEND="s3", AWS_STORAGE_BUCKET_NAME=bucket, AWS_S3_ENDPOINT_URL=localstack_endpoint,
+        AWS_S3_REGION_NAME="us-east-1", AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test",
+    ))  # fmt: skip
+    yield server
+    server.stop()
+    signing.SIGNER.set(None)
+
+
+def test_on_localstacks_s3_a_later_run_and_a_start_with_the_site_down(localstack_site, tmp_path):
+    script = tmp_path / "fetch-model.sh"
+    subprocess.run(["curl", "-fsSL", "-o", str(script), f"{localstack_site.url}/fetch-model.sh"], check=True)
+    dest = tmp_path / "v2"
+    first = run(script, "index-tts", "v2", dest)
+    assert first.returncode == 0, first.stderr + localstack_site.log()
+    assert tree(dest) == FILES
+    again, opened = opened_files(script, dest, "index-tts", "v2", dest)
+    assert again.returncode == 0 and opened & set(FILES) == set(), again.stderr
+    localstack_site.stop()
+    localstack_site.stop = lambda: None  # stopped here already
+    down = run(script, "index-tts", "v2", dest)
+    assert down.returncode == 0 and down.stderr.startswith("fetch-model: warning: cannot reach"), down.stderr
+
+
 # --- a hostile site ------------------------------------------------------------------------------
 
 SIZE = 2 * 1024 * 1024
