@@ -29,7 +29,8 @@
 # the whole path, `*` also matches `/`): fetch only the files that match an include (all when
 # none is given) and no exclude.
 #
-# Needs: sh, curl, stat, and sha256sum (or shasum -a 256); uses openssl for hashing when present.
+# Needs: sh, curl, stat (GNU or BSD), head -c, df, and sha256sum (or shasum -a 256); uses openssl for
+# hashing when present.
 # Environment: MODEL_SITE overrides the site address; FETCH_MODEL_RETRIES (default 5) is the
 # number of attempts per file without progress (failures and wrong bodies alike);
 # FETCH_MODEL_CURL_OPTS adds options to every request (e.g. "--limit-rate 10M");
