@@ -160,6 +160,33 @@ def test_a_stat_without_nanoseconds_compares_whole_seconds(site, script, tmp_pat
     assert again.returncode == 0 and opened & set(FILES) == set(), again.stderr
 
 
+BSD_STAT = r"""#!/bin/sh
+# stat as BSD and macOS spell it (-f, %z %Fm %Fc %Lp), played by GNU stat; -c is refused
+[ "$1" = -L ] && [ "$2" = -f ] || exit 1
+format=$(printf '%s' "$3" | sed 's/%z/%s/; s/%Fm/%.9Y/; s/%Fc/%.9Z/; s/%Lp/%a/; s/%m/%Y/; s/%c/%Z/')
+shift 3
+[ "$1" = -- ] && shift
+exec /usr/bin/stat -L -c "$format" -- "$@"
+"""
+
+
+def test_a_bsd_stat_is_understood(site, script, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "stat").write_text(BSD_STAT)
+    (bin_dir / "stat").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    dest = tmp_path / "v2"
+    first = run(script, "index-tts", "v2", dest, env=env)
+    assert first.returncode == 0, first.stderr
+    files = [line.split("\t") for line in record_lines(dest) if line.startswith("file\t")]
+    for fields in files:  # the same nanoseconds GNU stat gives
+        ns = os.stat(dest / fields[6]).st_mtime_ns
+        assert fields[3] == f"{ns // 10**9}.{ns % 10**9:09d}"
+    again, opened = opened_files(script, dest, "index-tts", "v2", dest, env=env)
+    assert again.returncode == 0 and opened & set(FILES) == set(), again.stderr
+
+
 def test_an_unreadable_record_is_no_record(site, script, tmp_path):
     dest = tmp_path / "v2"
     assert run(script, "index-tts", "v2", dest).returncode == 0
