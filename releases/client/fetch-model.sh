@@ -452,15 +452,12 @@ download() {
       return 6
     fi
     problem=''
-    if [ "$OVER" != 0 ] || [ "$CODE" = 63 ]; then
-      problem=$(html_instead "$path")
-    fi
-    if [ -n "$problem" ]; then
-      :
-    elif [ "$OVER" != 0 ]; then
-      problem="the server sent more than the published $SIZE bytes"
-    elif [ "$CODE" = 63 ]; then
-      problem="the server sends $(header Content-Length "$TMP/got") bytes where $((SIZE - have)) are missing (the site publishes $SIZE)"
+    if [ "$OVER" != 0 ]; then
+      problem=$(html_instead "$path") || problem="the server sent more than the published $SIZE bytes"
+    elif [ "$CODE" = 63 ]; then  # curl refused the announced length before reading the body
+      announced=$(header Content-Length "$TMP/got")
+      problem=$(html_instead "$path") \
+        || problem="the server sends $announced bytes where $((SIZE - have)) are missing (the site publishes $SIZE)"
     elif [ "$CODE" = 0 ]; then
       problem=$(wrong_body "$path" "$expected" "$part")
       [ -z "$problem" ] && return 0
