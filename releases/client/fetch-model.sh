@@ -552,10 +552,7 @@ select_files() {
     index=$((index + 1))
     selected "$path" && printf '%s\t%s\t%s\n' "$index" "$expected" "$path" >>"$TMP/selected"
   done <"$TMP/sums"
-  if [ ! -s "$TMP/selected" ]; then
-    say "no file of $MODEL $RESOLVED matches the --include/--exclude patterns"
-    usage
-  fi
+  [ -s "$TMP/selected" ] || die 1 "no file of $MODEL $RESOLVED matches the --include/--exclude patterns"
 }
 
 # --- one run ----------------------------------------------------------------------------------
@@ -745,6 +742,7 @@ main() {
   case $RESOLVED in
     ''|*[!A-Za-z0-9._+-]*) die 4 "$sums_url did not name the version (is $SITE a Model Releases site?)" ;;
   esac
+  select_files  # a malformed or unsafe answer, or no file selected: one line, nothing written
   if [ "$RESOLVED" = "$VERSION" ]; then
     say "$MODEL $RESOLVED"
   else
@@ -754,7 +752,6 @@ main() {
     reason=$(urldecode "$(header X-Artifact-Yanked-Reason "$TMP/headers")")
     say "warning: $MODEL $RESOLVED is yanked: ${reason:-no reason given}"
   fi
-  select_files
 
   mkdir -p "$DEST" 2>/dev/null || die 6 "cannot create $DEST"
   lock_dest
