@@ -82,6 +82,21 @@ def opened_files(script, dest, *args, env=None):
     return result, opened
 
 
+def read_files(script, dest, *args, env=None, watch=None):
+    """Run the client under strace: its result and the files of `watch` whose bytes any process read
+    (read, pread, readv, mmap, copy_file_range, sendfile: each names its file with -y)."""
+    log = dest.parent / f"{dest.name}.reads"
+    calls = "trace=read,pread64,readv,preadv,mmap,copy_file_range,sendfile"
+    result = run(script, *args, env=env, prefix=("strace", "-f", "-qq", "-y", "-e", calls, "-o", str(log)))
+    read = set()
+    for line in log.read_text().splitlines():
+        for path in re.findall(r"<(/[^<>]+)>", line):
+            if path.startswith(str(watch) + "/"):
+                read.add(path[len(str(watch)) + 1 :])
+    log.unlink()
+    return result, read
+
+
 def record_lines(dest):
     return (dest / RECORD).read_text().splitlines()
 
@@ -405,8 +420,9 @@ def test_reuse_from_a_named_folder_places_read_only_files(site, script, tmp_path
     old = tmp_path / "elsewhere"
     assert run(script, "index-tts", "v2", old).returncode == 0
     dest = tmp_path / "v2"
-    result, opened = opened_files(script, dest, "index-tts", "v2", dest, env={"FETCH_MODEL_FROM": str(old)})
+    result, read = read_files(script, dest, "index-tts", "v2", dest, env={"FETCH_MODEL_FROM": str(old)}, watch=old)
     assert result.returncode == 0, result.stderr
+    assert read & set(FILES) == set()  # its record vouches for the old folder's files: not one byte read
     assert result.stderr.count(": reused ") == len(FILES)
     assert tree(dest) == FILES
     assert all(read_only(dest / path) for path in FILES)
