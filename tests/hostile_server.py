@@ -7,7 +7,7 @@ sets what goes wrong:
 
 - `sums`: the sha256sums body to send instead of the right one (malformed lines);
 - `endless_sums`: the sha256sums answer never ends; `sums_status`: answer it with this status
-  (a 503 from a proxy) and an empty body;
+  (a 503 from a proxy) and an empty body; `silent_sums`: accept the request and never answer;
 - `body`: how file GETs are answered:
   `"right"` (default), `"endless"` (200, no length, bytes until the client hangs up),
   `"longer"` (200, no length, the file then `extra` more bytes), `"ignore range"` (200 with the
@@ -47,6 +47,8 @@ class HostileSite:
         self.sums: bytes | None = None
         self.endless_sums = False
         self.sums_status = 200
+        self.silent_sums = False
+        self._stopping = threading.Event()
         self.body = "right"
         self.extra = 1024 * 1024
         self.location = ""
@@ -81,6 +83,7 @@ class HostileSite:
         return [seen for seen in self.requests if seen.method == "GET" and seen.path == path]
 
     def stop(self) -> None:
+        self._stopping.set()
         self.server.shutdown()
         self.server.server_close()
         if self._certs:
@@ -139,6 +142,9 @@ class HostileSite:
 
             def _sums(self, seen: Seen):
                 headers = {"Content-Type": "text/plain; charset=utf-8", "X-Artifact-Version": site.version}
+                if site.silent_sums:
+                    site._stopping.wait(120)  # a hung proxy: the client must give up on its own
+                    return
                 if site.sums_status != 200:
                     return self._send(seen, site.sums_status, b"", {"Content-Type": "text/plain"})
                 if site.endless_sums:

@@ -603,6 +603,15 @@ def test_a_failed_run_leaves_the_previous_record_as_it_was(script, hostile, tmp_
     assert not list(dest.glob(".fetch-model.record.*"))  # no temporary record left behind
 
 
+def test_a_site_that_never_answers_does_not_hold_up_a_complete_copy_for_long(script, hostile, tmp_path):
+    dest = tmp_path / "d"
+    assert hostile_run(script, hostile, dest).returncode == 0
+    hostile.silent_sums = True
+    result = hostile_run(script, hostile, dest)  # curl alone would wait a minute (--speed-time 60)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith(f"fetch-model: warning: cannot reach {hostile.url} (Operation timed out")
+
+
 @pytest.mark.parametrize("path", ["a\tb.bin", "../escape.bin", "/etc/x", "a/\x01.bin"])
 def test_an_unsafe_path_in_the_sums_is_refused_before_anything_is_written(script, hostile, tmp_path, path):
     hostile.sums = f"{'0' * 64}  {path}\n".encode()
