@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from urllib.parse import quote
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
@@ -241,7 +242,11 @@ def get_version(request: HttpRequest, model: str, version: str):
     openapi_extra={
         "responses": {
             200: {
-                "description": "One `<sha256>  <path>` line per file; the resolved version is in X-Artifact-Version.",
+                "description": (
+                    "One `<sha256>  <path>` line per file; the resolved version is in X-Artifact-Version, "
+                    "its status in X-Artifact-Status and, when yanked, the reason (percent-encoded UTF-8) in "
+                    "X-Artifact-Yanked-Reason."
+                ),
                 "content": {"text/plain": {"schema": {"type": "string"}}},
             }
         }
@@ -254,6 +259,10 @@ def get_sha256sums(request: HttpRequest, model: str, version: str):
     response["X-Artifact-Version"] = resolved.version
     if url := report_url(request):
         response["X-Report-URL"] = url
+    # The shell client reads no JSON: it learns here that a version is yanked, and why.
+    response["X-Artifact-Status"] = resolved.status
+    if resolved.yanked_reason and resolved.status == resolved.Status.YANKED:
+        response["X-Artifact-Yanked-Reason"] = quote(resolved.yanked_reason, safe="")
     return caching.cacheable(
         response, request, [caching.model_key(model), caching.version_key(model, resolved.version)]
     )

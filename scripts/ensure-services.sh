@@ -11,6 +11,7 @@ command -v varnishd >/dev/null || need_packages+=(varnish)
 command -v shellcheck >/dev/null || need_packages+=(shellcheck)
 command -v dash >/dev/null || need_packages+=(dash)
 command -v curl >/dev/null || need_packages+=(curl)
+command -v strace >/dev/null || need_packages+=(strace)  # shows a later client run opens no weight file
 [ -x /usr/bin/chromium ] || need_packages+=(chromium)  # browser tests (Playwright drives Debian's build)
 [ -e /usr/lib/x86_64-linux-gnu/varnish/vmods/libvmod_xkey.so ] || ls /usr/lib/*/varnish/vmods/libvmod_xkey.so >/dev/null 2>&1 \
   || need_packages+=(varnish-modules)

@@ -71,7 +71,7 @@ def test_a_visitor_browses_copies_a_command_and_downloads_the_right_bytes(live_s
 
     page.locator('button.copy[data-copy="cmd-start"]').click()
     copied = page.evaluate("navigator.clipboard.readText()")
-    assert f"curl -fsSL {live_server.url}/fetch-model.sh | sh -s -- index-tts v10" in copied
+    assert f'curl -fsSL {live_server.url}/fetch-model.sh -o "$MODEL_DIR/.fetch-model.sh.new"' in copied
 
     with page.expect_download() as download_info:
         page.get_by_role("link", name="model.pt", exact=True).click()
