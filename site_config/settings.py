@@ -327,7 +327,7 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # On SIGQUIT (the image maps docker stop's SIGTERM to it), running tasks get this long, then go
 # back to the queue unacknowledged: within docker stop's 10 s, nothing in progress is lost.
-CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = 6.0
+CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = 4.0
 CELERY_TASK_IGNORE_RESULT = True
 # A message whose worker died unacknowledged is delivered again after this long.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
