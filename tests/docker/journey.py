@@ -166,15 +166,15 @@ def published(stack, tmp_path_factory):
 
 def test_web_runs_as_its_user_on_a_read_only_root_and_passes_its_own_deploy_check(stack):
     web = container(stack, "web-1")
-    web.wait_healthy()  # the image's HEALTHCHECK asks 127.0.0.1, which ALLOWED_HOSTS does not list
+    for host in ("10.0.0.5:8000", "127.0.0.1"):  # probes by address, which ALLOWED_HOSTS does not list
+        assert http_status(f"{web.url}/healthz", host=host) == 200
+        assert http_status(f"{web.url}/readyz", host=host) == 200
+        assert http_status(f"{web.url}/", host=host) == 400
+    web.wait_healthy()  # the image's own HEALTHCHECK (it asks 127.0.0.1)
     assert web.exec("id", "-u").stdout.strip() == "10001"
     assert web.exec("touch", "/app/written", check=False).returncode != 0
     check = web.exec("python", "manage.py", "check", "--deploy", "--fail-level", "ERROR", check=False)
     assert check.returncode == 0, check.stdout + check.stderr
-    for host in ("10.0.0.5:8000", "127.0.0.1"):  # a load balancer's probes, by address
-        assert http_status(f"{web.url}/healthz", host=host) == 200
-        assert http_status(f"{web.url}/readyz", host=host) == 200
-        assert http_status(f"{web.url}/", host=host) == 400
 
 
 def test_a_release_published_in_a_container_downloads_through_varnish(stack, published):
