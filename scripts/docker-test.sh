@@ -8,8 +8,9 @@
 #      cached outside the clone by the hash of its recipe, so later runs only import it;
 #   4. builds docker/Dockerfile with --network host, handing it this machine's way to the
 #      package index (index URLs as build args, the CA bundle as a BuildKit secret);
-#   5. runs tests/docker/journey.py (pytest), which starts the roles from the image;
-#   6. removes its containers and stops its engine, by pid, whatever happened.
+#   5. checks docker/compose.yaml with the installed Compose (Debian's v1);
+#   6. runs tests/docker/journey.py (pytest), which starts the roles from the image;
+#   7. removes its containers and stops its engine, by pid, whatever happened.
 #
 # Environment: DOCKER_TEST_CACHE (default $XDG_CACHE_HOME/model-releases-docker),
 # DOCKER_TEST_KEEP=1 keeps the temporary directory, DOCKER_TEST_CONTEXT builds another
@@ -106,7 +107,15 @@ IMAGE_SIZE_MB=$(( $("$DOCKER" image inspect -f '{{.Size}}' "$APP_IMAGE") / 10000
 export IMAGE_BUILD_SECONDS IMAGE_SIZE_MB
 say "built $APP_IMAGE: ${IMAGE_SIZE_MB} MB in ${IMAGE_BUILD_SECONDS} s"
 
-# --- 5. the journey ------------------------------------------------------------------------
+# --- 5. the compose file, as the compose implementation installed here reads it ---------------
+# (Debian's is Compose v1, which refuses what v2 alone accepts, such as a top-level `name:`.)
+mkdir -p "$WORK/stack"
+ln -s "$PWD/docker" "$WORK/stack/docker"
+cp .env.example "$WORK/stack/.env"  # the file's env_file is ../.env, as shipped
+docker-compose -p model-releases -f "$WORK/stack/docker/compose.yaml" --env-file "$WORK/stack/.env" config -q
+say "docker/compose.yaml is valid for $(docker-compose version --short)"
+
+# --- 6. the journey ------------------------------------------------------------------------
 say "running the roles (tests/docker/journey.py)"
 DOCKER_TEST_FIGURES="$WORK/figures.txt"
 export DOCKER_TEST_FIGURES

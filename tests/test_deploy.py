@@ -43,13 +43,27 @@ def test_compose_file_wires_every_service():
     assert {"web", "worker", "beat", "postgres", "redis", "s3", "create-bucket", "migrate", "varnish"} <= set(services)
     for role in ("web", "worker", "beat", "migrate"):
         service = services[role]
-        assert service["command"] == [role]
+        assert service["command"][0] == role
         assert service["env_file"] == "../.env"
         assert service["environment"]["REDIS_URL"] == "redis://redis:6379/0"
         assert service["environment"]["DATABASE_URL"].endswith("@postgres:5432/releases")
     for role in ("web", "worker", "beat"):
         assert services[role]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert services["beat"]["deploy"]["replicas"] == 1
+    assert "name" not in compose  # Compose v1 refuses it: the project name is given with -p
+    assert services["worker"]["command"][1:] == [
+        "-Q",
+        "${CELERY_QUEUE:-model-releases},${CELERY_QUEUE:-model-releases}-heavy",
+    ]
+    one_off = {name for name, service in services.items() if service.get("restart") == "no"}
+    assert one_off == {"migrate", "create-bucket"}
+    for name, service in services.items():  # the image's HEALTHCHECK is web's; every other service has its own
+        assert name in one_off | {"web"} or service["healthcheck"]["test"], name
+    for name in ("varnish", "create-bucket", "migrate"):
+        assert all(
+            dependency["condition"] in ("service_healthy", "service_completed_successfully")
+            for dependency in services[name]["depends_on"].values()
+        )
     assert "mc mb --ignore-existing" in services["create-bucket"]["command"][0]
     varnish = services["varnish"]
     assert "./varnish/default.vcl:/etc/varnish/default.vcl:ro" in varnish["volumes"]
