@@ -30,7 +30,7 @@ import redis
 
 from .. import localstack
 from ..servers import REPO_ROOT, Varnish, free_port, wait_until
-from .roles import NO_PROXY, Roles, example_env, http_status
+from .roles import NO_PROXY, NO_REDIRECT, Roles, example_env, http_status
 
 IMAGE = os.environ.get("APP_IMAGE", "model-releases:test")
 QUEUES = "model-releases,model-releases-heavy"  # as docker/compose.yaml runs them
@@ -140,11 +140,6 @@ def get(url: str, **headers) -> tuple[int, dict, bytes]:
         return response.status, dict(response.headers), response.read()
 
 
-class NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):
-        return None
-
-
 FILES = {"model.pt": os.urandom(3 * 1024 * 1024 + 17), "config/config.yaml": b"sample_rate: 24000\n"}
 
 
@@ -186,9 +181,8 @@ def test_a_release_published_in_a_container_downloads_through_varnish(stack, pub
     assert status == 200 and version["version"] == "v1" and {f["path"] for f in version["files"]} == set(FILES)
     for file in version["files"]:
         assert file["stable_url"] == f"{site}/models/demo-tts/v1/{file['path']}"
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), NoRedirect)
         try:
-            opener.open(file["stable_url"], timeout=30)
+            NO_REDIRECT.open(file["stable_url"], timeout=30)
             raise AssertionError("the stable URL did not redirect")
         except urllib.error.HTTPError as redirect:
             assert redirect.code == 302 and redirect.headers["X-Artifact-SHA256"] == file["sha256"]
@@ -237,9 +231,9 @@ def test_beat_schedules_verification_and_the_outbox_drains(stack, published, dat
     )
 
 
-def test_a_change_made_on_one_web_node_is_seen_on_another_at_once(stack, published):
-    """Two web containers on one database: what holds before the multi-node work (several caches,
-    queues by kind, one run per period) lands."""
+def test_two_web_nodes_see_one_change_at_once_and_count_a_download_once(stack, published):
+    """Two web containers on one database and Redis: what holds before the multi-node work
+    (several caches, queues by kind, one run per period) lands."""
     first = container(stack, "web-1")
     (second,) = stack.start("web")
     second.wait_healthy()
@@ -247,6 +241,16 @@ def test_a_change_made_on_one_web_node_is_seen_on_another_at_once(stack, publish
     for web in (first, second):
         version = json.loads(get(f"{web.url}/api/v1/models/demo-tts/versions/v1", Host="localhost")[2])
         assert (version["status"], version["yanked_reason"]) == ("yanked", "seen on every node"), web.name
+
+    def total(web) -> int:
+        web.exec("python", "manage.py", "rollup_downloads")  # each node folds: the count must not double
+        return json.loads(get(f"{web.url}/api/v1/models/demo-tts/versions/v1", Host="localhost")[2])["downloads"][
+            "total"
+        ]
+
+    before = total(first)
+    assert http_status(f"{second.url}/models/demo-tts/v1/model.pt", host="localhost") == 302  # served by node 2
+    assert [total(first), total(second)] == [before + 1, before + 1]
 
 
 class HeldPurges(http.server.ThreadingHTTPServer):

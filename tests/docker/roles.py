@@ -23,6 +23,14 @@ DOCKER = os.environ.get("DOCKER", "docker")
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None  # the redirect itself is the answer (raised as an HTTPError with its code)
+
+
+NO_REDIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}), NoRedirect)
+
+
 def docker(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
     result = subprocess.run([DOCKER, *args], capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
@@ -40,7 +48,7 @@ def http_status(url: str, host: str | None = None, timeout: float = 5) -> int | 
     """The status a GET gets (redirects not followed), or None when nothing answers."""
     request = urllib.request.Request(url, headers={"Host": host} if host else {})
     try:
-        with NO_PROXY.open(request, timeout=timeout) as response:
+        with NO_REDIRECT.open(request, timeout=timeout) as response:
             return response.status
     except urllib.error.HTTPError as error:
         return error.code
