@@ -51,7 +51,7 @@ test-fast: venv services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) DATA_DIR=$(CURDIR)/var/test \
 		$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-# The production image built and its roles run against the suite's services (about 5 minutes
+# The production image built and its roles run against the suite's services (3-4 minutes
 # with a warm cache; see scripts/docker-test.sh). Installs Debian's docker.io when missing.
 docker-test: venv localstack services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) DATA_DIR=$(CURDIR)/var/test \

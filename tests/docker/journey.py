@@ -27,6 +27,7 @@ import boto3
 import psycopg
 import pytest
 import redis
+import yaml
 
 from .. import localstack
 from ..servers import REPO_ROOT, Varnish, free_port, wait_until
@@ -170,6 +171,22 @@ def test_web_runs_as_its_user_on_a_read_only_root_and_passes_its_own_deploy_chec
     assert web.exec("touch", "/app/written", check=False).returncode != 0
     check = web.exec("python", "manage.py", "check", "--deploy", "--fail-level", "ERROR", check=False)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_worker_and_beat_pass_the_healthchecks_docker_compose_gives_them(stack):
+    services = yaml.safe_load((REPO_ROOT / "docker" / "compose.yaml").read_text())["services"]
+    worker = container(stack, "worker-1")
+    wait_until(lambda: "ready." in worker.logs(), 90, interval=0.5, what="the worker")  # compose: start_period
+    for name in ("worker-1", "beat-1"):
+        test = services[name.split("-")[0]]["healthcheck"]["test"]
+        # As compose runs it: $$ is a literal $; each worker here is named after its container.
+        command = (
+            ["sh", "-c", test[1].replace("$$", "$").replace("celery@", f"{name}@")]
+            if test[0] == "CMD-SHELL"
+            else test[1:]
+        )
+        result = container(stack, name).exec(*command, check=False)
+        assert result.returncode == 0, f"{name}: {command}\n{result.stdout}{result.stderr}"
 
 
 def test_a_release_published_in_a_container_downloads_through_varnish(stack, published):
