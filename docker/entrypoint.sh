@@ -19,6 +19,10 @@ case $role in
     exec gunicorn -c site_config/gunicorn.py site_config.wsgi "$@" ;;
   worker)
     python manage.py wait_for_services --timeout "$WAIT_TIMEOUT"
+    # `docker stop` (and Kubernetes) send SIGTERM, then SIGKILL after a grace period. As SIGQUIT,
+    # it gives running tasks CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT seconds, then hands the
+    # unfinished ones (acks late) back to the broker for another worker, before the grace ends.
+    export REMAP_SIGTERM="${REMAP_SIGTERM:-SIGQUIT}"
     exec celery -A site_config worker --loglevel "${LOG_LEVEL:-INFO}" "$@" ;;
   beat)
     python manage.py wait_for_services --timeout "$WAIT_TIMEOUT" --only database --only broker

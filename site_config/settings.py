@@ -99,7 +99,10 @@ def persistent_secret_key() -> str:
 
 # DJANGO_ENV=production turns on everything a public deployment needs (and requires its secrets);
 # the default, development, is the embedded site that `make run` serves on plain HTTP.
-PRODUCTION = env_choice("DJANGO_ENV", "development", ("development", "production")) == "production"
+# DJANGO_ENV=build is for building an image: `collectstatic` makes production's static files
+# without any secret or service (the key is random and kept nowhere; the build serves nothing).
+DJANGO_ENV = env_choice("DJANGO_ENV", "development", ("development", "production", "build"))
+PRODUCTION = DJANGO_ENV == "production"
 DEBUG = env_bool("DJANGO_DEBUG", False)
 if PRODUCTION and DEBUG:
     raise ImproperlyConfigured("DJANGO_DEBUG must be off with DJANGO_ENV=production.")
@@ -107,7 +110,7 @@ SECRET_KEY = env_str("DJANGO_SECRET_KEY")
 if not SECRET_KEY:
     if PRODUCTION:
         raise ImproperlyConfigured("DJANGO_ENV=production needs DJANGO_SECRET_KEY (50+ random characters).")
-    SECRET_KEY = persistent_secret_key()
+    SECRET_KEY = secrets.token_urlsafe(50) if DJANGO_ENV == "build" else persistent_secret_key()
 ALLOWED_HOSTS = env_list(
     "DJANGO_ALLOWED_HOSTS", [] if PRODUCTION else ["127.0.0.1", "localhost", "[::1]", "testserver"]
 )
@@ -151,6 +154,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "releases.observability.RequestIdMiddleware",
     "releases.observability.CountsMiddleware",
+    "releases.middleware.ProbesOnAnyHostMiddleware",  # before the host check, so probes by address work
     "django.middleware.security.SecurityMiddleware",
     "releases.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -248,7 +252,7 @@ STORAGES = {
     # workers refuse to start without them); elsewhere pages work straight from the app's folders.
     "staticfiles": {
         "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
-        if PRODUCTION
+        if PRODUCTION or DJANGO_ENV == "build"
         else "django.contrib.staticfiles.storage.StaticFilesStorage"
     },
 }
@@ -333,6 +337,9 @@ CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "model-releases")
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# On SIGQUIT (the image maps docker stop's SIGTERM to it), running tasks get this long, then go
+# back to the queue unacknowledged: within docker stop's 10 s, nothing in progress is lost.
+CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = 4.0
 CELERY_TASK_IGNORE_RESULT = True
 # A message whose worker died unacknowledged is delivered again after this long.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
