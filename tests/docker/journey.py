@@ -103,6 +103,7 @@ def stack(tmp_path_factory, request, database_url, redis_url, s3_endpoint):
         AWS_SECRET_ACCESS_KEY="test",
         CDN_BACKEND="varnish",
         CDN_PURGE_URL=cache.url,
+        CDN_PURGE_TOKEN=cache.purge_token,
         EMAIL_HOST="127.0.0.1",
         WEB_CONCURRENCY="2",
         GUNICORN_THREADS="2",
