@@ -27,7 +27,7 @@ class PeriodClaims:
     """Who sent a job in a period: the first to SET NX its key in Redis (or, without Redis, in this process)."""
 
     def __init__(self, redis_url: str):
-        self.local: set[str] = set()
+        self.local: dict[tuple[str, int], int] = {}  # (job, interval) -> the last period claimed
         self.redis = None
         if redis_url:
             import redis
@@ -35,12 +35,12 @@ class PeriodClaims:
             self.redis = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
 
     def claim(self, name: str, interval: int, period: int) -> bool:
-        key = f"model-releases:beat:{name}:{interval}:{period}"
         if self.redis is None:
-            if key in self.local:
+            if self.local.get((name, interval), -1) >= period:
                 return False
-            self.local.add(key)
+            self.local[name, interval] = period
             return True
+        key = f"model-releases:beat:{name}:{interval}:{period}"
         return bool(self.redis.set(key, "sent", nx=True, ex=interval))
 
 

@@ -89,12 +89,13 @@ def production_is_not_tied_to_one_host(app_configs=None, **kwargs):
 
 
 @checks.register(checks.Tags.database, deploy=True)
-def web_threads_fit_the_database(app_configs=None, **kwargs):
+def web_threads_fit_the_database(app_configs=None, databases=None, **kwargs):
     """Each gunicorn thread keeps its own PostgreSQL connection (CONN_MAX_AGE): warn before the web
-    nodes alone ask for more connections than the server allows."""
+    nodes alone ask for more connections than the server allows. Asks the server, so like Django's
+    own database checks it runs only when asked to: `check --deploy --database default`."""
     from django.db import connection
 
-    if connection.vendor != "postgresql":
+    if "default" not in (databases or ()) or connection.vendor != "postgresql":
         return []
     per_node = settings.WEB_CONCURRENCY * settings.GUNICORN_THREADS
     wanted = per_node * settings.EXPECTED_WEB_NODES

@@ -156,10 +156,10 @@ PRODUCTION = {
 S3 = {"STORAGE_BACKEND": "s3", "AWS_STORAGE_BUCKET_NAME": "b", "AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"}
 
 
-def check_deploy(tmp_path, **env) -> subprocess.CompletedProcess:
+def check_deploy(tmp_path, *options, **env) -> subprocess.CompletedProcess:
     clean = {"PATH": "/usr/bin:/bin", "DATA_DIR": str(tmp_path), "STATIC_ROOT": str(tmp_path / "static")}
     return subprocess.run(
-        [sys.executable, "manage.py", "check", "--deploy"],
+        [sys.executable, "manage.py", "check", "--deploy", *options],
         cwd=REPO_ROOT, env={**clean, **env}, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 
@@ -195,7 +195,8 @@ def test_check_deploy_warns_when_the_web_threads_outnumber_the_database_connecti
 
     database = {"DATABASE_URL": django_env()["DATABASE_URL"]}
     sizes = {"WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "4", "EXPECTED_WEB_NODES": str(nodes)}
-    result = check_deploy(tmp_path, **database, **sizes)
+    result = check_deploy(tmp_path, "--database", "default", **database, **sizes)
     assert ("releases.W001" in result.stderr) is warned, result.stderr
+    assert "releases.W001" not in check_deploy(tmp_path, **database, **sizes).stderr  # asked to query, only
     if warned:
         assert "1000 web node(s) x WEB_CONCURRENCY 2 x GUNICORN_THREADS 4 = 8000 database connections" in result.stderr
