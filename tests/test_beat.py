@@ -121,3 +121,16 @@ def test_only_interval_schedules_have_periods():
             PeriodScheduler(app)
     finally:
         app.conf.beat_schedule = shipped
+
+
+def test_a_beat_that_cannot_reach_redis_sends_nothing_and_asks_again_soon(caplog):
+    from releases.beat import RETRY_SECONDS
+
+    from .servers import free_port
+
+    scheduler = PeriodScheduler(app, lazy=True)
+    scheduler.merge_inplace(app.conf.beat_schedule)
+    scheduler.claims, scheduler.decided = PeriodClaims(f"redis://127.0.0.1:{free_port()}/0"), {}
+    assert scheduler.tick() == RETRY_SECONDS  # nothing listens there: no period settled, none sent
+    assert scheduler.decided == {}
+    assert "beat: could not claim verify for period" in caplog.text and "trying again" in caplog.text
