@@ -63,8 +63,8 @@ def stalled_s3():
 def start_worker():
     workers = []
 
-    def start(**env) -> CeleryWorker:
-        worker = CeleryWorker(django_env(**env))
+    def start(queues: list[str] | None = None, **env) -> CeleryWorker:
+        worker = CeleryWorker(django_env(**env), queues)
         workers.append(worker)
         return worker
 
