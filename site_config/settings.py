@@ -333,26 +333,59 @@ CELERY_BROKER_URL = REDIS_URL or "memory://"
 CELERY_RESULT_BACKEND = REDIS_URL or None  # results are off by default (task_ignore_result); kept for inspection
 # With no broker configured, tasks run in the process that queued them (after commit).
 CELERY_TASK_ALWAYS_EAGER = not REDIS_URL
+# Two queues by kind, so that a purge never waits behind an hour of hashing: CDN work and light jobs
+# on CELERY_QUEUE, hashing (verify, chunk manifests, uploads' checks) on CELERY_QUEUE-heavy. A worker
+# started without -Q consumes both; docs/operations.md runs one worker per queue.
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "model-releases")
+CELERY_HEAVY_QUEUE = f"{CELERY_TASK_DEFAULT_QUEUE}-heavy"
+CELERY_TASK_QUEUES = {CELERY_TASK_DEFAULT_QUEUE: {}, CELERY_HEAVY_QUEUE: {}}
+HEAVY_TASKS = (
+    "releases.tasks.verify_files",
+    "releases.chunk_tasks.build_chunk_manifest",
+    "releases.chunk_tasks.backfill_chunk_manifests",
+    "releases.upload_tasks.finish_upload",
+)
+CELERY_TASK_ROUTES = {name: {"queue": CELERY_HEAVY_QUEUE} for name in HEAVY_TASKS}
 CELERY_TASK_ACKS_LATE = True
-CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True  # a worker that died mid-task: the task runs again
+# A task that fails or exceeds its time limit is acknowledged, never redelivered: its own handler
+# (or the beat job that sweeps for it) decides what happens next, so a hash too long for its limit
+# does not loop.
+CELERY_TASK_ACKS_ON_FAILURE_OR_TIMEOUT = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # On SIGQUIT (the image maps docker stop's SIGTERM to it), running tasks get this long, then go
 # back to the queue unacknowledged: within docker stop's 10 s, nothing in progress is lost.
 CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = 4.0
 CELERY_TASK_IGNORE_RESULT = True
-# A message whose worker died unacknowledged is delivered again after this long.
-CELERY_BROKER_TRANSPORT_OPTIONS = {
-    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=10, maximum=86400)
-}
+# The longest hard time limit of any task (finish_upload's, upload_tasks.py; a test keeps them in step).
+LONGEST_TASK_SECONDS = 55 * 60
+# A message whose worker died unacknowledged is delivered again after this long. Below the longest
+# time limit, the broker would hand a task that is still running to a second worker.
+CELERY_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=10, maximum=86400)
+if CELERY_VISIBILITY_TIMEOUT < LONGEST_TASK_SECONDS:
+    raise ImproperlyConfigured(
+        f"CELERY_VISIBILITY_TIMEOUT ({CELERY_VISIBILITY_TIMEOUT} s) is below the longest task time limit "
+        f"({LONGEST_TASK_SECONDS} s, hashing an uploaded object): the broker would deliver a running task "
+        f"to a second worker. Set it to at least {LONGEST_TASK_SECONDS}."
+    )
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
 # Queueing must not hang a publish when the broker is down: fail fast, the beat job catches up.
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+# No schedule file: each job runs once per period of its interval, claimed in Redis by whichever
+# beat gets there first (releases/beat.py), so any number of beats, with or without a volume, agree.
+CELERY_BEAT_SCHEDULER = "releases.beat:PeriodScheduler"
 # Task modules besides releases/tasks.py (found by autodiscovery) that every worker registers.
 CELERY_IMPORTS = ["releases.chunk_tasks", "releases.upload_tasks"]
+# Production refuses what holds only on one host (local store, no Redis) unless this says so.
+SINGLE_NODE = env_bool("SINGLE_NODE", False)
+# For the connection check of `check --deploy`: web nodes expected at once, each running
+# WEB_CONCURRENCY x GUNICORN_THREADS threads (site_config/gunicorn.py), one connection each.
+EXPECTED_WEB_NODES = env_int("EXPECTED_WEB_NODES", 1, minimum=1, maximum=1000)
+WEB_CONCURRENCY = env_int("WEB_CONCURRENCY", (os.cpu_count() or 1) * 2 + 1, minimum=1, maximum=1000)
+GUNICORN_THREADS = env_int("GUNICORN_THREADS", 4, minimum=1, maximum=1000)
 
 # --- Beat jobs: every interval in seconds, from the environment ---
 CELERY_BEAT_SCHEDULE = {
@@ -391,7 +424,9 @@ OUTBOX_BATCH_SIZE = env_int("OUTBOX_BATCH_SIZE", 200, minimum=1, maximum=10_000)
 OUTBOX_MAX_ATTEMPTS = env_int("OUTBOX_MAX_ATTEMPTS", 8, minimum=1, maximum=100)
 OUTBOX_BACKOFF_SECONDS = env_int("OUTBOX_BACKOFF_SECONDS", 30, minimum=1, maximum=3600)
 OUTBOX_LEASE_SECONDS = env_int("OUTBOX_LEASE_SECONDS", 600, minimum=10, maximum=86400)
-JOB_LOCK_SECONDS = env_int("JOB_LOCK_SECONDS", 3600, minimum=10, maximum=86400)
+# A periodic job's lock lives this long and is renewed every third of it while the job runs,
+# so the lock of a job whose worker was killed frees itself within this time.
+JOB_LOCK_SECONDS = env_int("JOB_LOCK_SECONDS", 60, minimum=10, maximum=3600)
 
 # Download counts: the same client and file within this many seconds count once (releases/downloads.py).
 DOWNLOAD_DEDUPE_SECONDS = env_int("DOWNLOAD_DEDUPE_SECONDS", 600, minimum=1, maximum=86400)

@@ -182,16 +182,17 @@ def django_env(**overrides) -> dict:
 
 
 class CeleryWorker:
-    """`celery worker` in a subprocess, one pool process, on the test's queue."""
+    """`celery worker` in a subprocess, one pool process, on the test's queues (both, unless `queues`)."""
 
-    def __init__(self, env: dict):
+    def __init__(self, env: dict, queues: list[str] | None = None):
         self.env = env
+        queues = queues or [env["CELERY_QUEUE"], env["CELERY_QUEUE"] + "-heavy"]
         self.logfile = tempfile.NamedTemporaryFile("w+", prefix="celery-worker-", suffix=".log", delete=False)
         self.process = subprocess.Popen(
             [
                 sys.executable, "-m", "celery", "-A", "site_config", "worker",
                 "--pool", "prefork", "--concurrency", "1", "--loglevel", "INFO",
-                "-Q", env["CELERY_QUEUE"], "--without-gossip", "--without-mingle", "--without-heartbeat",
+                "-Q", ",".join(queues), "--without-gossip", "--without-mingle", "--without-heartbeat",
                 "-n", f"test-{os.getpid()}-{free_port()}@%h",
             ],
             cwd=REPO_ROOT,

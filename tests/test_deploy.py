@@ -120,7 +120,10 @@ def test_shell_files_are_shellcheck_clean():
 def production_env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "STORAGE_", "CDN_", "DJANGO_", "SITE_URL"))}
     env.update(example_env())
-    env.update(DJANGO_SECRET_KEY="x7" * 30 + "kQ9", STORAGE_BACKEND="local", CDN_BACKEND="none", **extra)
+    # One host (the local store): SINGLE_NODE says so, or check --deploy refuses it (releases.E004).
+    env.update(
+        DJANGO_SECRET_KEY="x7" * 30 + "kQ9", STORAGE_BACKEND="local", CDN_BACKEND="none", SINGLE_NODE="1", **extra
+    )
     return env
 
 
