@@ -8,7 +8,6 @@ from django.core.exceptions import ValidationError
 from django.db.models import Count
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404
-from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
@@ -16,6 +15,7 @@ from django.utils.html import format_html
 from . import services
 from .admin_uploads import upload_urls
 from .models import File, MLModel, OutboxEntry, Version, validate_relative_path
+from .sizes import binary_size
 
 
 class VersionInline(admin.TabularInline):
@@ -169,7 +169,7 @@ class FileInline(admin.TabularInline):
     def human_size(self, obj):
         if obj.size is None:
             return "-"
-        return format_html("{} <small>({} bytes)</small>", filesizeformat(obj.size), f"{obj.size:,}")
+        return format_html("{} <small>({} bytes)</small>", binary_size(obj.size), f"{obj.size:,}")
 
     @admin.display(description="verification")
     def verification(self, obj):
