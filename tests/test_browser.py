@@ -69,9 +69,10 @@ def test_a_visitor_browses_copies_a_command_and_downloads_the_right_bytes(live_s
     content = WEIGHTS["model.pt"] + b"v10"
     assert hashlib.sha256(content).hexdigest() in page.content()
 
-    page.locator('button.copy[data-copy="cmd-start"]').click()
+    page.get_by_role("button", name="Copy the start-script lines").click()
     copied = page.evaluate("navigator.clipboard.readText()")
-    assert f"curl -fsSL {live_server.url}/fetch-model.sh | sh -s -- index-tts v10" in copied
+    assert f"curl -fsSL {live_server.url}/fetch-model.sh -o " in copied
+    assert copied.endswith('sh "$MODEL_DIR/.fetch-model.sh" index-tts v10 "$MODEL_DIR"')
 
     with page.expect_download() as download_info:
         page.get_by_role("link", name="model.pt", exact=True).click()
@@ -199,3 +200,39 @@ def test_a_maintainer_edits_the_model_card_and_license_in_the_admin(
     page.goto(live_server.url + "/models/index-tts/")
     assert page.get_by_role("link", name="MIT License").is_visible()
     assert page.locator(".model-card strong").inner_text() == "aloud"
+
+
+def in_first_screen(page, selector: str) -> bool:
+    """Whether the element's top edge is inside the viewport without scrolling."""
+    top = page.evaluate(f"document.querySelector({selector!r}).getBoundingClientRect().top")
+    return 0 <= top < page.viewport_size["height"] - 150  # its tabs and first lines show, not just a border
+
+
+@pytest.mark.parametrize(
+    "size", [{"width": 1280, "height": 800}, {"width": 390, "height": 844}], ids=["desktop", "phone"]
+)
+def test_a_visitor_finds_the_use_box_without_scrolling_and_copies_a_line(live_server, browser_page, catalogue, size):
+    page = browser_page
+    page.set_viewport_size(size)
+    for path in ("/models/index-tts/", "/models/index-tts/v10/"):
+        page.goto(live_server.url + path)
+        assert in_first_screen(page, "section.use"), path
+        assert page.evaluate("document.documentElement.scrollWidth") <= size["width"], path
+    page.get_by_role("tab", name="Python").click()
+    assert page.locator("#cmd-python").is_visible() and not page.locator("#cmd-start").is_visible()
+    page.get_by_role("button", name="Copy the Python lines").click()
+    copied = page.evaluate("navigator.clipboard.readText()")
+    assert copied.endswith("python3 fetch_model.py index-tts v10 checkpoints/index-tts/v10")
+    page.get_by_role("tab", name="curl").click()
+    page.get_by_role("button", name="Copy the curl lines for model.pt").click()
+    assert page.evaluate("navigator.clipboard.readText()").startswith("curl -fL --create-dirs -o model.pt ")
+
+
+def test_without_javascript_the_tabs_are_blocks_one_below_the_other(live_server, browser_page, catalogue):
+    context = browser_page.context.browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    page.goto(live_server.url + "/models/index-tts/v10/")
+    for block in ("#cmd-start", "#cmd-python", "#cmd-ensure", "#cmd-powershell", "#cmd-one-file"):
+        assert page.locator(block).is_visible(), block
+    assert page.get_by_role("tab").count() == 0
+    context.close()

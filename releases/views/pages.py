@@ -5,11 +5,11 @@ from __future__ import annotations
 import shlex
 
 from django.shortcuts import render
-from django.template.defaultfilters import filesizeformat
 from django.views.decorators.http import require_safe
 
-from .. import caching, licenses, selectors
+from .. import caching, licenses, selectors, use_box
 from ..links import FileLinks, VersionLinks, file_links
+from ..sizes import binary_size as filesizeformat
 from .errors import error_page
 
 SORT_LABELS = {"name": "Name", "latest": "Latest release", "downloads": "Downloads"}
@@ -58,6 +58,10 @@ def model_page(request, model_slug):
             if url
         ],  # fmt: skip
     }
+    shown = _version_to_use(versions, latest)
+    if shown is not None:
+        links = VersionLinks(request, found.slug, shown.version)
+        context["use"] = use_box.use_box(shown, links, use_box.main_file(shown, links))
     response = render(request, "releases/model.html", context)
     return caching.cacheable(response, request, [caching.model_key(model_slug)])
 
@@ -76,6 +80,7 @@ def version_page(request, model_slug, version):
         "version": resolved,
         "requested": version,
         "rows": rows,
+        "use": use_box.use_box(resolved, links, use_box.largest_of(page.files, links)),
         "curl_commands": "".join(
             f"curl -fL --create-dirs -o {shlex.quote(row['path'])} {row['stable_url']}\n" for row in rows
         ),
@@ -91,6 +96,13 @@ def version_page(request, model_slug, version):
     return caching.cacheable(
         response, request, [caching.model_key(model_slug), caching.version_key(model_slug, resolved.version)]
     )
+
+
+def _version_to_use(versions: list, latest):
+    """What the model page's box offers: the latest, else the newest downloadable (a prerelease)."""
+    if latest is not None:
+        return latest
+    return next((v for v in versions if v.status in ("published", "yanked")), None)
 
 
 def _file_rows(files: list[FileLinks]) -> list[dict]:
@@ -113,6 +125,7 @@ def _file_rows(files: list[FileLinks]) -> list[dict]:
                 "size": filesizeformat(file.size),
                 "bytes": f"{file.size:,}" if file.size >= 1024 else "",  # small sizes already show bytes
                 "sha256": file.sha256,
+                "sha_short": f"{file.sha256[:12]}…{file.sha256[-4:]}",
             }
         )
         folder = parent
