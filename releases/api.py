@@ -8,8 +8,9 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
 from ninja import Field, NinjaAPI, Schema
 
-from . import caching, selectors
+from . import caching, selectors, suggestions
 from .links import VersionLinks, absolute, file_links
+from .views import errors
 
 api = NinjaAPI(
     title="Model Releases API",
@@ -127,7 +128,13 @@ def iso(moment: datetime | None) -> str | None:
 
 @api.exception_handler(selectors.NotFound)
 def not_found(request, error):
-    return caching.uncacheable(api.create_response(request, {"detail": str(error)}, status=404))
+    """With what was meant (closest models, the model's versions), which both clients print. A version
+    named in another case is answered as the stored one (`V23` is `v23`: versions are case-blind)."""
+    slug, version = errors.names_in(request)
+    spelled = suggestions.stored_spelling(slug, version, request.user) if slug and version else None
+    if spelled is not None:
+        return request.resolver_match.func(request, **{**request.resolver_match.kwargs, "version": spelled})
+    return caching.uncacheable(api.create_response(request, {"detail": errors.detail(request, error)}, status=404))
 
 
 @api.exception_handler(selectors.Gone)

@@ -10,7 +10,7 @@ from django.views.decorators.http import require_safe
 from .. import caching, licenses, selectors, use_box
 from ..links import FileLinks, VersionLinks, file_links
 from ..sizes import binary_size as filesizeformat
-from .errors import error_page
+from .errors import answer
 
 SORT_LABELS = {"name": "Name", "latest": "Latest release", "downloads": "Downloads"}
 
@@ -40,7 +40,7 @@ def model_page(request, model_slug):
     try:
         found, versions, latest = selectors.model_with_versions(model_slug, request.user)
     except selectors.NotFound as error:
-        return error_page(request, error)
+        return answer(request, error)
     context = {
         "model": found,
         "versions": versions,
@@ -71,7 +71,7 @@ def version_page(request, model_slug, version):
     try:
         page = selectors.version_with_files(model_slug, version, request.user)
     except (selectors.NotFound, selectors.Gone) as error:
-        return error_page(request, error)
+        return answer(request, error)
     resolved = page.version
     links = VersionLinks(request, model_slug, resolved.version)
     rows = _file_rows(file_links(request, page.files, links))
