@@ -154,7 +154,7 @@ def test_a_visitor_finds_a_model_reads_its_card_sees_what_changed_and_counts_a_d
 
     page.locator("li.card h2 a").click()
     page.wait_for_url("**/models/index-tts/")
-    assert page.locator(".model-card h1").inner_text() == "IndexTTS2"
+    assert page.locator(".model-card h3").inner_text() == "IndexTTS2"  # the page has one h1
     license_link = page.get_by_role("link", name="Apache License 2.0")
     assert license_link.get_attribute("href") == "https://spdx.org/licenses/Apache-2.0.html"
     assert "0 downloads" in page.locator(".model-facts").inner_text()
