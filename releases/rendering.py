@@ -33,6 +33,11 @@ HEADING_SHIFT = 2
 _PRE_LANG = re.compile(r'<pre lang="[^"]*">')
 
 
+def normalise_newlines(text: str) -> str:
+    """Text as stored: `\n` line ends, whatever a browser's textarea sent (`\r\n`, `\r`)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def validate_size(text: str, what: str = "Release notes") -> None:
     limit = settings.RELEASE_NOTES_MAX_BYTES
     size = len(text.encode("utf-8"))

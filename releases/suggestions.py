@@ -82,3 +82,11 @@ def stored_spelling(slug: str, version: str, user) -> str | None:
         .first()
     )
     return found if found is not None and found != version else None
+
+
+def withdrawal_reason(slug: str, version: str) -> str:
+    """Why a withdrawn version was withdrawn, when the maintainer said (kept in `yanked_reason`)."""
+    if not usable(slug) or not usable(version):
+        return ""
+    found = Version.objects.filter(model__slug=slug, version=version, status=Version.Status.WITHDRAWN)
+    return found.values_list("yanked_reason", flat=True).first() or ""

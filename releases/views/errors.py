@@ -87,6 +87,7 @@ def error_page(request, error: Exception):
         context["suggested"] = suggestions.for_missing(slug, version, request.user)
     if isinstance(error, selectors.Gone) and slug:
         context["gone"] = suggestions.for_missing(slug, "", request.user)  # the model's other versions
+        context["withdrawn_reason"] = suggestions.withdrawal_reason(slug, version or "")
     response = render(request, "releases/error.html", context, status=status)
     response["Vary"] = "Accept"
     return caching.uncacheable(response)
