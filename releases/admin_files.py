@@ -16,12 +16,16 @@ from .sizes import binary_size
 class FileForm(forms.ModelForm):
     """A new file for a draft: upload it, or register an object already in storage."""
 
+    # A tabular row's inputs have only the column heading above them: each names itself for a screen reader.
     upload = forms.FileField(
-        required=False, help_text="Small files only; for large files or a whole folder use “Upload large files” above."
+        required=False,
+        widget=forms.ClearableFileInput(attrs={"aria-label": "File to upload"}),
+        help_text="Small files only; for large files or a whole folder use “Upload large files” above.",
     )
     existing_key = forms.CharField(
         required=False,
         label="or existing object key",
+        widget=forms.TextInput(attrs={"aria-label": "Existing object key"}),
         help_text="Register an object already in the bucket; size and checksum are read from storage.",
     )
 
@@ -33,6 +37,7 @@ class FileForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         if "path" in self.fields:  # read-only once the version is published
             self.fields["path"].required = False
+            self.fields["path"].widget.attrs["aria-label"] = "Path in the version"
             self.fields["path"].disabled = self.instance.pk is not None  # replace a file: remove it, add anew
 
     def has_changed(self):
@@ -57,6 +62,11 @@ class FileForm(forms.ModelForm):
 
 
 class FileFormSet(BaseInlineFormSet):
+    def add_fields(self, form, index):
+        super().add_fields(form, index)
+        if "DELETE" in form.fields:
+            form.fields["DELETE"].widget.attrs["aria-label"] = "Remove this file"
+
     def clean(self):
         """One path, one file: a second row for a path the version (or another new row) has is an
         error on that row, so the whole form is shown again and nothing is saved."""

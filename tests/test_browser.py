@@ -236,3 +236,62 @@ def test_without_javascript_the_tabs_are_blocks_one_below_the_other(live_server,
         assert page.locator(block).is_visible(), block
     assert page.get_by_role("tab").count() == 0
     context.close()
+
+
+def wider(page) -> list[str]:
+    """What sticks out of the screen, outside code blocks (they scroll inside themselves)."""
+    return page.evaluate(
+        "() => [...document.querySelectorAll('body *')].filter(e => !e.closest('pre') &&"
+        " e.getBoundingClientRect().right > document.documentElement.clientWidth + 0.5).slice(0, 5)"
+        ".map(e => `${e.tagName}.${e.className} ${e.getBoundingClientRect().right} ${e.textContent.slice(0, 30)}`)"
+    )
+
+
+AXE = Path(__file__).parent / "node_modules" / "axe-core" / "axe.min.js"  # tests/package.json pins it
+
+
+def axe_problems(page) -> list[str]:
+    """axe-core's serious and critical violations on the page as it is, target size (WCAG 2.2) included."""
+    assert AXE.exists(), "scripts/ensure-services.sh installs axe-core (npm ci in tests/)"
+    page.add_script_tag(path=str(AXE))
+    result = page.evaluate("axe.run(document, {resultTypes: ['violations'], rules: {'target-size': {enabled: true}}})")
+    return [
+        f"{v['impact']} {v['id']}: {[node['target'] for node in v['nodes']][:3]}"
+        for v in result["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
+
+
+PAGE_TYPES = {
+    "index": "/",
+    "model": "/models/index-tts/",
+    "version": "/models/index-tts/v10/",
+    "version-yanked": "/models/index-tts/v11/",
+    "withdrawn": "/models/index-tts/v12/",
+    "not-found": "/models/index-ts/",
+    "admin-version": "/admin/releases/version/{draft}/change/",
+    "admin-upload": "/admin/releases/version/{draft}/upload/",
+}
+
+
+@pytest.mark.parametrize(
+    "size", [{"width": 1280, "height": 800}, {"width": 390, "height": 844}, {"width": 360, "height": 740}],
+    ids=["1280", "390", "360"],
+)  # fmt: skip
+def test_every_page_type_passes_axe_fits_a_phone_and_has_one_h1(
+    live_server, browser_page, catalogue, django_user_model, size
+):
+    # axe is injected as a script: the site's CSP (script-src 'self') would refuse it, rightly.
+    context = browser_page.context.browser.new_context(bypass_csp=True, viewport=size)
+    page = context.new_page()
+    log_in_as_maintainer(live_server, page, django_user_model)
+    label = {1280: "desktop", 390: "phone"}.get(size["width"])
+    for name, path in PAGE_TYPES.items():
+        page.goto(live_server.url + path.format(draft=catalogue["v13"].pk))
+        assert page.evaluate("document.documentElement.scrollWidth") <= size["width"], f"{name}: {wider(page)}"
+        assert page.locator("h1").count() == 1, name
+        problems = axe_problems(page)
+        assert problems == [], f"{name}: {problems}"
+        if label:
+            page.screenshot(path=str(ARTIFACTS / f"{name}-{label}.png"))  # the first screen: docs/screenshots
+    context.close()
