@@ -6,9 +6,10 @@ from datetime import datetime
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
-from ninja import Field, NinjaAPI, Schema
+from ninja import NinjaAPI
 
 from . import caching, selectors, suggestions
+from .api_schemas import Error, ModelList, ModelOut, VersionOut
 from .links import VersionLinks, absolute, file_links
 from .views import errors
 
@@ -24,99 +25,6 @@ api = NinjaAPI(
     docs_url="/docs",
     openapi_url="/openapi.json",
 )
-
-
-class Error(Schema):
-    detail: str
-
-
-class FileOut(Schema):
-    path: str
-    size: int
-    sha256: str
-    url: str
-    expires_at: str
-    stable_url: str
-    chunks_url: str | None = Field(
-        description="Stable URL of the file's content-defined chunk manifest (docs/chunk-manifests.md), for "
-        "fetching only the chunks that changed since an older version; null when it has none (files under "
-        "1 MiB never do)."
-    )
-
-
-class ChangesOut(Schema):
-    """Relative to the previous published version (`previous`, null for the first): paths only."""
-
-    previous: str | None
-    added: list[str]
-    removed: list[str]
-    changed: list[str]
-
-
-class DownloadsOut(Schema):
-    """Counted once per stable-URL GET that redirects, folded into daily counts by rollup_downloads."""
-
-    total: int
-    last_30_days: int
-
-
-class LinksOut(Schema):
-    homepage: str | None
-    source: str | None
-    paper: str | None
-
-
-class VersionOut(Schema):
-    model: str
-    version: str
-    status: str
-    prerelease: bool
-    published_at: str | None
-    notes: str
-    yanked_reason: str
-    files: list[FileOut]
-    total_size: int
-    changes: ChangesOut
-    downloads: DownloadsOut
-
-
-class VersionSummary(Schema):
-    version: str
-    status: str
-    prerelease: bool
-    published_at: str | None
-    yanked_reason: str
-    url: str
-    downloads: DownloadsOut
-
-
-class ModelOut(Schema):
-    model: str
-    name: str
-    summary: str
-    description: str
-    latest: str | None
-    url: str
-    versions: list[VersionSummary]
-    license: str | None
-    tags: list[str]
-    links: LinksOut
-    downloads: DownloadsOut
-
-
-class ModelSummary(Schema):
-    model: str
-    name: str
-    summary: str
-    latest: str | None
-    url: str
-    license: str | None
-    tags: list[str]
-    downloads: DownloadsOut
-
-
-class ModelList(Schema):
-    models: list[ModelSummary]
 
 
 ERRORS = {404: Error, 410: Error}
