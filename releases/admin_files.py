@@ -12,6 +12,8 @@ from django.utils.html import format_html
 from .models import File, default_object_key, validate_relative_path
 from .sizes import binary_size
 
+INLINE_UPLOAD_LIMIT = 100 * 1024 * 1024  # one request, no progress: above this, the parts page is kinder
+
 
 class FileForm(forms.ModelForm):
     """A new file for a draft: upload it, or register an object already in storage."""
@@ -52,6 +54,12 @@ class FileForm(forms.ModelForm):
             raise ValidationError("Give either an upload or an existing object key, not both.")
         if not upload and not key:
             raise ValidationError("Choose a file to upload or give an existing object key.")
+        if upload and upload.size > INLINE_UPLOAD_LIMIT:
+            raise ValidationError(
+                f"{upload.name} is {binary_size(upload.size)}; this field takes files up to "
+                f"{binary_size(INLINE_UPLOAD_LIMIT)}. Use “Upload large files” at the top of this page: it sends "
+                "big files in parts, with progress, and resumes."
+            )
         path = (data.get("path") or "").strip() or (upload.name if upload else key.rsplit("/", 1)[-1])
         validate_relative_path(path)
         data["path"] = path

@@ -228,3 +228,15 @@ def test_lists_search_and_filters(admin_client):
     files = admin_client.get(reverse("admin:releases_file_changelist"), {"verification_status__exact": "missing"})
     assert files.context["cl"].result_count == 1
     assert admin_client.get(reverse("admin:releases_mlmodel_changelist")).status_code == 200
+
+
+def test_the_inline_field_refuses_a_large_file_and_points_to_the_large_file_page(admin_client, monkeypatch):
+    from releases import admin_files
+
+    monkeypatch.setattr(admin_files, "INLINE_UPLOAD_LIMIT", 1024)
+    version = VersionFactory()
+    data = form_data(admin_client.get(version_url(version)))
+    data["files-0-upload"] = SimpleUploadedFile("big.bin", b"x" * 2048)
+    response = admin_client.post(version_url(version), data)
+    assert "big.bin is 2.0 KiB; this field takes files up to 1.0 KiB" in response.content.decode()
+    assert "Upload large files" in response.content.decode() and not File.objects.exists()
