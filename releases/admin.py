@@ -6,7 +6,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import Count
-from django.http import HttpResponseRedirect
+from django.http import HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -15,6 +15,7 @@ from . import services
 from .admin_files import FileInline
 from .admin_uploads import upload_urls
 from .models import File, MLModel, OutboxEntry, Version
+from .rendering import render_markdown
 
 
 class VersionInline(admin.TabularInline):
@@ -158,13 +159,17 @@ class VersionAdmin(admin.ModelAdmin):
     def get_fields(self, request, obj=None):
         if obj is None:
             return ("model", "version", "prerelease", "notes")
-        return ("model", "version", "status", "prerelease", "published_at", "yanked_reason", "notes")
+        return ("model", "version", "status", "prerelease", "published_at", "status_reason", "notes")
 
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return ()
-        fixed = ("model", "version", "status", "published_at", "yanked_reason")
+        fixed = ("model", "version", "status", "published_at", "status_reason")
         return fixed if obj.is_draft else (*fixed, "prerelease")
+
+    @admin.display(description="reason (yanked or withdrawn)")
+    def status_reason(self, obj):
+        return obj.yanked_reason or "-"
 
     def get_actions(self, request):
         actions = super().get_actions(request)
@@ -235,6 +240,7 @@ class VersionAdmin(admin.ModelAdmin):
 
     def get_urls(self):
         return [
+            path("preview/", self.admin_site.admin_view(self.preview_view), name="releases_markdown_preview"),
             path(
                 "<int:object_id>/transition/<str:name>/",
                 self.admin_site.admin_view(self.transition_view),
@@ -243,6 +249,15 @@ class VersionAdmin(admin.ModelAdmin):
             *upload_urls(self.admin_site),
             *super().get_urls(),
         ]
+
+    def preview_view(self, request):
+        """Markdown of notes or a card as the site will show it (rendered and sanitised), for staff."""
+        if request.method != "POST":
+            return JsonResponse({"error": "POST the text to preview."}, status=405)
+        try:
+            return JsonResponse({"html": render_markdown(request.POST.get("text", ""), "The text")})
+        except ValidationError as error:
+            return JsonResponse({"error": " ".join(error.messages)}, status=400)
 
     def transition_view(self, request, object_id, name):
         version = get_object_or_404(Version, pk=object_id)

@@ -240,3 +240,11 @@ def test_the_inline_field_refuses_a_large_file_and_points_to_the_large_file_page
     response = admin_client.post(version_url(version), data)
     assert "big.bin is 2.0 KiB; this field takes files up to 1.0 KiB" in response.content.decode()
     assert "Upload large files" in response.content.decode() and not File.objects.exists()
+
+
+def test_the_markdown_preview_renders_and_sanitises_like_the_site(admin_client, client):
+    url = reverse("admin:releases_markdown_preview")
+    shown = admin_client.post(url, {"text": "# Notes\n\n<script>x()</script>\n\n**bold**"}).json()["html"]
+    assert "<h3>Notes</h3>" in shown and "<strong>bold</strong>" in shown and "<script" not in shown
+    assert admin_client.post(url, {"text": "x" * 300_000}).status_code == 400
+    assert client.post(url, {"text": "# x"}).status_code == 302  # staff only: the login page
