@@ -78,3 +78,13 @@ def test_a_server_error_is_a_page_that_needs_nothing_that_may_be_broken(django_a
         api = errors.server_error(factory.get("/api/v1/models", **BROWSER))
     assert page.status_code == 500 and b"<h1>Something went wrong</h1>" in page.content
     assert plain["Content-Type"].startswith("text/plain") and api["Content-Type"].startswith("text/plain")
+
+
+def test_a_server_error_page_that_cannot_render_falls_back_to_plain_words(monkeypatch):
+    def broken(name):
+        raise ValueError("Missing staticfiles manifest entry")
+
+    monkeypatch.setattr(errors.loader, "get_template", broken)
+    response = errors.server_error(RequestFactory().get("/models/x/", **BROWSER))
+    assert response.status_code == 500 and response["Content-Type"].startswith("text/plain")
+    assert b"Something went wrong" in response.content

@@ -113,8 +113,10 @@ def not_found(request, exception=None):
 
 def server_error(request):
     """A 500 that needs nothing that may be broken: no database, no session, no context processors."""
-    if request.path.startswith("/api/") or not wants_html(request, page=True):
-        body, content_type = "Something went wrong on our side; try again in a minute.\n", "text/plain; charset=utf-8"
-    else:
-        body, content_type = loader.get_template("releases/500.html").render(), "text/html; charset=utf-8"
+    body, content_type = "Something went wrong on our side; try again in a minute.\n", "text/plain; charset=utf-8"
+    if not request.path.startswith("/api/") and wants_html(request, page=True):
+        try:
+            body, content_type = loader.get_template("releases/500.html").render(), "text/html; charset=utf-8"
+        except Exception:  # noqa: BLE001 - whatever broke the page may break this too: the plain words stay
+            pass
     return caching.uncacheable(HttpResponse(body, status=500, content_type=content_type))
