@@ -122,3 +122,12 @@ def test_sizes_are_binary_and_say_so(client, publish):
     publish("tts", "v1", {"model.pt": b"x" * 3_000_000})
     page = client.get("/models/tts/v1/").content.decode()
     assert "2.9 MiB" in page and " MB" not in page
+
+
+def test_pages_carry_a_favicon_and_share_preview_tags(client, two_versions):
+    page = client.get("/models/tts/v2/").content.decode()
+    assert '<link rel="icon" href="/static/releases/favicon.svg' in page
+    assert '<meta property="og:title" content="tts v2">' in page
+    assert '<meta property="og:description" content="tts v2: 3 files, 3.4 KiB' in page
+    assert '<meta property="og:url" content="http://testserver/models/tts/v2/">' in page
+    assert client.get("/static/releases/favicon.svg").status_code == 200
