@@ -8,143 +8,81 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     initial = True
 
-    dependencies = []
+    dependencies = [
+    ]
 
     operations = [
         migrations.CreateModel(
-            name="Model",
+            name='Model',
             fields=[
-                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
-                (
-                    "slug",
-                    models.CharField(
-                        help_text="Lower-case letters, digits and hyphens; part of every URL (e.g. index-tts).",
-                        max_length=100,
-                        unique=True,
-                        validators=[releases.models.validate_model_slug],
-                    ),
-                ),
-                ("name", models.CharField(max_length=200)),
-                ("summary", models.CharField(blank=True, max_length=300)),
-                ("description", models.TextField(blank=True, help_text="Markdown.")),
-                ("created_at", models.DateTimeField(default=django.utils.timezone.now, editable=False)),
-                ("updated_at", models.DateTimeField(auto_now=True)),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('slug', models.CharField(help_text='Lower-case letters, digits and hyphens; part of every URL (e.g. index-tts).', max_length=100, unique=True, validators=[releases.models.validate_model_slug])),
+                ('name', models.CharField(max_length=200)),
+                ('summary', models.CharField(blank=True, max_length=300)),
+                ('description', models.TextField(blank=True, help_text='Markdown.')),
+                ('created_at', models.DateTimeField(default=django.utils.timezone.now, editable=False)),
+                ('updated_at', models.DateTimeField(auto_now=True)),
             ],
             options={
-                "ordering": ["slug"],
+                'ordering': ['slug'],
             },
         ),
         migrations.CreateModel(
-            name="Version",
+            name='Version',
             fields=[
-                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
-                ("version", models.CharField(max_length=64, validators=[releases.models.validate_version_string])),
-                ("sort_key", models.CharField(db_index=True, editable=False, max_length=400)),
-                (
-                    "status",
-                    models.CharField(
-                        choices=[
-                            ("draft", "Draft"),
-                            ("published", "Published"),
-                            ("yanked", "Yanked"),
-                            ("withdrawn", "Withdrawn"),
-                        ],
-                        db_index=True,
-                        default="draft",
-                        max_length=16,
-                    ),
-                ),
-                ("prerelease", models.BooleanField(default=False, help_text="Never chosen as latest.")),
-                (
-                    "notes",
-                    models.TextField(
-                        blank=True, help_text="Markdown; rendered sanitised.", verbose_name="release notes"
-                    ),
-                ),
-                ("yanked_reason", models.TextField(blank=True)),
-                ("published_at", models.DateTimeField(blank=True, null=True)),
-                ("created_at", models.DateTimeField(default=django.utils.timezone.now, editable=False)),
-                ("updated_at", models.DateTimeField(auto_now=True)),
-                (
-                    "model",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.PROTECT, related_name="versions", to="releases.model"
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('version', models.CharField(max_length=64, validators=[releases.models.validate_version_string])),
+                ('sort_key', models.CharField(db_index=True, editable=False, max_length=400)),
+                ('status', models.CharField(choices=[('draft', 'Draft'), ('published', 'Published'), ('yanked', 'Yanked'), ('withdrawn', 'Withdrawn')], db_index=True, default='draft', max_length=16)),
+                ('prerelease', models.BooleanField(default=False, help_text='Never chosen as latest.')),
+                ('notes', models.TextField(blank=True, help_text='Markdown; rendered sanitised.', verbose_name='release notes')),
+                ('yanked_reason', models.TextField(blank=True)),
+                ('published_at', models.DateTimeField(blank=True, null=True)),
+                ('created_at', models.DateTimeField(default=django.utils.timezone.now, editable=False)),
+                ('updated_at', models.DateTimeField(auto_now=True)),
+                ('model', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='versions', to='releases.model')),
             ],
             options={
-                "ordering": ["model", "-sort_key"],
+                'ordering': ['model', '-sort_key'],
             },
         ),
         migrations.CreateModel(
-            name="File",
+            name='File',
             fields=[
-                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
-                ("path", models.CharField(help_text="Relative path, e.g. checkpoints/model.pt.", max_length=1024)),
-                ("key", models.CharField(max_length=1024, unique=True, verbose_name="object key")),
-                ("size", models.BigIntegerField(help_text="Bytes.")),
-                ("sha256", models.CharField(max_length=64, verbose_name="SHA-256")),
-                ("content_type", models.CharField(default="application/octet-stream", max_length=255)),
-                (
-                    "managed_object",
-                    models.BooleanField(
-                        default=True,
-                        editable=False,
-                        help_text="The site uploaded this object, so it may delete it while the version is a draft.",
-                    ),
-                ),
-                ("created_at", models.DateTimeField(default=django.utils.timezone.now, editable=False)),
-                (
-                    "verification_status",
-                    models.CharField(
-                        choices=[
-                            ("unverified", "Not verified yet"),
-                            ("ok", "OK"),
-                            ("missing", "Missing"),
-                            ("mismatch", "Mismatch"),
-                            ("error", "Error"),
-                        ],
-                        db_index=True,
-                        default="unverified",
-                        max_length=16,
-                    ),
-                ),
-                ("verified_at", models.DateTimeField(blank=True, null=True)),
-                ("verification_detail", models.TextField(blank=True)),
-                (
-                    "version",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE, related_name="files", to="releases.version"
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('path', models.CharField(help_text='Relative path, e.g. checkpoints/model.pt.', max_length=1024)),
+                ('key', models.CharField(max_length=1024, unique=True, verbose_name='object key')),
+                ('size', models.BigIntegerField(help_text='Bytes.')),
+                ('sha256', models.CharField(max_length=64, verbose_name='SHA-256')),
+                ('content_type', models.CharField(default='application/octet-stream', max_length=255)),
+                ('managed_object', models.BooleanField(default=True, editable=False, help_text='The site uploaded this object, so it may delete it while the version is a draft.')),
+                ('created_at', models.DateTimeField(default=django.utils.timezone.now, editable=False)),
+                ('verification_status', models.CharField(choices=[('unverified', 'Not verified yet'), ('ok', 'OK'), ('missing', 'Missing'), ('mismatch', 'Mismatch'), ('error', 'Error')], db_index=True, default='unverified', max_length=16)),
+                ('verified_at', models.DateTimeField(blank=True, null=True)),
+                ('verification_detail', models.TextField(blank=True)),
+                ('version', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='files', to='releases.version')),
             ],
             options={
-                "ordering": ["version", "path"],
+                'ordering': ['version', 'path'],
             },
         ),
         migrations.AddConstraint(
-            model_name="version",
-            constraint=models.UniqueConstraint(
-                models.F("model"),
-                django.db.models.functions.text.Lower("version"),
-                name="unique_version_per_model_case_blind",
-                violation_error_message="This model already has that version (versions are case-blind).",
-            ),
+            model_name='version',
+            constraint=models.UniqueConstraint(models.F('model'), django.db.models.functions.text.Lower('version'), name='unique_version_per_model_case_blind', violation_error_message='This model already has that version (versions are case-blind).'),
         ),
         migrations.AddConstraint(
-            model_name="file",
-            constraint=models.UniqueConstraint(models.F("version"), models.F("path"), name="unique_path_per_version"),
+            model_name='file',
+            constraint=models.UniqueConstraint(models.F('version'), models.F('path'), name='unique_path_per_version'),
         ),
         migrations.AddConstraint(
-            model_name="file",
-            constraint=models.CheckConstraint(condition=models.Q(("size__gte", 0)), name="file_size_not_negative"),
+            model_name='file',
+            constraint=models.CheckConstraint(condition=models.Q(('size__gte', 0)), name='file_size_not_negative'),
         ),
         migrations.AddConstraint(
-            model_name="file",
-            constraint=models.CheckConstraint(
-                condition=models.Q(("sha256__regex", "^[0-9a-f]{64}$")), name="file_sha256_is_hex"
-            ),
+            model_name='file',
+            constraint=models.CheckConstraint(condition=models.Q(('sha256__regex', '^[0-9a-f]{64}$')), name='file_sha256_is_hex'),
         ),
     ]

@@ -6,78 +6,49 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("releases", "0001_initial"),
+        ('releases', '0001_initial'),
     ]
 
     operations = [
         migrations.AddField(
-            model_name="file",
-            name="hashed_at",
-            field=models.DateTimeField(
-                blank=True, db_index=True, help_text="Last time the whole object was read and re-hashed.", null=True
-            ),
+            model_name='file',
+            name='hashed_at',
+            field=models.DateTimeField(blank=True, db_index=True, help_text='Last time the whole object was read and re-hashed.', null=True),
         ),
         migrations.AddField(
-            model_name="file",
-            name="warmed_at",
-            field=models.DateTimeField(blank=True, help_text="Last time the CDN fetched it.", null=True),
+            model_name='file',
+            name='warmed_at',
+            field=models.DateTimeField(blank=True, help_text='Last time the CDN fetched it.', null=True),
         ),
         migrations.AlterField(
-            model_name="file",
-            name="verified_at",
+            model_name='file',
+            name='verified_at',
             field=models.DateTimeField(blank=True, db_index=True, null=True),
         ),
         migrations.CreateModel(
-            name="OutboxEntry",
+            name='OutboxEntry',
             fields=[
-                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
-                ("kind", models.CharField(choices=[("purge", "Purge"), ("warm", "Warm")], max_length=8)),
-                ("key", models.CharField(help_text="Surrogate key to purge, or file-<id> to warm.", max_length=400)),
-                (
-                    "paths",
-                    models.JSONField(
-                        blank=True, default=list, help_text="URL paths the key covers, for CDNs without keys."
-                    ),
-                ),
-                (
-                    "state",
-                    models.CharField(
-                        choices=[("pending", "Pending"), ("done", "Done"), ("failed", "Failed")],
-                        db_index=True,
-                        default="pending",
-                        max_length=8,
-                    ),
-                ),
-                ("generation", models.PositiveIntegerField(default=1)),
-                ("attempts", models.PositiveIntegerField(default=0)),
-                ("next_attempt_at", models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
-                ("last_error", models.TextField(blank=True)),
-                ("created_at", models.DateTimeField(default=django.utils.timezone.now, editable=False)),
-                ("updated_at", models.DateTimeField(auto_now=True)),
-                ("done_at", models.DateTimeField(blank=True, null=True)),
-                (
-                    "file",
-                    models.ForeignKey(
-                        blank=True,
-                        null=True,
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="outbox_entries",
-                        to="releases.file",
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('kind', models.CharField(choices=[('purge', 'Purge'), ('warm', 'Warm')], max_length=8)),
+                ('key', models.CharField(help_text='Surrogate key to purge, or file-<id> to warm.', max_length=400)),
+                ('paths', models.JSONField(blank=True, default=list, help_text='URL paths the key covers, for CDNs without keys.')),
+                ('state', models.CharField(choices=[('pending', 'Pending'), ('done', 'Done'), ('failed', 'Failed')], db_index=True, default='pending', max_length=8)),
+                ('generation', models.PositiveIntegerField(default=1)),
+                ('attempts', models.PositiveIntegerField(default=0)),
+                ('next_attempt_at', models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
+                ('last_error', models.TextField(blank=True)),
+                ('created_at', models.DateTimeField(default=django.utils.timezone.now, editable=False)),
+                ('updated_at', models.DateTimeField(auto_now=True)),
+                ('done_at', models.DateTimeField(blank=True, null=True)),
+                ('file', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='outbox_entries', to='releases.file')),
             ],
             options={
-                "verbose_name": "CDN outbox entry",
-                "verbose_name_plural": "CDN outbox",
-                "ordering": ["-created_at"],
-                "constraints": [
-                    models.UniqueConstraint(
-                        condition=models.Q(("state", "pending")),
-                        fields=("kind", "key"),
-                        name="one_pending_entry_per_key",
-                    )
-                ],
+                'verbose_name': 'CDN outbox entry',
+                'verbose_name_plural': 'CDN outbox',
+                'ordering': ['-created_at'],
+                'constraints': [models.UniqueConstraint(condition=models.Q(('state', 'pending')), fields=('kind', 'key'), name='one_pending_entry_per_key')],
             },
         ),
     ]

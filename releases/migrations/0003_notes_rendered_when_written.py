@@ -22,25 +22,21 @@ def render_existing_notes(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("releases", "0002_outbox_and_jobs"),
+        ('releases', '0002_outbox_and_jobs'),
     ]
 
     operations = [
         migrations.AddField(
-            model_name="version",
-            name="notes_html",
+            model_name='version',
+            name='notes_html',
             field=models.TextField(blank=True, editable=False),
         ),
         migrations.AlterField(
-            model_name="version",
-            name="notes",
-            field=models.TextField(
-                blank=True,
-                help_text="Markdown; rendered sanitised.",
-                validators=[releases.models.validate_notes],
-                verbose_name="release notes",
-            ),
+            model_name='version',
+            name='notes',
+            field=models.TextField(blank=True, help_text='Markdown; rendered sanitised.', validators=[releases.models.validate_notes], verbose_name='release notes'),
         ),
         migrations.RunPython(render_existing_notes, migrations.RunPython.noop),
     ]

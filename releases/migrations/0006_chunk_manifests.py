@@ -4,24 +4,19 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("releases", "0005_model_cards_and_download_counts"),
+        ('releases', '0005_model_cards_and_download_counts'),
     ]
 
     operations = [
         migrations.AddField(
-            model_name="file",
-            name="chunks_size",
-            field=models.BigIntegerField(
-                blank=True,
-                editable=False,
-                help_text="Null until it is built.",
-                null=True,
-                verbose_name="chunk manifest bytes",
-            ),
+            model_name='file',
+            name='chunks_size',
+            field=models.BigIntegerField(blank=True, editable=False, help_text='Null until it is built.', null=True, verbose_name='chunk manifest bytes'),
         ),
         migrations.AddIndex(
-            model_name="file",
-            index=models.Index(fields=["sha256"], name="file_sha256"),
+            model_name='file',
+            index=models.Index(fields=['sha256'], name='file_sha256'),
         ),
     ]

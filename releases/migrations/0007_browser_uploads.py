@@ -8,81 +8,35 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("releases", "0006_chunk_manifests"),
+        ('releases', '0006_chunk_manifests'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name="BrowserUpload",
+            name='BrowserUpload',
             fields=[
-                ("id", models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
-                ("path", models.CharField(max_length=1024)),
-                ("key", models.CharField(max_length=1024, verbose_name="object key")),
-                ("size", models.BigIntegerField()),
-                ("part_size", models.BigIntegerField()),
-                ("content_type", models.CharField(max_length=255)),
-                (
-                    "expected_sha256",
-                    models.CharField(blank=True, help_text="Given by the uploader, if known.", max_length=64),
-                ),
-                ("storage_upload_id", models.CharField(max_length=1024)),
-                ("part_checksums", models.JSONField(default=dict)),
-                (
-                    "state",
-                    models.CharField(
-                        choices=[
-                            ("uploading", "uploading"),
-                            ("hashing", "checking its SHA-256"),
-                            ("done", "done"),
-                            ("failed", "failed"),
-                            ("aborted", "aborted"),
-                        ],
-                        default="uploading",
-                        max_length=16,
-                    ),
-                ),
-                ("detail", models.TextField(blank=True)),
-                ("created_at", models.DateTimeField(default=django.utils.timezone.now, editable=False)),
-                ("updated_at", models.DateTimeField(auto_now=True)),
-                (
-                    "file",
-                    models.ForeignKey(
-                        blank=True,
-                        null=True,
-                        on_delete=django.db.models.deletion.SET_NULL,
-                        related_name="+",
-                        to="releases.file",
-                    ),
-                ),
-                (
-                    "started_by",
-                    models.ForeignKey(
-                        null=True,
-                        on_delete=django.db.models.deletion.SET_NULL,
-                        related_name="+",
-                        to=settings.AUTH_USER_MODEL,
-                    ),
-                ),
-                (
-                    "version",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="browser_uploads",
-                        to="releases.version",
-                    ),
-                ),
+                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
+                ('path', models.CharField(max_length=1024)),
+                ('key', models.CharField(max_length=1024, verbose_name='object key')),
+                ('size', models.BigIntegerField()),
+                ('part_size', models.BigIntegerField()),
+                ('content_type', models.CharField(max_length=255)),
+                ('expected_sha256', models.CharField(blank=True, help_text='Given by the uploader, if known.', max_length=64)),
+                ('storage_upload_id', models.CharField(max_length=1024)),
+                ('part_checksums', models.JSONField(default=dict)),
+                ('state', models.CharField(choices=[('uploading', 'uploading'), ('hashing', 'checking its SHA-256'), ('done', 'done'), ('failed', 'failed'), ('aborted', 'aborted')], default='uploading', max_length=16)),
+                ('detail', models.TextField(blank=True)),
+                ('created_at', models.DateTimeField(default=django.utils.timezone.now, editable=False)),
+                ('updated_at', models.DateTimeField(auto_now=True)),
+                ('file', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='releases.file')),
+                ('started_by', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                ('version', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='browser_uploads', to='releases.version')),
             ],
             options={
-                "constraints": [
-                    models.UniqueConstraint(
-                        models.F("key"),
-                        condition=models.Q(("state__in", ["uploading", "hashing"])),
-                        name="one_active_upload_per_key",
-                    ),
-                    models.CheckConstraint(condition=models.Q(("size__gt", 0)), name="browser_upload_size_positive"),
-                ],
+                'constraints': [models.UniqueConstraint(models.F('key'), condition=models.Q(('state__in', ['uploading', 'hashing'])), name='one_active_upload_per_key'), models.CheckConstraint(condition=models.Q(('size__gt', 0)), name='browser_upload_size_positive')],
             },
         ),
     ]

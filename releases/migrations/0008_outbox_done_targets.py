@@ -4,16 +4,15 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("releases", "0007_browser_uploads"),
+        ('releases', '0007_browser_uploads'),
     ]
 
     operations = [
         migrations.AddField(
-            model_name="outboxentry",
-            name="done_targets",
-            field=models.JSONField(
-                blank=True, default=list, help_text="Caches already purged for this generation (a retry skips them)."
-            ),
+            model_name='outboxentry',
+            name='done_targets',
+            field=models.JSONField(blank=True, default=list, help_text='Caches already purged for this generation (a retry skips them).'),
         ),
     ]
