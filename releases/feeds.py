@@ -18,6 +18,7 @@ from .links import site_url
 from .models import Version
 
 FEED_LENGTH = 50
+SITE_AUTHOR = "Model Releases"
 EVENT = {
     Version.Status.PUBLISHED: "released",
     Version.Status.YANKED: "yanked",
@@ -51,8 +52,16 @@ class ReleasesFeed(Feed):
     def items(self, model):
         return selectors.release_events(model.slug if model else None, FEED_LENGTH)
 
+    def author_name(self, model):
+        return model.name if model else SITE_AUTHOR
+
     def item_title(self, version):
-        return f"{version.model.name} {version.version} {EVENT[version.status]}"
+        """What happened, said in the title, since readers show little else: a prerelease says so."""
+        kind = " prerelease" if version.prerelease else ""
+        return f"{version.model.name} {version.version}{kind} {EVENT[version.status]}"
+
+    def item_author_name(self, version):
+        return version.model.name  # RFC 4287: every entry has an author (the model's maintainers)
 
     def item_description(self, version):
         if version.status == Version.Status.WITHDRAWN:

@@ -10,9 +10,10 @@ from __future__ import annotations
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
-from ninja import Router, Schema, Status
+from ninja import Router, Status
 
 from . import run_reports
+from .api_schemas import Error
 from .links import absolute
 
 router = Router(tags=["run reports"])
@@ -20,10 +21,6 @@ router = Router(tags=["run reports"])
 OFF = "this site does not accept run reports"
 TOO_LARGE = f"a run report is at most {run_reports.MAX_BODY_BYTES} bytes"
 TOO_MANY = "too many run reports from this address; try again in a minute"
-
-
-class Detail(Schema):
-    detail: str
 
 
 def report_url(request) -> str | None:
@@ -41,7 +38,7 @@ def report_url(request) -> str | None:
         "JSON (or the `X-Report-URL` header of sha256sums), and never with FETCH_MODEL_NO_REPORT=1 or "
         "DO_NOT_TRACK=1. At most 4096 bytes; every field is required and checked. See docs/run-reports.md."
     ),
-    response={202: Detail, 400: Detail, 403: Detail, 413: Detail, 429: Detail},
+    response={202: Error, 400: Error, 403: Error, 413: Error, 429: Error},
     openapi_extra={
         "requestBody": {
             "required": True,

@@ -13,7 +13,7 @@ from django.core.exceptions import ValidationError
 from django.db.models import F, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import Coalesce
 
-from . import chunking, downloads
+from . import chunking, downloads, search_terms
 from .changes import Changes, FileState, compare
 from .models import (
     DailyDownloads,
@@ -81,10 +81,7 @@ def models_for_index(user, *, query: str = "", tag: str = "", sort: str = "name"
     query, tag = search_text(query, SEARCH_LENGTH), search_text(tag, TAG_LENGTH)
     models = MLModel.objects.visible_to(user)
     if query:
-        models = models.filter(
-            Q(slug__icontains=query) | Q(name__icontains=query) | Q(summary__icontains=query)
-            | Q(description__icontains=query) | Q(tags__name=query.lower())
-        ).distinct()  # fmt: skip
+        models = search_terms.filter_models(models, query)
     if tag:
         models = models.filter(tags__name=tag.lower()).distinct()
     models = models.annotate(**_model_annotations()).order_by(*INDEX_SORTS.get(sort, INDEX_SORTS["name"]))

@@ -26,8 +26,10 @@ def test_the_site_feed_lists_released_yanked_and_withdrawn_versions_but_no_draft
     titles = [entry.title for entry in parsed.entries]
     assert set(titles) == {
         "index-tts v9 released", "index-tts v10 released", "index-tts v11 yanked",
-        "index-tts v12 withdrawn", "index-tts v23 released",
+        "index-tts v12 withdrawn", "index-tts v23 prerelease released",
     }  # fmt: skip
+    assert all(entry.author == "index-tts" for entry in parsed.entries)  # RFC 4287 requires an author
+    assert parsed.feed.author == "Model Releases"
     assert not any("v13" in title or "hidden-model" in title for title in titles)
     yanked = next(entry for entry in parsed.entries if entry.title == "index-tts v11 yanked")
     assert "Corrupt vocoder; use v10." in yanked.summary

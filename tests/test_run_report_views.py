@@ -86,6 +86,18 @@ def test_the_public_rate_only_when_the_operator_allows_it(mixed, tts, settings):
     assert run_stats.public_first_runs(MLModel.objects.get(slug="tts").versions.get(version="v1")) is None
 
 
+def test_the_pages_show_the_public_rate_only_when_the_operator_allows_it(client, mixed, settings):
+    assert "first runs:" not in client.get("/models/tts/v2/").content.decode()
+    settings.RUN_REPORTS_PUBLIC = True
+    assert "first runs: 80.0% succeeded in the last 30 days" in client.get("/models/tts/v2/").content.decode()
+    assert "first runs: 66.7% succeeded in the last 30 days" in client.get("/models/tts/").content.decode()
+
+
+def test_the_admin_version_page_carries_the_run_reports_panel(admin_client, mixed, tts):
+    html = admin_client.get(f"/admin/releases/version/{tts.pk}/change/").content.decode()
+    assert "Run reports of this version" in html and '<td class="rate">80.0%</td>' in html
+
+
 @pytest.mark.slow  # starts a process
 @pytest.mark.parametrize(
     "env, message",

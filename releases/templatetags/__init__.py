@@ -1,1 +1,1 @@
-"""Template tags of the releases app."""
+"""Template filters of the site's pages and admin."""
