@@ -10,6 +10,8 @@ from ninja import Field, NinjaAPI, Schema
 
 from . import caching, selectors
 from .links import VersionLinks, absolute, file_links
+from .reports_api import report_url
+from .reports_api import router as reports_router
 
 api = NinjaAPI(
     title="Model Releases API",
@@ -77,6 +79,9 @@ class VersionOut(Schema):
     total_size: int
     changes: ChangesOut
     downloads: DownloadsOut
+    report_url: str | None = Field(
+        description="Where the served clients send their run report (docs/run-reports.md); null: send none."
+    )
 
 
 class VersionSummary(Schema):
@@ -217,6 +222,7 @@ def get_version(request: HttpRequest, model: str, version: str):
         "total_size": page.total_size,
         "changes": page.changes.as_json(),
         "downloads": page.downloads.as_json(),
+        "report_url": report_url(request),
     }
     # Built from plain values that match VersionOut (the tests hold it to the OpenAPI schema), so
     # serialised directly: validating every file object again would cost more than signing it.
@@ -246,6 +252,11 @@ def get_sha256sums(request: HttpRequest, model: str, version: str):
     body = "".join(f"{file.sha256}  {file.path}\n" for file in selectors.files_of(resolved))
     response = HttpResponse(body, content_type="text/plain; charset=utf-8")
     response["X-Artifact-Version"] = resolved.version
+    if url := report_url(request):
+        response["X-Report-URL"] = url
     return caching.cacheable(
         response, request, [caching.model_key(model), caching.version_key(model, resolved.version)]
     )
+
+
+api.add_router("", reports_router)  # POST /api/v1/reports (reports_api.py)

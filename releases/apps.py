@@ -6,4 +6,4 @@ class ReleasesConfig(AppConfig):
     verbose_name = "Model releases"
 
     def ready(self):
-        from . import checks  # noqa: F401 (registers the deploy checks)
+        from . import admin_reports, checks  # noqa: F401 (registers the run-reports admin, the deploy checks)

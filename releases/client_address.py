@@ -7,10 +7,15 @@ setting gunicorn reads for the same purpose); the first one that is not is the c
 the left of it were written by the client itself and are never believed. With "*", any address
 of a private network (INTERNAL_NETWORKS: loopback, RFC 1918, shared, link-local, unique local)
 counts as a proxy of the deployment.
+
+client_marker turns an address into a marker that names no one: an HMAC under a salt derived
+from DJANGO_SECRET_KEY, a purpose and a period (the UTC day), so markers change with the period.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 
 from django.conf import settings
@@ -55,3 +60,16 @@ def _parse(value: str) -> Address | None:
 def _trusted(address: Address) -> bool:
     networks = settings.TRUSTED_PROXY_NETWORKS + (INTERNAL_NETWORKS if "*" in settings.FORWARDED_ALLOW_IPS else [])
     return any(address in network for network in networks if address.version == network.version)
+
+
+def client_marker(address: str, purpose: str, period: str, subject: str) -> str:
+    """The client's marker for `subject` (a file id, a minute) in `period`. An IPv6 client is its /64
+    (one host's privacy addresses change within it, and a flood of fresh addresses from one network
+    is one client)."""
+    try:
+        if ipaddress.ip_address(address).version == 6:
+            address = str(ipaddress.ip_network(f"{address}/64", strict=False).network_address)
+    except ValueError:
+        pass  # no address (a Unix socket): known by what REMOTE_ADDR says
+    salt = hmac.new(settings.SECRET_KEY.encode(), f"{purpose} {period}".encode(), hashlib.sha256).digest()
+    return hmac.new(salt, f"{subject} {address}".encode(), hashlib.sha256).hexdigest()[:32]

@@ -13,15 +13,13 @@ aside in the same way; the fold waits a moment for a write that opened the log b
 and records the log's name with its counts.
 
 No record stops a fold: what cannot be read is set aside in the quarantine (download_records.py)
-and the rest of its batch is folded.
+and the rest of its batch is folded. The setting aside and folding of batches is record_folds.py's,
+shared with the run reports.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-import uuid
-from collections import Counter
 from datetime import date
 from pathlib import Path
 
@@ -29,40 +27,23 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 
-from . import observability
-from .download_records import (
-    COUNTS_KEY,
-    FOLDING_PREFIX,
-    Unreadable,
-    add_to_quarantine,
-    log_dir,
-    log_lines,
-    parse_field,
-    parse_log_line,
-    parse_value,
-    quarantine_entry,
-    quarantine_location,
-    quarantine_to_file,
-    report,
-)
-from .downloads import send_log, set_aside
+from .download_records import COUNTS_KEY, FOLDING_PREFIX, QUARANTINE, log_dir, parse_field, parse_log_line, parse_value
+from .downloads import send_log
 from .models import DailyDownloads, DownloadFold, File
+from .record_folds import Rows, fold_log, fold_redis_hashes, logs_set_aside
 
 logger = logging.getLogger(__name__)
 
-LOG_SETTLE_SECONDS = 0.2  # how long a fold waits for a write into a log it just set aside
 NOT_A_HASH_PREFIX = "model-releases:downloads:not-a-hash:"
-
-Rows = Counter  # (file id, day) -> downloads
 
 
 def fold() -> int:
     """Add every counter set aside or pending to the daily rows; the number of downloads folded."""
-    logs = _logs_set_aside()
+    logs = logs_set_aside(log_dir())
     if settings.REDIS_URL:
         for log in logs:
             _unless_taken(send_log, log)
-        return _fold_redis()
+        return fold_redis_hashes(COUNTS_KEY, FOLDING_PREFIX, NOT_A_HASH_PREFIX, QUARANTINE, _parse_counter, _record)
     return sum(_unless_taken(_fold_log, log) for log in logs)
 
 
@@ -74,84 +55,12 @@ def _unless_taken(work, log: Path) -> int:
         return 0
 
 
-def _logs_set_aside() -> list[Path]:
-    """Every log of this host set aside (now, or by a fold or a sender that died)."""
-    directory = log_dir()
-    if not directory.is_dir():
-        return []
-    renamed = [set_aside(log) for log in directory.glob("*.log")]
-    if renamed:
-        time.sleep(LOG_SETTLE_SECONDS)
-    return sorted(directory.glob("*.folding-*"))
-
-
-# --- Redis ------------------------------------------------------------------------------------------
-
-
-def _fold_redis() -> int:
-    client = observability.redis_client()
-    aside = f"{FOLDING_PREFIX}{uuid.uuid4().hex}"
-    try:
-        client.rename(COUNTS_KEY, aside)
-    except Exception as error:  # redis-py's ResponseError "no such key": nothing counted since
-        if "no such key" not in str(error).lower():
-            raise
-    folded = 0
-    for key in sorted(client.scan_iter(match=f"{FOLDING_PREFIX}*")):
-        name = key.decode("ascii", "backslashreplace")
-        if client.type(key) != b"hash":
-            _set_aside_key(client, key, name)
-            continue
-        rows, quarantined, reasons = Rows(), [], Counter()
-        for field, value in client.hgetall(key).items():
-            try:
-                rows[parse_field(field)] += parse_value(value)
-            except Unreadable as error:
-                reasons[error.reason] += 1
-                quarantined.append(quarantine_entry(name, field + b"=" + value, error.reason))
-        folded_now, first_time = _record(name, rows)
-        folded += folded_now
-        if first_time:
-            pipeline = client.pipeline(transaction=False)
-            add_to_quarantine(pipeline, quarantined)
-            pipeline.delete(key)
-            pipeline.execute()
-            report(name, reasons, quarantine_location())
-        else:
-            client.delete(key)
-    return folded
-
-
-def _set_aside_key(client, key: bytes, name: str) -> None:
-    """A key in the folding namespace that is no hash (written by hand?): moved aside, whole."""
-    moved = f"{NOT_A_HASH_PREFIX}{uuid.uuid4().hex}"
-    client.rename(key, moved)
-    pipeline = client.pipeline(transaction=False)
-    add_to_quarantine(pipeline, [quarantine_entry(name, f"moved to {moved}".encode(), "not_a_hash")])
-    pipeline.execute()
-    report(name, Counter(not_a_hash=1), f"{quarantine_location()} (the key itself: {moved})")
-
-
-# --- logs without Redis -------------------------------------------------------------------------------
+def _parse_counter(field: bytes, value: bytes) -> tuple[tuple[int, date], int]:
+    return parse_field(field), parse_value(value)
 
 
 def _fold_log(log: Path) -> int:
-    rows, quarantined, reasons = Rows(), [], Counter()
-    for raw in log_lines(log.read_bytes()):
-        try:
-            rows[parse_field(parse_log_line(raw).field.encode())] += 1
-        except Unreadable as error:
-            reasons[error.reason] += 1
-            quarantined.append(quarantine_entry(log.name, raw, error.reason))
-    folded, first_time = _record(log.name, rows)
-    if first_time:
-        quarantine_to_file(quarantined)
-        report(log.name, reasons, quarantine_location())
-    log.unlink()
-    return folded
-
-
-# --- both ---------------------------------------------------------------------------------------------
+    return fold_log(log, QUARANTINE, lambda raw: parse_field(parse_log_line(raw).field.encode()), _record)
 
 
 def _record(name: str, rows: Rows) -> tuple[int, bool]:

@@ -6,14 +6,12 @@ value, or a log line `<file id>:<day>[ <marker>]` that counts one (the marker: t
 de-duplicates it, see downloads.py). Anything else (bytes that are not ASCII, a file id beyond
 PostgreSQL's bigint, a day that does not exist, a value like `abc`) is Unreadable: the job that
 meets it sets it aside here, with its batch and the reason, and goes on with the rest. The
-quarantine is a capped Redis list with Redis (`QUARANTINE_KEY`, newest first), else a JSON-lines
-file under DATA_DIR/downloads; each set-aside record adds to a counter shown in /metrics.
+quarantine (record_quarantine.py, shared with the run reports) is the Redis list `QUARANTINE_KEY`
+with Redis, else DATA_DIR/downloads/quarantine.jsonl; each set-aside record is counted in /metrics.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import re
 from collections import Counter
@@ -22,31 +20,20 @@ from datetime import date
 from pathlib import Path
 
 from django.conf import settings
-from django.utils import timezone
 
-from . import observability
+from .record_quarantine import MAX_BIGINT, Quarantine, Unreadable, log_lines, parse_count
+
+__all__ = ["Unreadable", "log_lines"]  # read by the jobs through this module
 
 logger = logging.getLogger(__name__)
 
 COUNTS_KEY = "model-releases:downloads"
 FOLDING_PREFIX = "model-releases:downloads:folding:"
 QUARANTINE_KEY = "model-releases:downloads:quarantine"
-QUARANTINE_KEEP = 1000  # records kept in the Redis list; older ones are dropped (the counter keeps counting)
-QUARANTINE_FILE_BYTES = 1024 * 1024  # the local file is moved to `.1` past this size
 QUARANTINED_METRIC = "downloads_quarantined:"
-MAX_BIGINT = 2**63 - 1
 
 _FIELD = re.compile(rb"([0-9]{1,19}):([0-9]{4}-[0-9]{2}-[0-9]{2})")
 _MARKER = re.compile(rb"[0-9a-f]{32}")
-_VALUE = re.compile(rb"[0-9]{1,19}")
-
-
-class Unreadable(ValueError):
-    """A record that cannot be folded; `reason` is a short label (also the metric's)."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -57,6 +44,9 @@ class LogLine:
 
 def log_dir() -> Path:
     return Path(settings.DATA_DIR) / "downloads"
+
+
+QUARANTINE = Quarantine("download", QUARANTINE_KEY, log_dir, QUARANTINED_METRIC)
 
 
 def parse_field(raw: bytes) -> tuple[int, date]:
@@ -77,11 +67,7 @@ def parse_field(raw: bytes) -> tuple[int, date]:
         raise Unreadable("bad_day") from None
 
 
-def parse_value(raw: bytes) -> int:
-    """A counter's value: a whole number from 1 to bigint's maximum, or Unreadable."""
-    if not _VALUE.fullmatch(raw) or not 1 <= int(raw) <= MAX_BIGINT:
-        raise Unreadable("bad_count")
-    return int(raw)
+parse_value = parse_count  # a counter's value: a whole number from 1 to bigint's maximum
 
 
 def parse_log_line(raw: bytes) -> LogLine:
@@ -93,58 +79,21 @@ def parse_log_line(raw: bytes) -> LogLine:
     return LogLine(parts[0].decode(), parts[1].decode() if len(parts) == 2 else "")
 
 
-def log_lines(data: bytes) -> list[bytes]:
-    """The non-empty lines of a log's bytes (a line cut short by a crash is one of them)."""
-    return [line.strip(b"\r") for line in data.split(b"\n") if line.strip(b"\r \t")]
-
-
 def quarantine_entry(batch: str, record: bytes, reason: str) -> str:
-    """One set-aside record as JSON: readable (`record`, non-ASCII bytes as \\xNN) and exact (`raw`)."""
-    return json.dumps(
-        {
-            "at": timezone.now().isoformat(),
-            "batch": batch,
-            "reason": reason,
-            "record": record.decode("ascii", "backslashreplace"),
-            "raw": base64.b64encode(record).decode(),
-        }
-    )
+    return QUARANTINE.entry(batch, record, reason)
 
 
 def add_to_quarantine(pipeline, entries: list[str]) -> None:
-    """Queue the Redis commands that keep `entries` in the capped quarantine list."""
-    if entries:
-        pipeline.lpush(QUARANTINE_KEY, *entries)
-        pipeline.ltrim(QUARANTINE_KEY, 0, QUARANTINE_KEEP - 1)
+    QUARANTINE.add(pipeline, entries)
 
 
 def quarantine_to_file(entries: list[str]) -> None:
-    """Without Redis: append `entries` to DATA_DIR/downloads/quarantine.jsonl (and its one `.1`)."""
-    if not entries:
-        return
-    path = log_dir() / "quarantine.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() and path.stat().st_size > QUARANTINE_FILE_BYTES:
-        path.replace(path.with_name("quarantine.jsonl.1"))
-    with open(path, "a", encoding="ascii") as file:
-        file.writelines(f"{entry}\n" for entry in entries)
+    QUARANTINE.to_file(entries)
 
 
 def report(batch: str, reasons: Counter, where: str) -> None:
-    """Say at WARNING what a batch had set aside, and count it for /metrics."""
-    if not reasons:
-        return
-    total = sum(reasons.values())
-    logger.warning(
-        "set aside %d unreadable download record%s of %s (%s) in %s; the rest is counted",
-        total,
-        "" if total == 1 else "s",
-        batch,
-        ", ".join(f"{reason}: {n}" for reason, n in sorted(reasons.items())),
-        where,
-    )
-    observability.count(**{f"{QUARANTINED_METRIC}{reason}": n for reason, n in reasons.items()})
+    QUARANTINE.report(batch, reasons, where)
 
 
 def quarantine_location() -> str:
-    return f"Redis list {QUARANTINE_KEY}" if settings.REDIS_URL else str(log_dir() / "quarantine.jsonl")
+    return QUARANTINE.location()

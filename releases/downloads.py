@@ -24,16 +24,12 @@ the logs of any other process on its host.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import ipaddress
 import logging
 import os
 import re
 import socket
 import threading
 import time
-import uuid
 from collections import Counter, OrderedDict
 from datetime import timedelta
 from pathlib import Path
@@ -42,7 +38,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from . import observability
-from .client_address import client_address
+from .client_address import client_address, client_marker
 from .download_records import (
     COUNTS_KEY,
     Unreadable,
@@ -54,6 +50,7 @@ from .download_records import (
     quarantine_location,
     report,
 )
+from .record_folds import set_aside
 
 logger = logging.getLogger(__name__)
 
@@ -105,15 +102,8 @@ def count_download(request, file_id: int) -> None:
 
 
 def _marker(file_id: int, address: str, day: str) -> str:
-    """The client's marker for a file and day. An IPv6 client is its /64 (one host's privacy
-    addresses change within it, and a flood of fresh addresses from one network counts once)."""
-    try:
-        if ipaddress.ip_address(address).version == 6:
-            address = str(ipaddress.ip_network(f"{address}/64", strict=False).network_address)
-    except ValueError:
-        pass  # no address (a Unix socket): counted under what REMOTE_ADDR says
-    salt = hmac.new(settings.SECRET_KEY.encode(), f"download-dedupe {day}".encode(), hashlib.sha256).digest()
-    return hmac.new(salt, f"{file_id} {address}".encode(), hashlib.sha256).hexdigest()[:32]
+    """The client's marker for a file and day."""
+    return client_marker(address, "download-dedupe", day, str(file_id))
 
 
 class _SeenMarkers:
@@ -196,11 +186,6 @@ def _append(line: str) -> bool:
         if lost := _unwritable.due():
             logger.warning("could not count %d download%s in %s: %s", lost, "" if lost == 1 else "s", own_log(), error)
         return False
-
-
-def set_aside(log: Path) -> Path:
-    """Rename a log to a name of its own: later writes start a new log."""
-    return log.rename(log.with_name(f"{log.stem}.folding-{uuid.uuid4().hex}"))
 
 
 class _Fallback:

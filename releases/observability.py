@@ -125,6 +125,16 @@ def redis_client():
     return _redis
 
 
+def redis_resting() -> bool:
+    """Whether Redis failed less than REDIS_RETRY_SECONDS ago (writes that must answer now skip it)."""
+    return time.monotonic() < _unreachable_until.get(settings.REDIS_URL, 0.0)
+
+
+def redis_failed() -> None:
+    """Redis just failed a write: the next ones skip it for REDIS_RETRY_SECONDS."""
+    _unreachable_until[settings.REDIS_URL] = time.monotonic() + REDIS_RETRY_SECONDS
+
+
 class RedisWrite(Protocol):
     """A write that joins a request's one round trip to Redis (downloads.py's counts). It adds
     exactly one command; it hears whether that command was carried out, or why not."""
@@ -185,7 +195,7 @@ def _write(batch: _Batch) -> None:
                 _local.setdefault(key, Counter())[name] += value
         return
     try:
-        if time.monotonic() < _unreachable_until.get(settings.REDIS_URL, 0.0):
+        if redis_resting():
             raise RedisSkipped("Redis failed less than REDIS_RETRY_SECONDS ago")
         pipeline = redis_client().pipeline(transaction=False)
         for (key, name), value in entries.items():
@@ -196,7 +206,7 @@ def _write(batch: _Batch) -> None:
         results = pipeline.execute(raise_on_error=False)
     except Exception as error:  # metrics must never fail a download
         if not isinstance(error, RedisSkipped):
-            _unreachable_until[settings.REDIS_URL] = time.monotonic() + REDIS_RETRY_SECONDS
+            redis_failed()
         logger.debug("could not count metrics: %s", error)
         for write in batch.writes:
             write.not_written(error)

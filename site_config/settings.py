@@ -396,6 +396,19 @@ try:
 except ValueError as error:
     raise ImproperlyConfigured(f"FORWARDED_ALLOW_IPS must be addresses, networks or '*': {error}.") from None
 
+# Run reports from the served clients (docs/run-reports.md): accepted or not, shown publicly or not,
+# how many per client address and minute, and when a version's first runs count as failing.
+RUN_REPORTS = env_choice("RUN_REPORTS", "on", ("on", "off")) == "on"
+RUN_REPORTS_PUBLIC = env_bool("RUN_REPORTS_PUBLIC", False)
+RUN_REPORTS_PER_MINUTE = env_int("RUN_REPORTS_PER_MINUTE", 30, minimum=1, maximum=100_000)
+RUN_ALERT_THRESHOLD = env_int("RUN_ALERT_THRESHOLD", 95, minimum=1, maximum=100)
+RUN_ALERT_MIN_RUNS = env_int("RUN_ALERT_MIN_RUNS", 20, minimum=1, maximum=1_000_000)
+CELERY_BEAT_SCHEDULE["rollup-run-reports"] = {  # folds the counts, then checks for failing versions
+    "task": "releases.report_tasks.rollup_run_reports",
+    "schedule": env_int("RUN_REPORTS_INTERVAL", 300, minimum=10, maximum=86400),
+}
+CELERY_IMPORTS.append("releases.report_tasks")
+
 # Who hears about verify failures and CDN work that keeps failing: "Name <a@b>, Name <c@d>"
 # (RFC 5322 address lists, read by the standard library: quoted names may hold commas).
 ADMINS = [(name or address, address) for name, address in getaddresses([env_str("DJANGO_ADMINS")]) if name or address]

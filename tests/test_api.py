@@ -18,7 +18,7 @@ def test_version_object_has_the_contract_fields(client, catalogue, settings):
     assert response.status_code == 200 and response["X-Artifact-Version"] == "v10"
     body = response.json()
     assert set(body) == {"model", "version", "status", "prerelease", "published_at", "notes", "yanked_reason", "files",
-                         "total_size", "changes", "downloads"}  # fmt: skip
+                         "total_size", "changes", "downloads", "report_url"}  # fmt: skip
     assert (body["model"], body["version"], body["status"], body["prerelease"]) == (
         "index-tts",
         "v10",
@@ -137,6 +137,7 @@ def test_openapi_document_is_valid_and_describes_the_contract(client):
         "total_size",
         "changes",
         "downloads",
+        "report_url",
     }
     file = document["components"]["schemas"]["FileOut"]
     assert set(file["properties"]) == {"path", "size", "sha256", "url", "expires_at", "stable_url", "chunks_url"}

@@ -426,9 +426,9 @@ def test_the_set_aside_batches_that_stopped_earlier_folds_are_folded_now(tts, se
 
 
 def test_the_quarantine_list_is_capped(tts, monkeypatch):
-    from releases import download_records
+    from releases import record_quarantine
 
-    monkeypatch.setattr(download_records, "QUARANTINE_KEEP", 3)
+    monkeypatch.setattr(record_quarantine, "QUARANTINE_KEEP", 3)
     today = timezone.now().date().isoformat()
     observability.redis_client().hset(COUNTS_KEY, mapping={f"{n}:{today}": "abc" for n in range(1, 6)})
     assert download_fold.fold() == 0
