@@ -209,10 +209,12 @@ def test_an_offline_start_keeps_its_report_and_the_next_run_that_reaches_the_sit
     assert [(report["run_kind"], report["version"], report["outcome"]) for report in kept] == [("offline", "v2", 0)] * 2
     assert [report["bytes_reused"] for report in kept] == [sum(len(content) for content in FILES.values())] * 2
     assert all(set(report) == FIELDS for report in kept) and tree(dest) == FILES
+    with open(dest / KEPT, "a") as lines:  # only a report's fields are ever sent: not these
+        lines.write(json.dumps({**kept[0], "hostname": "laptop"}) + "\n")
 
     online = fetch(site, "index-tts", "v2", dest)
     assert online.returncode == 0, online.stderr
-    assert site.reports[1:] == kept + [site.reports[-1]] and site.reports[-1]["run_kind"] == "later"
+    assert site.reports[1:] == kept + [site.reports[-1]] and site.reports[-1]["run_kind"] == "later"  # in order
     assert not (dest / KEPT).exists() and not list(dest.glob(f"{KEPT}*"))
     again = fetch(site, "index-tts", "v2", dest)  # sent once: not again
     assert again.returncode == 0 and len(site.reports) == 5

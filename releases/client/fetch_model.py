@@ -76,11 +76,11 @@ OUTCOME_NAMES = {0: "ok", 1: "usage", 2: "missing_tool", 3: "not_found", 4: "net
                  6: "dest_dir", 130: "interrupted", 143: "terminated"}  # fmt: skip
 EPILOG = """Exit codes: 0 done; 1 usage; 3 not found or withdrawn; 4 network; 5 wrong content; 6 DEST_DIR.
 
-Run reports (docs/run-reports.md): each run ends by POSTing one anonymous JSON report (one try, 2 s
-at most, errors ignored) to the report_url the site gives (none when it gives none): model, requested and resolved
-version, client and client version, outcome (the exit code and its name), run kind (first, update, later, offline),
-tries, fresh links, bytes downloaded / reused / copied by delta, duration, OS family (linux, darwin, windows, other),
-and whether a part file was resumed; never a path, host name or user name. A run that cannot reach the site keeps its
+Run reports (docs/run-reports.md): each run ends by POSTing one anonymous JSON report (one try, 2 s at most,
+errors ignored) to the report_url the site gives (none when it gives none): model, requested and resolved version,
+client and client version, outcome (the exit code and its name), run kind (first, update, later, offline), tries,
+fresh links, bytes downloaded / reused / copied by delta, duration, OS family (linux, darwin, windows, other) and
+whether a part file was resumed; never a path, host name or user name. A run that cannot reach the site keeps its
 report in DEST_DIR/.fetch-model.report for the next one. FETCH_MODEL_NO_REPORT=1 or DO_NOT_TRACK=1: none at all."""
 
 
@@ -1117,8 +1117,8 @@ class Tally:
         if code not in OUTCOME_NAMES or not self.wanted:
             return
         try:
-            body = json.dumps(self.fields(code), separators=(",", ":"))
-            keys = set(self.fields(code))
+            fields = self.fields(code)
+            body, keys = json.dumps(fields, separators=(",", ":")), set(fields)
             if self.url:
                 send_reports(self.url, take_kept_reports(self.asked.dest, keys) + [body])
             elif self.offline and self.asked.dest.is_dir():
@@ -1178,11 +1178,11 @@ class Run:
     reporter, the run's tally, and DEST's record (None unless it is of this model and version)."""
 
     def __init__(self, site: str | None, connections: int | None, retries: int | None, tally: Tally):
-        report = tally.report
         self.site = (site or os.environ.get("MODEL_SITE") or SITE).rstrip("/")
         if self.site == "__MODEL" + "_SITE__":
             raise FetchError("set MODEL_SITE to the site's address (this copy was not downloaded from a site)")
-        self.retries, self.report, self.tally = retries or env_int("FETCH_MODEL_RETRIES", 5, 1, 100), report, tally
+        self.retries = retries or env_int("FETCH_MODEL_RETRIES", 5, 1, 100)
+        self.report, self.tally = tally.report, tally
         self.http = Http(env_int("FETCH_MODEL_TIMEOUT", 60, 1, 3600))
         self.connections = Connections(connections or env_int("FETCH_MODEL_CONNECTIONS", 0, 0, 64) or None)
         self.record, self.verify = None, False  # DEST's record (when of this version); --verify
