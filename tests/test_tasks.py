@@ -143,6 +143,7 @@ def test_the_beat_schedule_has_its_jobs(settings):
         "rollup-downloads": "releases.tasks.rollup_downloads",
         "backfill-chunk-manifests": "releases.chunk_tasks.backfill_chunk_manifests",
         "abort-stale-uploads": "releases.upload_tasks.abort_stale_uploads",
+        "rollup-run-reports": "releases.report_tasks.rollup_run_reports",
     }
     assert all(name in app.tasks for name in (entry["task"] for entry in schedule.values()))
 
