@@ -1410,7 +1410,7 @@ class Usage(argparse.ArgumentParser):
 
 def main(argv=None) -> int:
     parser = Usage(prog="fetch_model.py", description="Download a model version from Model Releases, verified.",
-                   epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+                   epilog=EPILOG)  # fmt: skip
     parser.add_argument("model")
     parser.add_argument("version", help="a version, or 'latest'")
     parser.add_argument("dest_dir")
