@@ -297,3 +297,24 @@ def test_an_interrupted_run_reports_how_it_was_stopped(site, tmp_path, stop, cod
     report = only_report(site, 0)
     assert report == {**report, "version": "v2", "outcome": code, "outcome_name": name, "run_kind": "first"}
     assert not (tmp_path / "v2" / ".fetch-model.lock").exists()
+
+
+def test_a_folder_of_an_older_version_updated_in_place_is_an_update(site, tmp_path):
+    dest = tmp_path / "index-tts"
+    assert fetch(site, "index-tts", "v1", dest).returncode == 0
+    update = fetch(site, "index-tts", "latest", dest)
+    assert update.returncode == 0 and NOTICE not in update.stderr, update.stderr
+    report = only_report(site, 1)
+    assert report == {**report, "requested": "latest", "version": "v2", "run_kind": "update", "outcome": 0}
+
+
+def test_help_says_what_a_report_holds_and_how_to_turn_it_off():
+    from .test_fetch_model import CLIENT
+
+    result = subprocess.run([sys.executable, str(CLIENT), "--help"], capture_output=True, text=True, timeout=60)
+    text = " ".join(result.stdout.split())
+    assert result.returncode == 0, result.stderr
+    for words in ("report_url the site gives", "never a path, host name or user name", "docs/run-reports.md",
+                  "DEST_DIR/.fetch-model.report", "FETCH_MODEL_NO_REPORT=1 or DO_NOT_TRACK=1: none at all",
+                  "run kind (first, update, later, offline)", "OS family (linux, darwin, windows, other)"):  # fmt: skip
+        assert words in text, words
