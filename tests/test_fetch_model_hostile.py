@@ -212,7 +212,8 @@ def test_a_manifest_whose_count_overstates_the_file_is_not_read(site, tmp_path):
     client = load_client()
     header = struct.pack(">8sIIIQ32sI", b"MRCHUNK1", 16384, 65536, 262144, 4 * MIB, bytes(32), 2**32 - 1)
     site.routes["/chunks"] = lambda h: h.send(200, header + b"\0" * 1000)
-    run_ = client.Run(site.url, 1, 1, client.Reporter(quiet=True))
+    asked = client.Request("w", "v1", tmp_path / "out", [], [])
+    run_ = client.Run(site.url, 1, 1, client.Tally(asked, client.Reporter(quiet=True), False, ()))
     with pytest.raises(ValueError, match="count does not fit the file's size"):
         client.read_manifest(run_, f"{site.url}/chunks", 4 * MIB, "0" * 64)
 

@@ -19,10 +19,12 @@ what was verified (docs/client-record.md). For each selected file it:
   - checks the SHA-256 and moves the file into place atomically, read-only.
 With the site unreachable, a folder whose record still matches its files is used (one warning);
 --offline never asks. Two runs on one DEST_DIR take turns (.fetch-model.lock, as fetch-model.sh).
+Each run ends by sending the site one anonymous report of how it ended (--help: what it holds).
 
 Environment: MODEL_SITE, FETCH_MODEL_RETRIES (5: tries without progress), FETCH_MODEL_CONNECTIONS
 (fixed; unset: adaptive, up to 16), FETCH_MODEL_TIMEOUT (60 s without a byte: stalled),
-FETCH_MODEL_VERIFY=1, FETCH_MODEL_OFFLINE=1, FETCH_MODEL_INCLUDE / _EXCLUDE (':'-separated).
+FETCH_MODEL_VERIFY=1, FETCH_MODEL_OFFLINE=1, FETCH_MODEL_INCLUDE / _EXCLUDE (':'-separated),
+FETCH_MODEL_NO_REPORT=1 / DO_NOT_TRACK=1.
 
 Exit codes: 0 done; 1 usage; 3 unknown or withdrawn (404, 410); 4 the site or a download failed
 after every retry, or a malformed answer; 5 never the published file, or an unsafe path;
@@ -41,6 +43,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import struct
 import sys
@@ -68,6 +71,17 @@ WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"} | {
     f"{name}{digit}" for name in ("COM", "LPT") for digit in "0123456789\u00b9\u00b2\u00b3"
 }
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+REPORT, REPORTS_KEPT, REPORT_SECONDS, CLIENT_VERSION = ".fetch-model.report", 3, 2.0, "1"  # run reports
+OUTCOME_NAMES = {0: "ok", 1: "usage", 2: "missing_tool", 3: "not_found", 4: "network", 5: "wrong_content",
+                 6: "dest_dir", 130: "interrupted", 143: "terminated"}  # fmt: skip
+EPILOG = """Exit codes: 0 done; 1 usage; 3 not found or withdrawn; 4 network; 5 wrong content; 6 DEST_DIR.
+
+Run reports (docs/run-reports.md): each run ends by POSTing one anonymous JSON report (one try, 2 s at most,
+errors ignored) to the report_url the site gives (none when it gives none): model, requested and resolved version,
+client and client version, outcome (the exit code and its name), run kind (first, update, later, offline), tries,
+fresh links, bytes downloaded / reused / copied by delta, duration, OS family (linux, darwin, windows, other) and
+whether a part file was resumed; never a path, host name or user name. A run that cannot reach the site keeps its
+report in DEST_DIR/.fetch-model.report for the next one. FETCH_MODEL_NO_REPORT=1 or DO_NOT_TRACK=1: none at all."""
 
 
 class FetchError(Exception):
@@ -98,6 +112,20 @@ class WrongContent(FetchError):
 
 class DestinationError(FetchError):
     exit_code = 6
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread of the command line: the run ends as after Ctrl-C (143)."""
+
+
+def terminate(*_) -> None:
+    raise Terminated()
+
+
+def exit_code_of(error: BaseException) -> int | None:
+    if isinstance(error, KeyboardInterrupt):
+        return 143 if isinstance(error, Terminated) else 130
+    return error.exit_code if isinstance(error, FetchError) else None
 
 
 class YankedVersionWarning(UserWarning):
@@ -240,7 +268,8 @@ def write_record(asked: Request, resolved: str, files: list) -> None:
     verified = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     fields = [("model", asked.model), ("requested", asked.version), ("version", resolved), ("verified", verified)]
     fields += [("include", p) for p in asked.include] + [("exclude", p) for p in asked.exclude]
-    lines = [RECORD_FIRST_LINE] + [f"{key}\t{value}" for key, value in fields + [("client", "fetch_model.py/1")]]
+    fields.append(("client", f"fetch_model.py/{CLIENT_VERSION}"))
+    lines = [RECORD_FIRST_LINE] + [f"{key}\t{value}" for key, value in fields]
     for entry in files:
         size, mtime, inode, ctime = stat_facts(asked.dest / entry["path"])
         lines.append("\t".join(("file", str(size), entry["sha256"], mtime, str(inode), ctime, entry["path"])))
@@ -338,9 +367,8 @@ class Http:
         response.read()
         if response.status not in (200, 301, 302, 303, 307, 308):
             check_response(response, url, 0, 0, 0)  # raises what the status means
-        return redirect_target(url, response.getheader("Location", url)), {
-            k.lower(): v for k, v in response.getheaders()
-        }
+        headers = {k.lower(): v for k, v in response.getheaders()}
+        return redirect_target(url, response.getheader("Location", url)), headers
 
 
 def skip_body(response) -> None:
@@ -435,8 +463,8 @@ class Link:
     download), reused for every segment until it expires or is refused, then renewed with a
     HEAD of the stable URL (never counted)."""
 
-    def __init__(self, web: Http, entry: dict):
-        self.web, self.stable, self.sha256 = web, entry["stable_url"], entry["sha256"]
+    def __init__(self, run: Run, entry: dict):
+        self.web, self.tally, self.stable, self.sha256 = run.http, run.tally, entry["stable_url"], entry["sha256"]
         self.url, self.expires = None, epoch(entry.get("expires_at")) or 0.0
         self.claimed, self.lock = False, threading.Lock()
         self.ready = threading.Event()  # the first response is in: the others may use the link
@@ -448,6 +476,7 @@ class Link:
         else:
             with self.lock:
                 if self.url is None or time.time() >= self.expires - 30:
+                    self.tally.add("fresh_links", self.url is None)  # None: a request with the last one failed
                     self.learn(*self.web.locate(self.stable))
                 url = self.url
             response, _ = self.web.get(url, headers)
@@ -490,12 +519,10 @@ class Reporter:
             if not self.bar or now - self.shown < 0.2:
                 return
             self.shown = now
-            share = self.done / self.total if self.total else 1.0
-            rate = self.done / max(now - self.started, 1e-6) / 1e6
-            filled = int(share * 30)
+            share, rate = self.done / self.total if self.total else 1.0, self.done / max(now - self.started, 1e-6) / 1e6
+            bar = "#" * int(share * 30)  # then dots to 30 characters
             sys.stderr.write(
-                f"\r[{'#' * filled}{'.' * (30 - filled)}] {share:4.0%} "
-                f"{self.done / 1e6:,.1f}/{self.total / 1e6:,.1f} MB {rate:,.1f} MB/s"
+                f"\r[{bar:.<30}] {share:4.0%} {self.done / 1e6:,.1f}/{self.total / 1e6:,.1f} MB {rate:,.1f} MB/s"
             )
             sys.stderr.flush()
 
@@ -600,13 +627,15 @@ class FileFetch:
     def __init__(self, run: Run, entry: dict, target: Path):
         self.run, self.entry, self.target = run, entry, target
         self.path, self.size, self.sha256 = entry["path"], entry["size"], entry["sha256"]
-        (self.part, self.state), self.link = part_paths(target), Link(run.http, entry)
+        (self.part, self.state), self.link = part_paths(target), Link(run, entry)
         self.fetched_chunks: list = []  # (offset, length, digest) fetched by a delta update
+        self.copied = 0  # bytes a delta update copied from the older file
         self.pending, self.one_stream = [], False  # one_stream: the server ignores Range
 
     def download(self) -> None:
         """Fetch, verify and move into place; a wrong file is fetched again, up to the retries."""
         for _ in range(self.run.retries):
+            self.run.tally.add("tries")
             segments = Segments.load_or_plan(self.part, self.state, self.size, self.sha256, self.one_stream * self.size)
             if segments.held():
                 self.run.report.say(f"{self.path}: resuming at {segments.held()} bytes")
@@ -614,15 +643,16 @@ class FileFetch:
                 actual = self.fetch_segments(segments)
             except RangeIgnored:
                 self.run.report.say(f"{self.path}: the server ignores Range; downloading the file in one stream")
-                self.one_stream, self.fetched_chunks = True, []
+                self.one_stream, self.fetched_chunks, self.copied = True, [], 0
                 self.discard()
                 continue
             except (WrongContent, DestinationError):
                 self.discard()  # never keep bytes that are not the file
                 raise
             problem = self.wrong_chunk() if self.fetched_chunks else None
-            self.fetched_chunks = []  # a retry downloads the whole file
+            self.fetched_chunks, copied, self.copied = [], self.copied, 0  # a retry downloads the whole file
             if not problem and actual == self.sha256:
+                self.run.tally.add("bytes_delta", copied)
                 make_read_only(self.part)
                 remove_file(self.state)
                 os.replace(self.part, self.target)
@@ -637,12 +667,12 @@ class FileFetch:
         """Lay the chunks the older file holds into the part file and leave the others as ranges to
         fetch (resumable like any download). Returns the bytes left to fetch."""
         params, new_chunks = read_manifest(self.run, self.entry["chunks_url"], self.size, self.sha256)
-        old_params, old_chunks = read_manifest(
-            self.run, urljoin(self.entry["chunks_url"], older_sha256), older.stat().st_size, older_sha256
-        )
+        older_url = urljoin(self.entry["chunks_url"], older_sha256)
+        old_params, old_chunks = read_manifest(self.run, older_url, older.stat().st_size, older_sha256)
         if params != old_params:
             raise ValueError("the two manifests were cut with different parameters")
         copies, ranges, self.fetched_chunks = plan_delta(old_chunks, new_chunks)
+        self.copied = sum(length for _, _, length in copies)
         with open(older, "rb") as source, open(self.part, "wb") as out:
             out.truncate(self.size)
             for new_offset, old_offset, length in copies:
@@ -736,6 +766,7 @@ class FileFetch:
             before = bounds[1]
             try:
                 self.stream_into(segments, bounds, first)
+                return  # the range is in
             except WrongBody as problem:
                 failure = WrongContent
                 self.link.url = None  # the next request asks the stable URL (HEAD) again
@@ -751,11 +782,12 @@ class FileFetch:
             first = False
             if bounds[1] > before:
                 tries = 0  # progress: a flaky link gets its retries afresh
-                continue
-            tries += 1
-            if tries >= self.run.retries:
-                raise failure(f"{self.path}: giving up after {tries} tries")
-            time.sleep(min(tries, 5))
+            else:
+                tries += 1
+                if tries >= self.run.retries:
+                    raise failure(f"{self.path}: giving up after {tries} tries")
+                time.sleep(min(tries, 5))
+            self.run.tally.add("tries")  # the rest of the range is asked for again
 
     def stream_into(self, segments: Segments, bounds: list, first: bool) -> None:
         start, response = bounds[1], None
@@ -1036,15 +1068,121 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+class Tally:
+    """The run's report (docs/run-reports.md), counted as the run goes; at its end sent to the site's report_url,
+    or kept in DEST for the next run when this one could not reach the site. Never an error, at most REPORT_SECONDS."""
+
+    def __init__(self, asked: Request, report: Reporter, wanted: bool | None, reuse_from):
+        opted_out = any(os.environ.get(name, "") not in ("", "0") for name in ("FETCH_MODEL_NO_REPORT", "DO_NOT_TRACK"))
+        self.asked, self.report, self.wanted = asked, report, not opted_out if wanted is None else wanted
+        self.started, self.lock, self.record = time.monotonic(), threading.Lock(), Record.read(asked.dest)
+        self.url, self.version, self.offline, self.resumed, self.settled = None, None, False, False, []
+        self.counts = {"tries": 0, "fresh_links": 0, "bytes_reused": 0, "bytes_delta": 0}
+        self.named_from = bool(env_patterns("FETCH_MODEL_FROM", reuse_from))  # --from: an update
+
+    def add(self, name: str, amount: int = 1) -> None:
+        with self.lock:  # within the contract's bounds
+            self.counts[name] = min(self.counts[name] + amount, 10_000 if name in ("tries", "fresh_links") else 2**53)
+
+    def learn(self, listing) -> None:
+        """The site's report_url; on the first run in a folder, say that the run reports."""
+        url = listing.get("report_url") if isinstance(listing, dict) else None
+        if self.wanted and isinstance(url, str) and url.startswith(("http://", "https://")):
+            self.url = url
+            if self.record is None and not (self.asked.dest / OLD_RECORD).exists():
+                self.report.say("this client tells the site how each run ends (anonymous, no path, host or user"
+                                " name; see --help); FETCH_MODEL_NO_REPORT=1 or DO_NOT_TRACK=1 turns it off")  # fmt: skip
+
+    def run_kind(self) -> str:
+        record, asked = self.record, self.asked
+        if self.offline:
+            return "offline"
+        if record is not None and record.value("model") == asked.model:  # the same version: a later run
+            same = (self.version or asked.version) == record.value("version" if self.version else "requested")
+            return "later" if same else "update"
+        if self.named_from or self.counts["bytes_delta"] or "reused" in self.settled:
+            return "update"
+        return "later" if self.settled and set(self.settled) == {"kept"} else "first"
+
+    def fields(self, code: int) -> dict:
+        asked, platforms = self.asked, {"linux": "linux", "darwin": "darwin", "win32": "windows", "cygwin": "windows"}
+        return {"model": asked.model, "requested": asked.version, "version": self.version, "client": "fetch_model.py",
+                "client_version": CLIENT_VERSION, "outcome": code, "outcome_name": OUTCOME_NAMES[code],
+                "run_kind": self.run_kind(), **self.counts, "bytes_downloaded": min(self.report.done, 2**53),
+                "duration_ms": min(int((time.monotonic() - self.started) * 1000), 604_800_000),
+                "os": platforms.get(sys.platform, "other"), "resumed": self.resumed}  # fmt: skip
+
+    def end(self, code: int | None) -> None:
+        """Send this run's report and those kept in DEST, or keep it there; errors are ignored."""
+        if code not in OUTCOME_NAMES or not self.wanted:
+            return
+        try:
+            fields = self.fields(code)
+            body, keys = json.dumps(fields, separators=(",", ":")), set(fields)
+            if self.url:
+                send_reports(self.url, take_kept_reports(self.asked.dest, keys) + [body])
+            elif self.offline and self.asked.dest.is_dir():
+                kept = kept_reports(self.asked.dest / REPORT, keys)[1 - REPORTS_KEPT :] + [body]
+                temporary = self.asked.dest / f"{REPORT}.{os.getpid()}.tmp"
+                temporary.write_bytes("".join(line + "\n" for line in kept).encode())
+                os.replace(temporary, self.asked.dest / REPORT)
+        except Exception:  # a report must never fail (or stop) the run
+            pass
+
+
+def kept_reports(path: Path, keys: set) -> list:
+    """The reports kept in a file (one JSON object a line, exactly a report's fields); none when it is unreadable."""
+    try:
+        lines = path.read_bytes()[: 2 * REPORTS_KEPT * 4096].decode("utf-8").splitlines()
+        return [line for line in lines if len(line) <= 4096 and set(json.loads(line)) == keys]
+    except (OSError, ValueError, TypeError, RecursionError):
+        return []
+
+
+def take_kept_reports(dest: Path, keys: set) -> list:
+    """The reports DEST kept for the next run that reaches the site, taken (renamed first: no other run
+    sends them too) and removed."""
+    taken = dest / f"{REPORT}.{os.getpid()}.sending"
+    try:
+        os.replace(dest / REPORT, taken)
+    except OSError:
+        return []
+    reports = kept_reports(taken, keys)[-REPORTS_KEPT:]
+    remove_file(taken)
+    return reports
+
+
+def send_reports(url: str, bodies: list) -> None:
+    """POST each body once, all within REPORT_SECONDS (a thread left behind after that); answers ignored."""
+    parts = urlsplit(url)
+    kind, headers = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection, {
+        "Content-Type": "application/json", "User-Agent": f"fetch_model.py/{CLIENT_VERSION}"}  # fmt: skip
+
+    def post() -> None:
+        for body in bodies:
+            try:
+                connection = kind(parts.netloc, timeout=REPORT_SECONDS)
+                connection.request("POST", parts.path + (f"?{parts.query}" if parts.query else ""), body, headers)
+                connection.getresponse().read(ERROR_CAP)
+                connection.close()
+            except Exception:  # every error ignored
+                pass
+
+    sender = threading.Thread(target=post, daemon=True)
+    sender.start()
+    sender.join(REPORT_SECONDS)
+
+
 class Run:
     """What every file of one run shares: the site, HTTP, the connections, the retries, the
-    reporter, and DEST's record (None unless it is of this model and version)."""
+    reporter, the run's tally, and DEST's record (None unless it is of this model and version)."""
 
-    def __init__(self, site: str | None, connections: int | None, retries: int | None, report: Reporter):
+    def __init__(self, site: str | None, connections: int | None, retries: int | None, tally: Tally):
         self.site = (site or os.environ.get("MODEL_SITE") or SITE).rstrip("/")
         if self.site == "__MODEL" + "_SITE__":
             raise FetchError("set MODEL_SITE to the site's address (this copy was not downloaded from a site)")
-        self.retries, self.report = retries or env_int("FETCH_MODEL_RETRIES", 5, 1, 100), report
+        self.retries = retries or env_int("FETCH_MODEL_RETRIES", 5, 1, 100)
+        self.report, self.tally = tally.report, tally
         self.http = Http(env_int("FETCH_MODEL_TIMEOUT", 60, 1, 3600))
         self.connections = Connections(connections or env_int("FETCH_MODEL_CONNECTIONS", 0, 0, 64) or None)
         self.record, self.verify = None, False  # DEST's record (when of this version); --verify
@@ -1072,36 +1210,53 @@ class Request:
         self.model, self.version, self.dest, self.include, self.exclude = model, version, dest, include, exclude
         self.copy = functools.lru_cache(maxsize=1)(lambda: verified_copy(dest, model, version, include, exclude))
 
-    def use_copy(self, report: Reporter, why: str) -> Path:
-        record = self.copy()
+    def use_copy(self, tally: Tally, why: str) -> Path:
+        record, tally.offline = self.copy(), True  # a run without the site
         if record is None:
             raise FetchError(f"offline: {self.model} {self.version} has no complete verified copy in {self.dest}")
-        report.say(f"{why}using {self.model} {record.value('version')} as verified at {record.value('verified')}")
+        tally.version = record.value("version")
+        tally.add("bytes_reused", sum(facts[0] for facts in record.files.values()))
+        tally.report.say(f"{why}using {self.model} {record.value('version')} as verified at {record.value('verified')}")
         return self.dest
 
 
 def ensure_model(model: str, version: str, dest, *, site: str | None = None, connections: int | None = None,
                  reuse_from=(), retries: int | None = None, quiet: bool = False, include=(), exclude=(),
-                 verify: bool | None = None, offline: bool | None = None) -> Path:  # fmt: skip
+                 verify: bool | None = None, offline: bool | None = None, send_report: bool | None = None) -> Path:  # fmt: skip
     """Make DEST hold every (selected) file of MODEL VERSION, verified; return DEST as a Path.
 
     Raises NotFound (unknown or withdrawn), WrongContent (never the published bytes, or an
     unsafe path), DestinationError (DEST cannot be written or locked, or is full), FetchError
     (the rest, a malformed answer included). Warns YankedVersionWarning for a yanked version.
+    Ends by sending a run report, as the command line does (send_report=False: none).
     """
     patterns = env_patterns("FETCH_MODEL_INCLUDE", include), env_patterns("FETCH_MODEL_EXCLUDE", exclude)
-    asked, report = Request(model, version, Path(dest), *patterns), Reporter(quiet)
+    asked = Request(model, version, Path(dest), *patterns)
+    tally, code = Tally(asked, Reporter(quiet), send_report, reuse_from), 0
+    try:
+        return ensure_with(tally, site, connections, reuse_from, retries, verify, offline)
+    except BaseException as error:
+        code = exit_code_of(error)
+        raise
+    finally:
+        tally.end(code)
+
+
+def ensure_with(tally: Tally, site, connections, reuse_from, retries, verify, offline) -> Path:
+    asked = tally.asked
     if os.environ.get("FETCH_MODEL_OFFLINE") == "1" if offline is None else offline:
-        return asked.use_copy(report, "offline: ")
-    run = Run(site, connections, retries, report)
+        return asked.use_copy(tally, "offline: ")
+    run = Run(site, connections, retries, tally)
     run.verify = os.environ.get("FETCH_MODEL_VERIFY") == "1" if verify is None else verify
-    url = f"{run.site}/api/v1/models/{quote(model, safe='')}/versions/{quote(version, safe='')}"
+    url = f"{run.site}/api/v1/models/{quote(asked.model, safe='')}/versions/{quote(asked.version, safe='')}"
     try:  # a connection that fails while a verified copy is at hand: no need to wait out the retries
         listing = read_json(run.http, url, run.retries, lambda: asked.copy() is not None)
     except Unreachable as error:
         if asked.copy() is None:
+            tally.offline = True
             raise Unreachable(f"cannot reach {url}: {error}") from None
-        return asked.use_copy(report, f"warning: cannot reach {run.site} ({error}); ")
+        return asked.use_copy(tally, f"warning: cannot reach {run.site} ({error}); ")
+    tally.learn(listing)
     try:
         return place_version(run, asked, listing, reuse_from)
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as error:  # an answer we did not foresee
@@ -1111,6 +1266,7 @@ def ensure_model(model: str, version: str, dest, *, site: str | None = None, con
 def place_version(run: Run, asked: Request, listing, reuse_from) -> Path:
     model, dest = asked.model, asked.dest
     resolved, files = checked_listing(listing)
+    run.tally.version = resolved
     run.report.say(f"{model} {resolved}" if resolved == asked.version else f"{model} {asked.version} is {resolved}")
     if listing.get("status") == "yanked":
         reason = listing.get("yanked_reason") or "no reason given"
@@ -1132,10 +1288,8 @@ def place_version(run: Run, asked: Request, listing, reuse_from) -> Path:
             run.record = record
         outcomes = fetch_all(run, files, dest, reuse_folders(dest, env_patterns("FETCH_MODEL_FROM", reuse_from)))
         write_record(asked, resolved, files)
-    counts = [outcomes.count(how) for how in ("downloaded", "reused", "kept")]
-    run.report.say(
-        f"{model} {resolved}: {counts[0]} downloaded, {counts[1]} reused, {counts[2]} already there, in {dest}"
-    )
+    downloaded, reused, kept = (outcomes.count(how) for how in ("downloaded", "reused", "kept"))
+    run.report.say(f"{model} {resolved}: {downloaded} downloaded, {reused} reused, {kept} already there, in {dest}")
     return dest
 
 
@@ -1187,7 +1341,8 @@ def run_each(run: Run, entries: list, task) -> list:
 
 def fetch_all(run: Run, files: list, dest: Path, copies: LocalCopies) -> list:
     """Settle what is at hand (kept or reused), check the space the rest needs, download the rest."""
-    settled = run_each(run, files, lambda entry: settle_locally(run, entry, dest, copies))
+    settled = run.tally.settled = run_each(run, files, lambda entry: settle_locally(run, entry, dest, copies))
+    run.tally.add("bytes_reused", sum(entry["size"] for entry, outcome in zip(files, settled) if outcome))
     missing = [entry for entry, outcome in zip(files, settled) if outcome is None]
     parts = [part_paths(dest / entry["path"])[0] for entry in missing]  # what a part file holds is not missing
     check_space(dest, sum(max(e["size"] - (p.stat().st_size if p.exists() else 0), 0) for e, p in zip(missing, parts)))
@@ -1198,10 +1353,8 @@ def fetch_all(run: Run, files: list, dest: Path, copies: LocalCopies) -> list:
 def check_space(dest: Path, missing: int) -> None:
     need, free = missing + max(64 * BLOCK, missing // 100), shutil.disk_usage(dest).free
     if missing and free < need:
-        raise DestinationError(
-            f"not enough free space in {dest}: {need / 2**30:.1f} GiB needed ({missing / 2**30:.1f} GiB to download"
-            f" + margin), {free / 2**30:.1f} GiB free"
-        )
+        raise DestinationError(f"not enough free space in {dest}: {need / 2**30:.1f} GiB needed ({missing / 2**30:.1f}"
+                               f" GiB to download + margin), {free / 2**30:.1f} GiB free")  # fmt: skip
 
 
 def settle_locally(run: Run, entry: dict, dest: Path, copies: LocalCopies) -> str | None:
@@ -1234,6 +1387,7 @@ def settle_locally(run: Run, entry: dict, dest: Path, copies: LocalCopies) -> st
 def download_file(run: Run, entry: dict, dest: Path, copies: LocalCopies) -> str:
     path, size = entry["path"], entry["size"]
     fetch = FileFetch(run, entry, dest / path)
+    run.tally.resumed = run.tally.resumed or fetch.part.exists()  # a part an earlier run left
     older = copies.older(path) if entry.get("chunks_url") and not fetch.state.exists() else None
     if older is not None:
         try:
@@ -1255,11 +1409,8 @@ class Usage(argparse.ArgumentParser):
 
 
 def main(argv=None) -> int:
-    parser = Usage(
-        prog="fetch_model.py",
-        description="Download a model version from Model Releases, verified.",
-        epilog="Exit codes: 0 done; 1 usage; 3 not found or withdrawn; 4 network; 5 wrong content; 6 DEST_DIR.",
-    )
+    parser = Usage(prog="fetch_model.py", description="Download a model version from Model Releases, verified.",
+                   epilog=EPILOG)  # fmt: skip
     parser.add_argument("model")
     parser.add_argument("version", help="a version, or 'latest'")
     parser.add_argument("dest_dir")
@@ -1279,6 +1430,8 @@ def main(argv=None) -> int:
     if args.connections is not None and not 1 <= args.connections <= 64:
         parser.error("--connections must be between 1 and 64")
     warnings.simplefilter("ignore", YankedVersionWarning)  # the CLI says it in its own line
+    if threading.current_thread() is threading.main_thread():  # a SIGTERM ends the run as Ctrl-C does (reported)
+        signal.signal(signal.SIGTERM, terminate)
     try:
         ensure_model(args.model, args.version, args.dest_dir, connections=args.connections, reuse_from=args.reuse_from,
                      include=args.include, exclude=args.exclude, verify=args.verify, offline=args.offline)  # fmt: skip
@@ -1287,9 +1440,9 @@ def main(argv=None) -> int:
             parser.print_usage(sys.stderr)
         sys.stderr.write(f"\nfetch-model: {error}\n" if sys.stderr.isatty() else f"fetch-model: {error}\n")
         return error.exit_code
-    except KeyboardInterrupt:
-        sys.stderr.write("\nfetch-model: interrupted; run again to resume\n")
-        return 130
+    except KeyboardInterrupt as stop:
+        sys.stderr.write(f"\nfetch-model: {OUTCOME_NAMES[exit_code_of(stop)]}; run again to resume\n")
+        return exit_code_of(stop)
     return 0
 
 
