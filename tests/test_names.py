@@ -9,7 +9,7 @@ import pytest
 from django.core.management import call_command
 
 from releases import services
-from releases.admin import FileForm
+from releases.admin_files import FileForm
 from releases.models import File, Version
 from releases.names import path_problem, structure_problem
 
