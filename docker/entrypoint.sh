@@ -2,7 +2,7 @@
 # Container entrypoint: wait for what the role needs, then become that role.
 #   web      gunicorn (waits for the database, the broker and the object store; check --deploy first)
 #   worker   a Celery worker
-#   beat     the Celery beat scheduler (run exactly one)
+#   beat     the Celery beat scheduler (one is enough; more send each job once per period too)
 #   migrate  apply database migrations once, then exit (the compose stack runs it before the others)
 #   *        anything else runs as a manage.py command
 set -eu

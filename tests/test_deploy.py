@@ -51,10 +51,10 @@ def test_compose_file_wires_every_service():
         assert services[role]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert services["beat"]["deploy"]["replicas"] == 1
     assert "name" not in compose  # Compose v1 refuses it: the project name is given with -p
-    assert services["worker"]["command"][1:] == [
-        "-Q",
-        "${CELERY_QUEUE:-model-releases},${CELERY_QUEUE:-model-releases}-heavy",
-    ]
+    # A worker per queue: purges never wait behind hashing.
+    assert services["worker"]["command"][1:] == ["-Q", "${CELERY_QUEUE:-model-releases}"]
+    assert services["worker-heavy"]["command"][:3] == ["worker", "-Q", "${CELERY_QUEUE:-model-releases}-heavy"]
+    assert services["varnish"]["environment"]["VARNISH_PURGE_TOKEN"].startswith("${CDN_PURGE_TOKEN:?")
     one_off = {name for name, service in services.items() if service.get("restart") == "no"}
     assert one_off == {"migrate", "create-bucket"}
     for name, service in services.items():  # the image's HEALTHCHECK is web's; every other service has its own
