@@ -13,7 +13,7 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 PYTEST_ARGS ?=
 RUN_ADDR ?= 127.0.0.1:8000
 
-.PHONY: run test test-fast lint bench load venv localstack awscli services freeze clean
+.PHONY: run test test-fast docker-test lint bench load venv localstack awscli services freeze clean
 
 $(STAMP): $(REQUIREMENTS)
 	$(PYTHON) -m venv $(VENV)
@@ -51,12 +51,19 @@ test-fast: venv services
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) DATA_DIR=$(CURDIR)/var/test \
 		$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# The production image built and its roles run against the suite's services (3-4 minutes
+# with a warm cache; see scripts/docker-test.sh). Installs Debian's docker.io when missing.
+docker-test: venv localstack services
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) DATA_DIR=$(CURDIR)/var/test \
+		scripts/docker-test.sh
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 # Performance targets, printed as one table (not part of `make test`).
 bench: venv awscli
+	command -v aria2c >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq aria2)
 	$(BIN)/python bench/run.py
 
 # awscli in a venv of its own (it pins its own botocore), to compare publish_release with `aws s3 cp`.

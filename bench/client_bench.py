@@ -377,7 +377,9 @@ def bench_python_client() -> list[tuple]:
             rows += bench_delta(site, pairs, old, manifests_missing(site))
         finally:
             site.stop()
-    return rows
+    from client_life_bench import bench_client_life  # its own site; it imports this module
+
+    return rows + bench_client_life()
 
 
 if __name__ == "__main__":

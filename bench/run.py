@@ -20,6 +20,7 @@ from client_bench import bench_python_client  # noqa: E402
 from common import free_port, manage, start_gunicorn, wait_for_http, wait_until  # noqa: E402
 from notes import bench_notes  # noqa: E402
 from pages_bench import bench_pages  # noqa: E402
+from shell_client_bench import bench_shell_client_life  # noqa: E402
 from upload_bench import PROFILES, bench_uploads  # noqa: E402
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "200"))
@@ -486,10 +487,12 @@ def main() -> int:
     import datetime
 
     only = os.environ.get("BENCH_ONLY", "")
-    if only not in ("", "python-client", "uploads"):
-        sys.exit(f"BENCH_ONLY={only!r}: the subsets are python-client and uploads")
+    if only not in ("", "python-client", "shell-client", "uploads"):
+        sys.exit(f"BENCH_ONLY={only!r}: the subsets are python-client, shell-client and uploads")
     if only == "python-client":
         rows = bench_python_client()
+    elif only == "shell-client":
+        rows = bench_shell_client_life()
     elif only == "uploads":
         server, endpoint = start_moto()
         try:
@@ -513,6 +516,7 @@ def main() -> int:
         finally:
             server.stop()
         rows += bench_python_client()
+        rows += bench_shell_client_life()
     text, ok = table(rows)
     header = f"Model Releases benchmarks, {datetime.date.today().isoformat()}, on {machine()}"
     print(f"\n{header}\n\n{text}\n\n{profile_section()}")

@@ -6,16 +6,16 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import Count
-from django.http import HttpResponseRedirect
+from django.http import HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
-from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.html import format_html
 
 from . import services
+from .admin_files import FileInline
 from .admin_uploads import upload_urls
-from .models import File, MLModel, OutboxEntry, Version, validate_relative_path
+from .models import File, MLModel, OutboxEntry, Version
+from .rendering import render_markdown
 
 
 class VersionInline(admin.TabularInline):
@@ -71,6 +71,9 @@ class MLModelAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(version_count=Count("versions"))
 
+    def view_on_site(self, obj):
+        return reverse("releases:model", args=[obj.slug])
+
     @admin.display(description="versions", ordering="version_count")
     def version_count(self, obj):
         return obj.version_count
@@ -95,102 +98,17 @@ class MLModelAdmin(admin.ModelAdmin):
         services.save_model_details(obj, tags=form.cleaned_data["tag_list"])
 
 
-class FileForm(forms.ModelForm):
-    """A new file for a draft: upload it, or register an object already in storage."""
-
-    upload = forms.FileField(required=False, help_text="Upload a file (large files: use publish_release).")
-    existing_key = forms.CharField(
-        required=False,
-        label="or existing object key",
-        help_text="Register an object already in the bucket; size and checksum are read from storage.",
-    )
-
-    class Meta:
-        model = File
-        fields = ("path",)
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if "path" in self.fields:  # read-only once the version is published
-            self.fields["path"].required = False
-            self.fields["path"].disabled = self.instance.pk is not None  # replace a file: remove it, add anew
-
-    def has_changed(self):
-        return self.instance.pk is None and super().has_changed()
-
-    def clean(self):
-        data = super().clean()
-        if self.instance.pk:
-            return data  # existing rows are read-only; only deletion is possible
-        upload, key = data.get("upload"), (data.get("existing_key") or "").strip()
-        if upload and key:
-            raise ValidationError("Give either an upload or an existing object key, not both.")
-        if not upload and not key:
-            raise ValidationError("Choose a file to upload or give an existing object key.")
-        path = (data.get("path") or "").strip() or (upload.name if upload else key.rsplit("/", 1)[-1])
-        validate_relative_path(path)
-        data["path"] = path
-        return data
-
-    def _post_clean(self):
-        pass  # rows are created by services, not by ModelForm.save()
-
-
-class FileInline(admin.TabularInline):
-    model = File
-    form = FileForm
-    extra = 0
-    fields = ("path", "upload", "existing_key", "human_size", "sha256", "key", "verification")
-    readonly_fields = ("human_size", "sha256", "key", "verification")
-
-    def get_fields(self, request, obj=None):
-        if obj is None or not obj.is_draft:
-            return ("path", "human_size", "sha256", "key", "verification")
-        return self.fields
-
-    def get_readonly_fields(self, request, obj=None):
-        if obj is None or not obj.is_draft:
-            return ("path", *self.readonly_fields)
-        return self.readonly_fields
-
-    def get_extra(self, request, obj=None, **kwargs):
-        return 1 if obj is not None and obj.is_draft else 0
-
-    def has_add_permission(self, request, obj=None):
-        return obj is not None and obj.is_draft and super().has_add_permission(request, obj)
-
-    def has_change_permission(self, request, obj=None):
-        return obj is not None and obj.is_draft and super().has_change_permission(request, obj)
-
-    def has_delete_permission(self, request, obj=None):
-        return obj is not None and obj.is_draft and super().has_delete_permission(request, obj)
-
-    @admin.display(description="size")
-    def human_size(self, obj):
-        if obj.size is None:
-            return "-"
-        return format_html("{} <small>({} bytes)</small>", filesizeformat(obj.size), f"{obj.size:,}")
-
-    @admin.display(description="verification")
-    def verification(self, obj):
-        return verification_label(obj)
-
-
-def verification_label(file: File) -> str:
-    if file.verified_at is None:
-        return file.get_verification_status_display()
-    return format_html(
-        '<span title="{}">{} ({:%Y-%m-%d %H:%M} UTC)</span>',
-        file.verification_detail,
-        file.get_verification_status_display(),
-        file.verified_at,
-    )
-
-
 class YankForm(forms.Form):
     reason = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
         help_text="Shown to everyone who finds the version, e.g. 'corrupt vocoder weights; use v24'.",
+    )
+
+
+class WithdrawForm(forms.Form):
+    reason = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
+        help_text="Shown on the version's page (410 Gone), e.g. 'weights trained on data we may not share'.",
     )
 
 
@@ -199,9 +117,14 @@ class YankForm(forms.Form):
 ADMIN_ACTIONS = {
     "publish": ("Publish", lambda version, data: services.change_status(version, "publish"), None),
     "yank": ("Yank", lambda version, data: services.change_status(version, "yank", reason=data["reason"]), YankForm),
-    "withdraw": ("Withdraw", lambda version, data: services.change_status(version, "withdraw"), None),
+    "withdraw": (
+        "Withdraw",
+        lambda version, data: services.change_status(version, "withdraw", reason=data["reason"]),
+        WithdrawForm,
+    ),
     "delete_draft": ("Delete draft", lambda version, data: services.delete_draft(version), None),
 }
+DESTRUCTIVE = {"yank", "withdraw", "delete_draft"}  # styled as dangers; publishing is the primary action
 ADMIN_ACTION_HELP = {
     "publish": "Publishing checks that every file is complete and present in storage. Published files "
     "can never change; a change is a new version.",
@@ -226,6 +149,9 @@ class VersionAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(file_count=Count("files"))
 
+    def view_on_site(self, obj):
+        return reverse("releases:version", args=[obj.model.slug, obj.version])
+
     @admin.display(description="files", ordering="file_count")
     def file_count(self, obj):
         return obj.file_count
@@ -233,13 +159,17 @@ class VersionAdmin(admin.ModelAdmin):
     def get_fields(self, request, obj=None):
         if obj is None:
             return ("model", "version", "prerelease", "notes")
-        return ("model", "version", "status", "prerelease", "published_at", "yanked_reason", "notes")
+        return ("model", "version", "status", "prerelease", "published_at", "status_reason", "notes")
 
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return ()
-        fixed = ("model", "version", "status", "published_at", "yanked_reason")
+        fixed = ("model", "version", "status", "published_at", "status_reason")
         return fixed if obj.is_draft else (*fixed, "prerelease")
+
+    @admin.display(description="reason (yanked or withdrawn)")
+    def status_reason(self, obj):
+        return obj.yanked_reason or "-"
 
     def get_actions(self, request):
         actions = super().get_actions(request)
@@ -310,6 +240,7 @@ class VersionAdmin(admin.ModelAdmin):
 
     def get_urls(self):
         return [
+            path("preview/", self.admin_site.admin_view(self.preview_view), name="releases_markdown_preview"),
             path(
                 "<int:object_id>/transition/<str:name>/",
                 self.admin_site.admin_view(self.transition_view),
@@ -318,6 +249,15 @@ class VersionAdmin(admin.ModelAdmin):
             *upload_urls(self.admin_site),
             *super().get_urls(),
         ]
+
+    def preview_view(self, request):
+        """Markdown of notes or a card as the site will show it (rendered and sanitised), for staff."""
+        if request.method != "POST":
+            return JsonResponse({"error": "POST the text to preview."}, status=405)
+        try:
+            return JsonResponse({"html": render_markdown(request.POST.get("text", ""), "The text")})
+        except ValidationError as error:
+            return JsonResponse({"error": " ".join(error.messages)}, status=400)
 
     def transition_view(self, request, object_id, name):
         version = get_object_or_404(Version, pk=object_id)
@@ -353,6 +293,7 @@ class VersionAdmin(admin.ModelAdmin):
             "help": ADMIN_ACTION_HELP[name],
             "form": form,
             "single": single,
+            "destructive": name in DESTRUCTIVE,
             "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
         }
         return TemplateResponse(request, "admin/releases/version/confirm_transition.html", context)

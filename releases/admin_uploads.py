@@ -1,7 +1,11 @@
 """The admin's page for large files: a draft's files uploaded from the browser, in parts, resumable.
 
 The page (static/releases/upload.js) talks to the JSON views below; each checks, on every request,
-that the user is staff (the admin site's own check) and may add files. Parts go to the URLs that
+that the user is staff (the admin site's own check) and follows the version's own permissions:
+opening a version's page or upload needs the right to view versions (as its change page does),
+uploading also the rights to add files and to change the version; an upload belongs to the user who
+started it, and only those who may change versions see or abort someone else's. What a user may not
+see is answered 404 with a sentence that names nothing. Parts go to the URLs that
 `sign_part` hands out: S3's own (no file bytes pass through the site), or, for the local store,
 `part_data` here, which accepts a part only with a token for that part that has not expired.
 """
@@ -14,7 +18,6 @@ from functools import wraps
 from django.conf import settings
 from django.core import signing
 from django.http import Http404, JsonResponse
-from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -25,7 +28,16 @@ from .services import browser_uploads
 from .storage import PART_CHECKSUM_HEADER
 
 PART_TOKEN_SALT = "releases.browser-upload-part"
-PERMISSION = "releases.add_file"
+ADD_FILE, VIEW_VERSION, CHANGE_VERSION = "releases.add_file", "releases.view_version", "releases.change_version"
+NO_VERSION, NO_UPLOAD = "There is no such version.", "There is no such upload."
+
+
+class Hidden(Exception):
+    """Something the user may not see (or that does not exist): 404, and the sentence names nothing."""
+
+
+class Refused(Exception):
+    """Something the user sees but may not do: 403."""
 
 
 def upload_urls(admin_site) -> list:
@@ -53,28 +65,65 @@ def route(pattern: str):
     return attach
 
 
-def may_add_files(view):
-    """Refuse, on every request, a user without permission to add files (403 in JSON)."""
-
-    @wraps(view)
-    def checked(request, *args, **kwargs):
-        if not request.user.has_perm(PERMISSION):
-            return JsonResponse({"error": "You do not have permission to add files."}, status=403)
-        try:
-            return view(request, *args, **kwargs)
-        except services.ReleaseError as error:
-            return JsonResponse({"error": str(error)}, status=400)
-
-    return checked
+def _may_view_versions(user) -> bool:
+    return user.has_perm(VIEW_VERSION) or user.has_perm(CHANGE_VERSION)  # the admin's rule: change implies view
 
 
-def _upload(upload_id) -> BrowserUpload:
-    return get_object_or_404(BrowserUpload.objects.select_related("version__model"), pk=upload_id)
+def json_view(*, permissions: tuple[str, ...] = (ADD_FILE,)):
+    """A JSON view open to a user with any of ``permissions`` (403 otherwise, checked on every
+    request), whose refusals are JSON: bad input 400, not allowed 403, not visible 404."""
+
+    def decorate(view):
+        @wraps(view)
+        def checked(request, *args, **kwargs):
+            if not any(request.user.has_perm(permission) for permission in permissions):
+                return JsonResponse({"error": "You do not have permission to add files."}, status=403)
+            try:
+                return view(request, *args, **kwargs)
+            except services.ReleaseError as error:
+                return JsonResponse({"error": str(error)}, status=400)
+            except Refused as error:
+                return JsonResponse({"error": str(error)}, status=403)
+            except Hidden as error:
+                return JsonResponse({"error": str(error)}, status=404)
+
+        return checked
+
+    return decorate
+
+
+def _version(user, object_id, *, to_upload: bool) -> Version:
+    version = Version.objects.select_related("model").filter(pk=object_id).first()
+    if version is None or not _may_view_versions(user):
+        raise Hidden(NO_VERSION)
+    if to_upload:
+        _require_upload_rights(user)
+    return version
+
+
+def _upload(user, upload_id, *, to_upload: bool = False) -> BrowserUpload:
+    """The upload, for its starter or someone who may change versions; to send parts, for someone
+    who may change versions and add files."""
+    upload = BrowserUpload.objects.select_related("version__model").filter(pk=upload_id).first()
+    if upload is None or not _may_view_versions(user):
+        raise Hidden(NO_UPLOAD)
+    if upload.started_by_id != user.pk and not user.has_perm(CHANGE_VERSION):
+        raise Hidden(NO_UPLOAD)
+    if to_upload:
+        _require_upload_rights(user)
+    return upload
+
+
+def _require_upload_rights(user) -> None:
+    if not (user.has_perm(ADD_FILE) and user.has_perm(CHANGE_VERSION)):
+        raise Refused("Uploading needs the permissions to add files and to change versions.")
 
 
 def _payload(request) -> dict:
     try:
         data = json.loads(request.body or b"{}")
+    except RecursionError as error:  # json's decoder recurses once per level of nesting
+        raise services.ReleaseError("The request nests too deeply to be read; send a flat JSON object.") from error
     except ValueError as error:
         raise services.ReleaseError(f"The request is not JSON: {error}.") from error
     if not isinstance(data, dict):
@@ -112,16 +161,18 @@ def describe(upload: BrowserUpload) -> dict:
 @route("<int:object_id>/upload/")
 @require_GET
 def upload_page(request, object_id, admin_site):
-    version = get_object_or_404(Version.objects.select_related("model"), pk=object_id)
-    if not request.user.has_perm(PERMISSION):
-        raise Http404("You cannot add files.")
-    recent = version.browser_uploads.select_related("file").order_by("-created_at")[:20]
+    version = Version.objects.select_related("model").filter(pk=object_id).first()
+    if version is None or not request.user.has_perm(ADD_FILE) or not _may_view_versions(request.user):
+        raise Http404(NO_VERSION)
+    recent = version.browser_uploads.select_related("file").order_by("-created_at")
+    if not request.user.has_perm(CHANGE_VERSION):
+        recent = recent.filter(started_by=request.user)  # others' uploads are theirs
     context = {
         **admin_site.each_context(request),
         "title": f"Upload files to {version.model.slug} {version.version}",
         "opts": Version._meta,
         "version": version,
-        "uploads": [describe(upload) for upload in recent],
+        "uploads": [describe(upload) for upload in recent[:20]],
         "start_url": reverse("admin:releases_version_upload_start", args=[version.pk]),
         "parallel_parts": 4,
     }
@@ -134,9 +185,9 @@ def upload_page(request, object_id, admin_site):
 
 @route("<int:object_id>/upload/start/")
 @require_POST
-@may_add_files
+@json_view()
 def start(request, object_id):
-    version = get_object_or_404(Version.objects.select_related("model"), pk=object_id)
+    version = _version(request.user, object_id, to_upload=True)
     data = _payload(request)
     if not isinstance(data.get("path"), str) or not isinstance(data.get("sha256", ""), str):
         raise services.ReleaseError("path (and sha256, if given) are strings.")
@@ -155,16 +206,16 @@ def start(request, object_id):
 
 @route("uploads/<uuid:upload_id>/")
 @require_GET
-@may_add_files
+@json_view(permissions=(ADD_FILE, CHANGE_VERSION))
 def status(request, upload_id):
-    return JsonResponse(describe(_upload(upload_id)))
+    return JsonResponse(describe(_upload(request.user, upload_id)))
 
 
 @route("uploads/<uuid:upload_id>/parts/<int:number>/sign/")
 @require_POST
-@may_add_files
+@json_view()
 def sign(request, upload_id, number):
-    upload = _upload(upload_id)
+    upload = _upload(request.user, upload_id, to_upload=True)
     sha256 = _payload(request).get("sha256")
     if not isinstance(sha256, str):
         raise services.ReleaseError("sha256 is the part's base64 SHA-256, a string.")
@@ -182,8 +233,9 @@ def _own_part_url(request, upload: BrowserUpload, number: int, sha256: str) -> s
 
 @route("uploads/<uuid:upload_id>/parts/<int:number>/")
 @require_http_methods(["PUT"])
-@may_add_files
+@json_view()
 def part_data(request, upload_id, number):
+    upload = _upload(request.user, upload_id, to_upload=True)
     try:
         claim = signing.loads(
             request.GET.get("token", ""), salt=PART_TOKEN_SALT, max_age=settings.UPLOAD_PART_URL_SECONDS
@@ -199,24 +251,25 @@ def part_data(request, upload_id, number):
         length = int(request.headers.get("Content-Length", ""))
     except ValueError:
         return JsonResponse({"error": "A part needs its Content-Length."}, status=411)
-    part = browser_uploads.receive_part(_upload(upload_id), number, request.read, length, sha256)
+    part = browser_uploads.receive_part(upload, number, request.read, length, sha256)
     return JsonResponse({"number": part.number, "size": part.size, "sha256": part.sha256})
 
 
 @route("uploads/<uuid:upload_id>/complete/")
 @require_POST
-@may_add_files
+@json_view()
 def complete(request, upload_id):
+    upload = _upload(request.user, upload_id, to_upload=True)
     parts = _payload(request).get("parts")
     if not isinstance(parts, list) or not all(isinstance(part, dict) for part in parts):
         raise services.ReleaseError("parts is a list of {number, sha256}.")
     checksums = {_number(part.get("number"), "A part number"): part.get("sha256") for part in parts}
-    upload = browser_uploads.complete_upload(_upload(upload_id), checksums)
+    upload = browser_uploads.complete_upload(upload, checksums)
     return JsonResponse(describe(upload))
 
 
 @route("uploads/<uuid:upload_id>/abort/")
 @require_POST
-@may_add_files
+@json_view(permissions=(ADD_FILE, CHANGE_VERSION))
 def abort(request, upload_id):
-    return JsonResponse(describe(browser_uploads.abort_upload(_upload(upload_id))))
+    return JsonResponse(describe(browser_uploads.abort_upload(_upload(request.user, upload_id))))

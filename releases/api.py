@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from datetime import datetime
+from urllib.parse import quote
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
-from ninja import Field, NinjaAPI, Schema
+from ninja import NinjaAPI
 
-from . import caching, selectors
+from . import caching, selectors, suggestions
+from .api_schemas import Error, ModelList, ModelOut, VersionOut
 from .links import VersionLinks, absolute, file_links
+from .reports_api import report_url
+from .reports_api import router as reports_router
+from .views import errors
 
 api = NinjaAPI(
     title="Model Releases API",
@@ -25,99 +30,6 @@ api = NinjaAPI(
 )
 
 
-class Error(Schema):
-    detail: str
-
-
-class FileOut(Schema):
-    path: str
-    size: int
-    sha256: str
-    url: str
-    expires_at: str
-    stable_url: str
-    chunks_url: str | None = Field(
-        description="Stable URL of the file's content-defined chunk manifest (docs/chunk-manifests.md), for "
-        "fetching only the chunks that changed since an older version; null when it has none (files under "
-        "1 MiB never do)."
-    )
-
-
-class ChangesOut(Schema):
-    """Relative to the previous published version (`previous`, null for the first): paths only."""
-
-    previous: str | None
-    added: list[str]
-    removed: list[str]
-    changed: list[str]
-
-
-class DownloadsOut(Schema):
-    """Counted once per stable-URL GET that redirects, folded into daily counts by rollup_downloads."""
-
-    total: int
-    last_30_days: int
-
-
-class LinksOut(Schema):
-    homepage: str | None
-    source: str | None
-    paper: str | None
-
-
-class VersionOut(Schema):
-    model: str
-    version: str
-    status: str
-    prerelease: bool
-    published_at: str | None
-    notes: str
-    yanked_reason: str
-    files: list[FileOut]
-    total_size: int
-    changes: ChangesOut
-    downloads: DownloadsOut
-
-
-class VersionSummary(Schema):
-    version: str
-    status: str
-    prerelease: bool
-    published_at: str | None
-    yanked_reason: str
-    url: str
-    downloads: DownloadsOut
-
-
-class ModelOut(Schema):
-    model: str
-    name: str
-    summary: str
-    description: str
-    latest: str | None
-    url: str
-    versions: list[VersionSummary]
-    license: str | None
-    tags: list[str]
-    links: LinksOut
-    downloads: DownloadsOut
-
-
-class ModelSummary(Schema):
-    model: str
-    name: str
-    summary: str
-    latest: str | None
-    url: str
-    license: str | None
-    tags: list[str]
-    downloads: DownloadsOut
-
-
-class ModelList(Schema):
-    models: list[ModelSummary]
-
-
 ERRORS = {404: Error, 410: Error}
 
 
@@ -127,7 +39,13 @@ def iso(moment: datetime | None) -> str | None:
 
 @api.exception_handler(selectors.NotFound)
 def not_found(request, error):
-    return caching.uncacheable(api.create_response(request, {"detail": str(error)}, status=404))
+    """With what was meant (closest models, the model's versions), which both clients print. A version
+    named in another case is answered as the stored one (`V23` is `v23`: versions are case-blind)."""
+    slug, version = errors.names_in(request)
+    spelled = suggestions.stored_spelling(slug, version, request.user) if slug and version else None
+    if spelled is not None:
+        return request.resolver_match.func(request, **{**request.resolver_match.kwargs, "version": spelled})
+    return caching.uncacheable(api.create_response(request, {"detail": errors.detail(request, error)}, status=404))
 
 
 @api.exception_handler(selectors.Gone)
@@ -217,6 +135,7 @@ def get_version(request: HttpRequest, model: str, version: str):
         "total_size": page.total_size,
         "changes": page.changes.as_json(),
         "downloads": page.downloads.as_json(),
+        "report_url": report_url(request),
     }
     # Built from plain values that match VersionOut (the tests hold it to the OpenAPI schema), so
     # serialised directly: validating every file object again would cost more than signing it.
@@ -235,7 +154,11 @@ def get_version(request: HttpRequest, model: str, version: str):
     openapi_extra={
         "responses": {
             200: {
-                "description": "One `<sha256>  <path>` line per file; the resolved version is in X-Artifact-Version.",
+                "description": (
+                    "One `<sha256>  <path>` line per file; the resolved version is in X-Artifact-Version, "
+                    "its status in X-Artifact-Status and, when yanked, the reason (percent-encoded UTF-8) in "
+                    "X-Artifact-Yanked-Reason."
+                ),
                 "content": {"text/plain": {"schema": {"type": "string"}}},
             }
         }
@@ -246,6 +169,15 @@ def get_sha256sums(request: HttpRequest, model: str, version: str):
     body = "".join(f"{file.sha256}  {file.path}\n" for file in selectors.files_of(resolved))
     response = HttpResponse(body, content_type="text/plain; charset=utf-8")
     response["X-Artifact-Version"] = resolved.version
+    if url := report_url(request):
+        response["X-Report-URL"] = url
+    # The shell client reads no JSON: it learns here that a version is yanked, and why.
+    response["X-Artifact-Status"] = resolved.status
+    if resolved.yanked_reason and resolved.status == resolved.Status.YANKED:
+        response["X-Artifact-Yanked-Reason"] = quote(resolved.yanked_reason, safe="")
     return caching.cacheable(
         response, request, [caching.model_key(model), caching.version_key(model, resolved.version)]
     )
+
+
+api.add_router("", reports_router)  # POST /api/v1/reports (reports_api.py)

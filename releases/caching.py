@@ -74,22 +74,28 @@ def uncacheable(response):
     return response
 
 
-def stale_after_change(model_slug: str, version: str | None = None) -> dict[str, list[str]]:
+def stale_after_change(model_slug: str, version: str | None = None, objects: list[str] = ()) -> dict[str, list[str]]:
     """What a change makes stale, as surrogate keys with the URL paths each one covers.
 
     The one definition of staleness. Publishing a version of a model makes
     stale the index and everything of the model: its page, its `latest` pages
     and API responses, and every version page (they show which one is latest).
     A change to one version (yank, restore, withdraw, new notes) adds that
-    version's own pages and the bytes of its files served by the site. Paths are
-    for CDNs that purge by path (CloudFront); stable URLs are never cached
-    (no-store) but are listed for completeness.
+    version's own pages and the bytes of its files served by the site, and
+    `objects`: the paths at which the CDN itself keeps the version's objects
+    (CloudFront-signed downloads of a withdrawn or deleted version).
+
+    Paths are for CDNs that purge by path (CloudFront), whose cache keys
+    include the query string: `PATH?*` covers every query of a page
+    (`/?q=`, `/?tag=`, `/?sort=`), and `PREFIX/*` covers those below it.
+    Stable URLs are never cached (no-store) but are listed for completeness.
     """
     stale = {
-        index_key(): ["/", "/api/v1/models", "/feeds/releases.atom"],
+        index_key(): ["/", "/?*", "/api/v1/models", "/api/v1/models?*", "/feeds/releases.atom"],
         model_key(model_slug): [
             f"/models/{model_slug}/*",
             f"/api/v1/models/{model_slug}",
+            f"/api/v1/models/{model_slug}?*",
             f"/api/v1/models/{model_slug}/*",
         ],
     }
@@ -99,5 +105,6 @@ def stale_after_change(model_slug: str, version: str | None = None) -> dict[str,
             f"/api/v1/models/{model_slug}/versions/{version}",
             f"/api/v1/models/{model_slug}/versions/{version}/*",
             f"/files/{model_slug}/{version}/*",
+            *objects,
         ]
     return stale

@@ -1,10 +1,13 @@
 """The only module that talks to a CDN: purge by surrogate key (or by path), and warm files.
 
-Backends, chosen by CDN_BACKEND:
+Backends, chosen by CDN_BACKEND; each configured cache is one *target* that a purge must reach:
 * ``none``: nothing to purge.
-* ``varnish``: one HTTP PURGE to CDN_PURGE_URL with the keys in `xkey-purge` (the shipped VCL).
+* ``varnish``: one target per address in CDN_PURGE_URL (several caches: every one is purged), each
+  sent HTTP PURGE with the keys in `xkey-purge` and the site's secret in `X-Purge-Token` (the
+  shipped VCL refuses purges without it).
 * ``fastly``: the purge-by-surrogate-key API, batched, soft purge.
-* ``cloudfront``: an invalidation of the paths the keys cover.
+* ``cloudfront``: an invalidation of the paths the keys cover (wildcards that another wildcard of the
+  same batch covers are left out: CloudFront allows only 15 wildcard paths in progress).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import http.client
 import json
 import logging
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +39,11 @@ class CdnError(Exception):
 class Cdn:
     name = "none"
     keys_per_request = 256
+
+    @property
+    def target(self) -> str:
+        """Which cache this is, as recorded on an outbox entry once the cache has been purged."""
+        return self.name
 
     def purge(self, keys: list[str], paths: list[str]) -> int:
         """Purge what the keys (or, for path-based CDNs, the paths) cover; returns requests sent."""
@@ -61,13 +70,17 @@ class VarnishCdn(Cdn):
     name = "varnish"
     keys_per_request = 100
 
-    def __init__(self, purge_url: str):
-        self.purge_url = purge_url
+    def __init__(self, purge_url: str, token: str = ""):
+        self.purge_url, self.token = purge_url, token
+
+    @property
+    def target(self) -> str:
+        return self.purge_url
 
     def purge(self, keys, paths):
         sent = 0
         for batch in _batches(keys, self.keys_per_request):
-            _http("PURGE", self.purge_url + "/", {"xkey-purge": " ".join(batch)})
+            _http("PURGE", self.purge_url + "/", {"xkey-purge": " ".join(batch), "X-Purge-Token": self.token})
             sent += 1
         return sent
 
@@ -79,6 +92,10 @@ class FastlyCdn(Cdn):
 
     def __init__(self, api_url: str, service_id: str, api_token: str, soft: bool = True):
         self.api_url, self.service_id, self.api_token, self.soft = api_url.rstrip("/"), service_id, api_token, soft
+
+    @property
+    def target(self) -> str:
+        return f"fastly:{self.service_id}"
 
     def purge(self, keys, paths):
         sent = 0
@@ -104,10 +121,14 @@ class CloudFrontCdn(Cdn):
     def __init__(self, distribution_id: str):
         self.distribution_id = distribution_id
 
+    @property
+    def target(self) -> str:
+        return f"cloudfront:{self.distribution_id}"
+
     def purge(self, keys, paths):
         client = aws.client("cloudfront", keys=aws.site_keys(), endpoint_url=settings.AWS_CLOUDFRONT_ENDPOINT_URL)
         sent = 0
-        for batch in _batches(paths, self.paths_per_request):
+        for batch in _batches(uncovered(paths), self.paths_per_request):
             with aws.translated_errors("create a CloudFront invalidation", CdnError):
                 client.create_invalidation(
                     DistributionId=self.distribution_id,
@@ -120,14 +141,52 @@ class CloudFrontCdn(Cdn):
         return sent
 
 
-def backend() -> Cdn:
+def uncovered(paths: list[str]) -> list[str]:
+    """The paths, sorted, without those a wildcard path among them already covers
+    (CloudFront's `*` stands for any characters, the query string included, and only ends a path)."""
+    unique = sorted(set(paths))
+    wildcards = [path[:-1] for path in unique if path.endswith("*")]
+    return [
+        path for path in unique if not any(path != prefix + "*" and path.startswith(prefix) for prefix in wildcards)
+    ]
+
+
+def backends() -> list[Cdn]:
+    """Every cache a purge must reach (none for CDN_BACKEND=none)."""
     if settings.CDN_BACKEND == "varnish":
-        return VarnishCdn(settings.CDN_PURGE_URL)
+        return [VarnishCdn(url, settings.CDN_PURGE_TOKEN) for url in settings.CDN_PURGE_URL.split(",") if url]
     if settings.CDN_BACKEND == "fastly":
-        return FastlyCdn(settings.FASTLY_API_URL, settings.FASTLY_SERVICE_ID, settings.FASTLY_API_TOKEN)
+        return [FastlyCdn(settings.FASTLY_API_URL, settings.FASTLY_SERVICE_ID, settings.FASTLY_API_TOKEN)]
     if settings.CDN_BACKEND == "cloudfront":
-        return CloudFrontCdn(settings.CLOUDFRONT_DISTRIBUTION_ID)
-    return Cdn()
+        return [CloudFrontCdn(settings.CLOUDFRONT_DISTRIBUTION_ID)]
+    return []
+
+
+def purge_each(work: list[tuple[Cdn, list[str], list[str]]]) -> list[str | None]:
+    """Send each (cache, keys, paths) its purge, all at once so that a cache that hangs until
+    CDN_TIMEOUT delays no other; returns an error (or None) for each, in order."""
+
+    def send(item: tuple[Cdn, list[str], list[str]]) -> str | None:
+        target, keys, paths = item
+        try:
+            target.purge(keys, paths)
+        except CdnError as error:
+            return str(error)
+        return None
+
+    if len(work) < 2:
+        return [send(item) for item in work]
+    with ThreadPoolExecutor(max_workers=len(work)) as pool:
+        return list(pool.map(send, work))
+
+
+def object_paths(files) -> list[str]:
+    """The paths at which the CDN itself keeps these files' objects: only when downloads are
+    CloudFront-signed links to the distribution (which caches storage's bytes by path). With any other
+    signer the bytes the CDN keeps are the site's own `/files/` answers, purged by their version's key."""
+    if settings.CDN_BACKEND != "cloudfront" or signer().name != "cloudfront":
+        return []
+    return sorted({urllib.parse.urlsplit(warm_url(file)).path for file in files})
 
 
 # --- warming ------------------------------------------------------------------------------------

@@ -1,13 +1,13 @@
 """Atom feeds of published, yanked and withdrawn versions: the whole site, and one per model.
 
 Built with Django's syndication framework; cached like pages and purged with the same surrogate
-keys (the site's feed with the index, a model's feed with the model).
+keys (the site's feed with the index, a model's feed with the model, its 404 included).
 """
 
 from __future__ import annotations
 
 from django.contrib.syndication.views import Feed
-from django.http import Http404
+from django.http import HttpResponse
 from django.urls import reverse
 from django.utils.feedgenerator import Atom1Feed
 from django.utils.html import escape
@@ -18,6 +18,7 @@ from .links import site_url
 from .models import Version
 
 FEED_LENGTH = 50
+SITE_AUTHOR = "Model Releases"
 EVENT = {
     Version.Status.PUBLISHED: "released",
     Version.Status.YANKED: "yanked",
@@ -34,10 +35,7 @@ class ReleasesFeed(Feed):
         self.site = site_url(request)
         if model_slug is None:
             return None
-        try:
-            return selectors.model_for_feed(model_slug)
-        except selectors.NotFound as error:
-            raise Http404(str(error)) from error
+        return selectors.model_for_feed(model_slug)  # NotFound: model_feed answers it
 
     def title(self, model):
         return f"{model.name} releases" if model else "Model Releases"
@@ -54,8 +52,16 @@ class ReleasesFeed(Feed):
     def items(self, model):
         return selectors.release_events(model.slug if model else None, FEED_LENGTH)
 
+    def author_name(self, model):
+        return model.name if model else SITE_AUTHOR
+
     def item_title(self, version):
-        return f"{version.model.name} {version.version} {EVENT[version.status]}"
+        """What happened, said in the title, since readers show little else: a prerelease says so."""
+        kind = " prerelease" if version.prerelease else ""
+        return f"{version.model.name} {version.version}{kind} {EVENT[version.status]}"
+
+    def item_author_name(self, version):
+        return version.model.name  # RFC 4287: every entry has an author (the model's maintainers)
 
     def item_description(self, version):
         if version.status == Version.Status.WITHDRAWN:
@@ -87,5 +93,10 @@ def site_feed(request):
 
 @require_safe
 def model_feed(request, model_slug: str):
-    response = ReleasesFeed()(request, model_slug=model_slug)
+    try:
+        response = ReleasesFeed()(request, model_slug=model_slug)
+    except selectors.NotFound as error:
+        # Feed readers poll a name before its first release: the 404 is cached like the feed, under
+        # the model's key, which that first publish purges (so the feed appears at once).
+        response = HttpResponse(f"{error}\n", status=404, content_type="text/plain; charset=utf-8")
     return caching.cacheable(response, request, [caching.model_key(model_slug)])

@@ -7,8 +7,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from . import outbox, signing, verification
+from .download_records import QUARANTINE_KEY, QUARANTINED_METRIC
 from .models import File
 from .observability import counters
+from .report_records import QUARANTINE as RUN_REPORTS_QUARANTINE
 
 
 class ReleasesCollector:
@@ -23,6 +25,16 @@ class ReleasesCollector:
             if name.startswith("redirects:"):
                 redirects.add_metric([name.split(":", 1)[1]], value)
         yield redirects
+        quarantined = CounterMetricFamily(
+            "model_releases_download_records_quarantined",
+            f"Download records the fold could not read, set aside (see {QUARANTINE_KEY} or the quarantine file).",
+            labels=["reason"],
+        )
+        for name, value in sorted(values.items()):
+            if name.startswith(QUARANTINED_METRIC):
+                quarantined.add_metric([name.removeprefix(QUARANTINED_METRIC)], value)
+        yield quarantined
+        yield from run_report_families(values)
         yield CounterMetricFamily("model_releases_signing_cache_hits", "Signed links served from the windowed cache.",
                                   value=values.get("signing_hits", 0))  # fmt: skip
         yield CounterMetricFamily("model_releases_signing_cache_misses", "Signed links computed.",
@@ -52,3 +64,25 @@ def prometheus_text() -> str:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ReleasesCollector())
     return generate_latest(registry).decode()
+
+
+def run_report_families(values: dict[str, int]):
+    """Run reports counted as they arrive (run_reports.py), and run records the fold set aside."""
+    runs = CounterMetricFamily(
+        "model_releases_run_reports",
+        "Run reports of the served clients, by model, resolved version (empty before resolving), client and outcome.",
+        labels=["model", "version", "client", "outcome"],
+    )
+    for name, value in sorted(values.items()):
+        parts = name.split(":")
+        if parts[0] == "runs" and len(parts) == 5:
+            runs.add_metric(parts[1:], value)
+    yield runs
+    quarantined = CounterMetricFamily(
+        "model_releases_run_report_records_quarantined",
+        f"Run-report records the fold could not read, set aside ({RUN_REPORTS_QUARANTINE.location()}).",
+        labels=["reason"],
+    )
+    for reason, value in sorted(RUN_REPORTS_QUARANTINE.metrics(values).items()):
+        quarantined.add_metric([reason], value)
+    yield quarantined

@@ -1,5 +1,6 @@
 """Keep the API's promise: every error under /api/ is JSON {"detail": ...}, never an HTML page;
-and a link that cannot be signed right now is a 503 that says so, never a 500."""
+a link that cannot be signed right now is a 503 that says so, never a 500; and the probes
+answer whatever address a load balancer or orchestrator uses to reach a node."""
 
 import json
 import logging
@@ -7,6 +8,7 @@ from http import HTTPStatus
 
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse
+from django.urls import resolve, reverse
 
 from . import caching
 from .aws import CredentialsUnavailable
@@ -14,6 +16,29 @@ from .aws import CredentialsUnavailable
 logger = logging.getLogger(__name__)
 
 API_PREFIX = "/api/"
+PROBES = ("releases:healthz", "releases:readyz")
+
+
+class ProbesOnAnyHostMiddleware:
+    """/healthz and /readyz answer on any Host header; every other path keeps Django's host check.
+
+    Docker's HEALTHCHECK, a load balancer's target check or a kubelet reach a node by its own
+    address (127.0.0.1:8000, 10.0.0.5:8000), which DJANGO_ALLOWED_HOSTS rightly does not list,
+    and Django would answer 400. The probes build no URL from the host, so they are answered
+    here, ahead of the middleware that validates it (CommonMiddleware, SecurityMiddleware).
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        self.paths: frozenset[str] | None = None  # reversed on the first request, once URLs load
+
+    def __call__(self, request):
+        if self.paths is None:
+            self.paths = frozenset(reverse(name) for name in PROBES)
+        if request.path_info in self.paths:
+            match = resolve(request.path_info)
+            return match.func(request, *match.args, **match.kwargs)
+        return self.get_response(request)
 
 
 class JsonApiErrorsMiddleware:

@@ -2,7 +2,8 @@
 
 Counters live in Redis when REDIS_URL is set (shared by every web process and
 worker), in this process otherwise. Counting never breaks a request: a
-failure to count is logged and forgotten. metrics.py turns them into /metrics.
+failure to count is logged and forgotten (download counts, which join the same
+one write, fall back to their own log). metrics.py turns them into /metrics.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ import json
 import logging
 import re
 import threading
+import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from django.conf import settings
 
@@ -98,20 +102,55 @@ _local: dict[str, Counter] = {}  # hash key -> its counters, when there is no Re
 _local_lock = threading.Lock()
 _redis = None
 KEY = "model-releases:metrics"
+# After a failed write, the next ones skip Redis for this long: a stalled Redis costs one request
+# its socket timeout, not every request.
+REDIS_RETRY_SECONDS = 5.0
+_unreachable_until: dict[str, float] = {}  # REDIS_URL -> when to try it again
 
 
 def redis_client():
-    """The Redis that holds the counters (REDIS_URL), with short timeouts: counting never waits long."""
+    """The Redis that holds the counters (REDIS_URL), with short timeouts and no retries (said
+    explicitly: a pipeline sent again to a stalled Redis would run twice once it resumes, and
+    redis-py's defaults about retrying have changed between versions): counting never waits long."""
     global _redis
-    if _redis is None:
+    if _redis is None or _redis.url != settings.REDIS_URL:
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
-        _redis = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=0.5, socket_timeout=0.5)
+        _redis = redis.Redis.from_url(
+            settings.REDIS_URL, socket_connect_timeout=0.5, socket_timeout=0.5, retry=Retry(NoBackoff(), 0)
+        )
+        _redis.url = settings.REDIS_URL
     return _redis
 
 
-# (hash key, field) -> amount, gathered during a request
-_batch: contextvars.ContextVar[Counter | None] = contextvars.ContextVar("metrics_batch", default=None)
+def redis_resting() -> bool:
+    """Whether Redis failed less than REDIS_RETRY_SECONDS ago (writes that must answer now skip it)."""
+    return time.monotonic() < _unreachable_until.get(settings.REDIS_URL, 0.0)
+
+
+def redis_failed() -> None:
+    """Redis just failed a write: the next ones skip it for REDIS_RETRY_SECONDS."""
+    _unreachable_until[settings.REDIS_URL] = time.monotonic() + REDIS_RETRY_SECONDS
+
+
+class RedisWrite(Protocol):
+    """A write that joins a request's one round trip to Redis (downloads.py's counts). It adds
+    exactly one command; it hears whether that command was carried out, or why not."""
+
+    def add_to(self, pipeline) -> None: ...
+    def written(self) -> None: ...
+    def not_written(self, error: Exception) -> None: ...
+
+
+@dataclass
+class _Batch:
+    counts: Counter = field(default_factory=Counter)  # (hash key, field) -> amount
+    writes: list[RedisWrite] = field(default_factory=list)
+
+
+_batch: contextvars.ContextVar[_Batch | None] = contextvars.ContextVar("metrics_batch", default=None)
 
 
 def count(**fields: int) -> None:
@@ -128,14 +167,27 @@ def count_in(key: str, fields: dict[str, int]) -> None:
     entries = Counter({(key, name): value for name, value in fields.items()})
     batch = _batch.get()
     if batch is not None:
-        batch.update(entries)
+        batch.counts.update(entries)
         return
-    _write(entries)
+    _write(_Batch(entries))
 
 
-def _write(entries: Counter) -> None:
-    entries = {where: value for where, value in entries.items() if value}
-    if not entries:
+def write_with_counts(write: RedisWrite) -> None:
+    """Send `write` in the request's one round trip (now, outside a request). Only with REDIS_URL."""
+    batch = _batch.get()
+    if batch is not None:
+        batch.writes.append(write)
+        return
+    _write(_Batch(writes=[write]))
+
+
+class RedisSkipped(Exception):
+    """Redis failed a moment ago (REDIS_RETRY_SECONDS): not tried again yet."""
+
+
+def _write(batch: _Batch) -> None:
+    entries = {where: value for where, value in batch.counts.items() if value}
+    if not entries and not batch.writes:
         return
     if not settings.REDIS_URL:
         with _local_lock:
@@ -143,12 +195,27 @@ def _write(entries: Counter) -> None:
                 _local.setdefault(key, Counter())[name] += value
         return
     try:
+        if redis_resting():
+            raise RedisSkipped("Redis failed less than REDIS_RETRY_SECONDS ago")
         pipeline = redis_client().pipeline(transaction=False)
         for (key, name), value in entries.items():
             pipeline.hincrby(key, name, value)
-        pipeline.execute()
+        for write in batch.writes:
+            write.add_to(pipeline)
+        # Errors per command, so that a write refused on its own falls back without the others.
+        results = pipeline.execute(raise_on_error=False)
     except Exception as error:  # metrics must never fail a download
+        if not isinstance(error, RedisSkipped):
+            redis_failed()
         logger.debug("could not count metrics: %s", error)
+        for write in batch.writes:
+            write.not_written(error)
+        return
+    for write, result in zip(batch.writes, results[len(entries) :]):
+        if isinstance(result, Exception):
+            write.not_written(result)
+        else:
+            write.written()
 
 
 class CountsMiddleware:
@@ -158,7 +225,7 @@ class CountsMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
-        batch = Counter()
+        batch = _Batch()
         token = _batch.set(batch)
         try:
             return self.get_response(request)

@@ -5,7 +5,9 @@ killed), by the `drain-outbox` and `warm-pending` beat jobs. Nothing is lost.
 Workers *claim* due rows for a lease (a short transaction with SKIP LOCKED),
 do the work outside any transaction, then settle each row: done, retried
 later with exponential backoff, or failed after OUTBOX_MAX_ATTEMPTS (the
-admins are mailed; the admin can retry it).
+admins are mailed; the admin can retry it). A purge goes to every configured
+cache; the caches a row has reached are kept on it (`done_targets`), so a
+retry after one cache failed purges only the caches still missing.
 """
 
 from __future__ import annotations
@@ -31,11 +33,21 @@ Kind, State = OutboxEntry.Kind, OutboxEntry.State
 # --- recording (inside the change's transaction) ---------------------------------------------
 
 
-def record_change(model_slug: str, version: str | None = None) -> list[int]:
+def record_change(model_slug: str, version: Version | None = None) -> list[int]:
     """Record the purges a change causes; returns the rows' ids (to drain once the change commits)."""
-    return [
-        _record(Kind.PURGE, key, paths=paths) for key, paths in caching.stale_after_change(model_slug, version).items()
-    ]
+    stale = caching.stale_after_change(
+        model_slug, version.version if version is not None else None, objects=_stale_objects(version)
+    )
+    return [_record(Kind.PURGE, key, paths=paths) for key, paths in stale.items()]
+
+
+def _stale_objects(version: Version | None) -> list[str]:
+    """Where the CDN keeps the bytes of a version that can no longer be downloaded (withdrawn, or a
+    draft being deleted: staff may have fetched it through the CDN). Published and yanked bytes never
+    change, so a CDN may go on keeping them."""
+    if version is None or version.pk is None or version.status not in {Version.Status.WITHDRAWN, Version.Status.DRAFT}:
+        return []
+    return cdn.object_paths(version.files.all())
 
 
 def record_warming(version: Version) -> list[int]:
@@ -52,7 +64,8 @@ def record_warming(version: Version) -> list[int]:
 def _record(kind: str, key: str, *, paths=(), file: File | None = None) -> int:
     """Insert a pending row, or bump the pending row for the same key; returns its id."""
     now = timezone.now()
-    bump = dict(generation=F("generation") + 1, next_attempt_at=now, paths=list(paths), attempts=0)
+    # A newer change must reach every cache again, whichever ones the row had reached already.
+    bump = dict(generation=F("generation") + 1, next_attempt_at=now, paths=list(paths), attempts=0, done_targets=[])
     pending = OutboxEntry.objects.filter(kind=kind, key=key, state=State.PENDING)
     for _ in range(2):
         existing = pending.values_list("pk", flat=True).first()
@@ -125,16 +138,25 @@ def drain(kind: str, *, limit: int | None = None, ids: list[int] | None = None) 
 
 
 def _purge(claims: list[Claim], result: DrainResult) -> None:
-    keys = [c.entry.key for c in claims]
-    paths = sorted({path for c in claims for path in c.entry.paths})
-    try:
-        cdn.backend().purge(keys, paths)
-    except cdn.CdnError as error:
-        for item in claims:
-            _settle(item, result, error=str(error))
-        return
+    """Send each cache one purge for the keys of the rows that have not reached it yet; a row is done
+    once every cache has been purged, and a retry goes only to the caches that failed."""
+    reached: dict[int, list[str]] = {c.entry.pk: list(c.entry.done_targets) for c in claims}
+    errors: dict[int, list[str]] = {c.entry.pk: [] for c in claims}
+    todo = {target: [c for c in claims if target.target not in reached[c.entry.pk]] for target in cdn.backends()}
+    todo = {target: items for target, items in todo.items() if items}
+    work = [
+        (target, [c.entry.key for c in items], sorted({path for c in items for path in c.entry.paths}))
+        for target, items in todo.items()
+    ]
+    for (target, items), error in zip(todo.items(), cdn.purge_each(work), strict=True):
+        for item in items:
+            if error:
+                errors[item.entry.pk].append(error)
+            else:
+                reached[item.entry.pk].append(target.target)
     for item in claims:
-        _settle(item, result)
+        error = "; ".join(errors[item.entry.pk]) or None
+        _settle(item, result, error=error, done_targets=reached[item.entry.pk])
 
 
 def _warm(claims: list[Claim], result: DrainResult) -> None:
@@ -151,18 +173,28 @@ def _warm(claims: list[Claim], result: DrainResult) -> None:
         _settle(item, result, error=error)
 
 
-def _settle(item: Claim, result: DrainResult, *, error: str | None = None, only_if_unsettled: bool = False) -> None:
+def _settle(
+    item: Claim,
+    result: DrainResult,
+    *,
+    error: str | None = None,
+    done_targets: list[str] | None = None,
+    only_if_unsettled: bool = False,
+) -> None:
     entry, now = item.entry, timezone.now()
     if only_if_unsettled and item in result.settled:
         return
     result.settled.append(item)
     mine = OutboxEntry.objects.filter(pk=entry.pk, state=State.PENDING, generation=item.generation)
+    progress = {} if done_targets is None else {"done_targets": done_targets}  # only for the generation sent
     if error is None:
-        if mine.update(state=State.DONE, done_at=now, last_error=""):
+        if mine.update(state=State.DONE, done_at=now, last_error="", **progress):
             result.done += 1
         else:  # recorded again while in flight: run once more soon
             OutboxEntry.objects.filter(pk=entry.pk, state=State.PENDING).update(next_attempt_at=now)
         return
+    if progress:
+        mine.update(**progress)
     attempts = entry.attempts + 1
     result.errors.append(f"{entry.kind} {entry.key}: {error}")
     if attempts >= settings.OUTBOX_MAX_ATTEMPTS and mine.update(state=State.FAILED, last_error=error):

@@ -27,6 +27,15 @@ TAGS = {
 ATTRIBUTES = {"a": {"href", "title"}, "img": {"src", "alt", "title"}, "th": {"align"}, "td": {"align"}}
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 _TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9-]*)[^>]*?(/?)>")
+_HEADING = re.compile(r"<(/?)h([1-6])\b", re.IGNORECASE)
+# A card's or the notes' `# Title` sits below the page's own <h1> and its sections' <h2>.
+HEADING_SHIFT = 2
+_PRE_LANG = re.compile(r'<pre lang="[^"]*">')
+
+
+def normalise_newlines(text: str) -> str:
+    """Text as stored: `\n` line ends, whatever a browser's textarea sent (`\r\n`, `\r`)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def validate_size(text: str, what: str = "Release notes") -> None:
@@ -52,12 +61,17 @@ def render_markdown(text: str, what: str = "Release notes") -> str:
             code="too_deep",
         )
     return nh3.clean(
-        html,
+        _PRE_LANG.sub("<pre>", demote_headings(html)),  # cmark's lang="python" is no language code
         tags=TAGS,
         attributes=ATTRIBUTES,
         url_schemes={"http", "https", "mailto"},
         link_rel="noopener noreferrer nofollow",
     )
+
+
+def demote_headings(html: str) -> str:
+    """`<h1>` becomes `<h3>`, and so on down to `<h6>`: one <h1> per page, the page's sections above."""
+    return _HEADING.sub(lambda m: f"<{m.group(1)}h{min(6, int(m.group(2)) + HEADING_SHIFT)}", html)
 
 
 def nesting_depth(html: str, stop_above: int) -> int:

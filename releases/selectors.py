@@ -13,7 +13,7 @@ from django.core.exceptions import ValidationError
 from django.db.models import F, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import Coalesce
 
-from . import chunking, downloads
+from . import chunking, downloads, search_terms
 from .changes import Changes, FileState, compare
 from .models import (
     DailyDownloads,
@@ -22,9 +22,9 @@ from .models import (
     Version,
     user_sees_drafts,
     validate_model_slug,
-    validate_relative_path,
     validate_version_string,
 )
+from .names import structure_problem
 
 LATEST = "latest"
 
@@ -59,15 +59,29 @@ def _model_annotations() -> dict:
     }
 
 
+SEARCH_LENGTH, TAG_LENGTH = 100, 50
+
+
+def search_text(value: str, limit: int) -> str:
+    """What a visitor typed, as the index searches it: without control characters (PostgreSQL's text
+    cannot hold NUL; the others match nothing), spaces trimmed, at most ``limit`` characters."""
+    kept = "".join(char for char in value[: limit * 4] if not _is_control(char))
+    return kept.strip()[:limit]
+
+
+def _is_control(char: str) -> bool:
+    code = ord(char)
+    return code < 32 or 127 <= code < 160 or 0xD800 <= code < 0xE000  # C0, DEL, C1, lone surrogates
+
+
 def models_for_index(user, *, query: str = "", tag: str = "", sort: str = "name") -> list[MLModel]:
     """Models visible to `user`, found by `query` (name, description, tag) and `tag`, sorted by name,
-    latest release or downloads; each with its latest version, downloads and tags. Two queries."""
+    latest release or downloads; each with its latest version, downloads and tags. Two queries.
+    Whatever the input: search terms pass through `search_text`, an unknown sort is by name."""
+    query, tag = search_text(query, SEARCH_LENGTH), search_text(tag, TAG_LENGTH)
     models = MLModel.objects.visible_to(user)
     if query:
-        models = models.filter(
-            Q(slug__icontains=query) | Q(name__icontains=query) | Q(summary__icontains=query)
-            | Q(description__icontains=query) | Q(tags__name=query.lower())
-        ).distinct()  # fmt: skip
+        models = search_terms.filter_models(models, query)
     if tag:
         models = models.filter(tags__name=tag.lower()).distinct()
     models = models.annotate(**_model_annotations()).order_by(*INDEX_SORTS.get(sort, INDEX_SORTS["name"]))
@@ -133,15 +147,15 @@ def downloads_by_version(version_ids: list[int]) -> dict[int, Downloads]:
 
 
 def _plausible(slug: str, version: str, path: str = "x") -> bool:
-    """Whether the names could exist at all; anything else is answered without a query."""
+    """Whether the names could exist at all; anything else is answered without a query. Paths are
+    held to the structure only: files published before the portable-name rule stay downloadable."""
     try:
         validate_model_slug(slug)
         if version != LATEST:
             validate_version_string(version)
-        validate_relative_path(path)
     except ValidationError:
         return False
-    return True
+    return structure_problem(path) is None
 
 
 def resolve_version(slug: str, version: str, user) -> Version:
@@ -302,6 +316,17 @@ def manifest_is_public(key: str) -> bool:
     if statuses == {Version.Status.WITHDRAWN}:
         raise Gone("Every version with this file was withdrawn.")
     return bool(statuses & set(Version.Status.downloadable()))
+
+
+# --- names ---------------------------------------------------------------------------------------
+
+
+def downloadable_paths():
+    """(model, version, path) of every file of a published or yanked version, by model, version
+    and path; streamed, for a check over the whole catalogue. One query."""
+    files = File.objects.filter(version__status__in=Version.Status.downloadable())
+    rows = files.order_by("version__model__slug", "version__sort_key", "path")
+    return rows.values_list("version__model__slug", "version__version", "path").iterator(chunk_size=2000)
 
 
 # --- feeds ------------------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
 """Celery tasks: thin, idempotent, taking ids; the work lives in outbox.py, verification.py and
-downloads.py.
+download_fold.py.
 
 Outbox rows are drained by a task queued once their change commits (`drain_after_commit`,
 the one place that queues it) and by beat jobs for whatever that missed. Retries of CDN work
 follow the outbox's own backoff (rows come due again); Celery does not retry on top of it.
-Periodic jobs take a lock so that an overlapping run skips.
+Periodic jobs take a lock so that an overlapping run skips; beat (releases/beat.py) sends each
+once per period. Queues by kind: settings.CELERY_TASK_ROUTES sends the hashing ones to the heavy queue.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from celery import shared_task
 from django.conf import settings
 from django.db import transaction
 
-from . import downloads, outbox, verification
+from . import download_fold, outbox, verification
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +49,10 @@ _local_job_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 def job_lock(name: str):
     """Yield True when this run holds the lock for `name`, False when another run does.
 
-    With Redis, redis-py's Lock: taken atomically, released only by its holder's token, and
-    expiring after JOB_LOCK_SECONDS if the holder dies. Without (the embedded default, where
-    beat runs the jobs itself), a lock of this process.
+    With Redis, redis-py's Lock: taken atomically, released only by its holder's token. It lives
+    JOB_LOCK_SECONDS (a minute by default) and a thread renews it every third of that while the job
+    runs, so a job whose worker is killed frees it within JOB_LOCK_SECONDS. Without Redis (the
+    embedded default, where beat runs the jobs itself), a lock of this process.
     """
     if not settings.REDIS_URL:
         lock = _local_job_locks[name]
@@ -64,17 +66,37 @@ def job_lock(name: str):
     import redis
 
     lock = redis.Redis.from_url(settings.REDIS_URL).lock(
-        f"model-releases:job-lock:{name}", timeout=settings.JOB_LOCK_SECONDS, blocking=False
+        f"model-releases:job-lock:{name}", timeout=settings.JOB_LOCK_SECONDS, blocking=False, thread_local=False
     )
-    held = lock.acquire()
+    if not lock.acquire():
+        yield False
+        return
+    stop = threading.Event()
+    renewer = threading.Thread(target=_renew, args=(lock, name, stop), name=f"job-lock-{name}", daemon=True)
+    renewer.start()
     try:
-        yield held
+        yield True
     finally:
-        if held:
-            try:
-                lock.release()
-            except redis.exceptions.LockError:  # it outlived JOB_LOCK_SECONDS and another run took over
-                logger.warning("job %s ran past JOB_LOCK_SECONDS; its lock had expired", name)
+        stop.set()
+        renewer.join()
+        try:
+            lock.release()
+        except redis.exceptions.LockError:  # expired unrenewed (Redis unreachable, restarted) or taken over
+            logger.warning("job %s lost its lock while running; another run may have overlapped it", name)
+
+
+def _renew(lock, name: str, stop: threading.Event) -> None:
+    """Every third of the lock's lifetime, give it its whole lifetime again, until the job ends."""
+    import redis
+
+    while not stop.wait(lock.timeout / 3):
+        try:
+            lock.reacquire()
+        except redis.exceptions.LockNotOwnedError:
+            logger.warning("job %s lost its lock while running; another run may have overlapped it", name)
+            return
+        except redis.exceptions.RedisError as error:  # a stall: the next attempt may succeed in time
+            logger.warning("job %s could not renew its lock (%s)", name, error)
 
 
 def periodic(name: str, work):
@@ -112,8 +134,8 @@ def warm_pending(self):
     return periodic("warm-pending", lambda: _as_dict(outbox.drain(outbox.Kind.WARM)))
 
 
-# Well under JOB_LOCK_SECONDS and the broker's visibility timeout (both an hour by default), so a
-# run is never redelivered, or overlapped, while it is still going; batches and the byte budget keep it short.
+# Under the broker's visibility timeout (settings refuse one below LONGEST_TASK_SECONDS), so a run is
+# never redelivered while it is still going; batches and the byte budget keep it short.
 @shared_task(bind=True, acks_late=True, soft_time_limit=45 * 60, time_limit=50 * 60)
 def verify_files(self):
     """Beat: the rolling verification run."""
@@ -128,7 +150,7 @@ def verify_files(self):
 @shared_task(bind=True, acks_late=True, soft_time_limit=10 * 60, time_limit=11 * 60)
 def rollup_downloads(self):
     """Beat: fold the download counters into daily rows."""
-    return periodic("rollup-downloads", lambda: {"downloads": downloads.fold()})
+    return periodic("rollup-downloads", lambda: {"downloads": download_fold.fold()})
 
 
 def _as_dict(result: outbox.DrainResult) -> dict:

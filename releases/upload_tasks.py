@@ -11,12 +11,13 @@ import logging
 from datetime import timedelta
 
 from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.exceptions import ObjectDoesNotExist
 from django.db import transaction
 
 from .services.upload_outcomes import abort_stale_uploads as abort_stale
-from .services.upload_outcomes import finish_upload
+from .services.upload_outcomes import finish_upload, out_of_time
 from .storage import StorageError
 from .tasks import periodic
 
@@ -39,7 +40,10 @@ def _queue(upload_id) -> None:
         logger.warning("could not queue the check of upload %s (%s); the next sweep will", upload_id, error)
 
 
-# A 50 GB object hashes in well under an hour at the rates `make bench` shows for verify.
+# A 50 GB object hashes in well under an hour at the rates `make bench` shows for verify. The hard limit
+# is settings.LONGEST_TASK_SECONDS (the broker's visibility timeout may not be shorter). An object that
+# takes longer than the soft limit fails the upload: left "checking", the sweep would queue it again
+# every hour, forever.
 @shared_task(
     bind=True,
     acks_late=True,
@@ -56,6 +60,8 @@ def finish_upload_task(self, upload_id: str):
         return {"state": "gone"}
     except StorageError as error:
         raise self.retry(exc=error, countdown=60) from error
+    except SoftTimeLimitExceeded:
+        upload = out_of_time(upload_id, self.soft_time_limit)
     return {"state": upload.state}
 
 

@@ -11,7 +11,9 @@ command -v varnishd >/dev/null || need_packages+=(varnish)
 command -v shellcheck >/dev/null || need_packages+=(shellcheck)
 command -v dash >/dev/null || need_packages+=(dash)
 command -v curl >/dev/null || need_packages+=(curl)
+command -v strace >/dev/null || need_packages+=(strace)  # shows a later client run opens no weight file
 [ -x /usr/bin/chromium ] || need_packages+=(chromium)  # browser tests (Playwright drives Debian's build)
+command -v npm >/dev/null || need_packages+=(npm)  # axe-core for the browser tests' accessibility checks
 [ -e /usr/lib/x86_64-linux-gnu/varnish/vmods/libvmod_xkey.so ] || ls /usr/lib/*/varnish/vmods/libvmod_xkey.so >/dev/null 2>&1 \
   || need_packages+=(varnish-modules)
 if [ ${#need_packages[@]} -gt 0 ]; then
@@ -19,6 +21,12 @@ if [ ${#need_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_packages[@]}" >/dev/null
+fi
+
+# axe-core, pinned by tests/package-lock.json, injected into pages by tests/test_browser.py.
+tests_dir="$(dirname "$0")/../tests"
+if [ ! -f "$tests_dir/node_modules/axe-core/axe.min.js" ]; then
+  (cd "$tests_dir" && npm ci --no-audit --no-fund --silent)
 fi
 
 pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }

@@ -5,6 +5,7 @@ variable is listed in README.md. A backend that is chosen but not configured
 fails here, at start-up, with ImproperlyConfigured.
 """
 
+import ipaddress
 import os
 import secrets
 from email.utils import getaddresses
@@ -98,7 +99,10 @@ def persistent_secret_key() -> str:
 
 # DJANGO_ENV=production turns on everything a public deployment needs (and requires its secrets);
 # the default, development, is the embedded site that `make run` serves on plain HTTP.
-PRODUCTION = env_choice("DJANGO_ENV", "development", ("development", "production")) == "production"
+# DJANGO_ENV=build is for building an image: `collectstatic` makes production's static files
+# without any secret or service (the key is random and kept nowhere; the build serves nothing).
+DJANGO_ENV = env_choice("DJANGO_ENV", "development", ("development", "production", "build"))
+PRODUCTION = DJANGO_ENV == "production"
 DEBUG = env_bool("DJANGO_DEBUG", False)
 if PRODUCTION and DEBUG:
     raise ImproperlyConfigured("DJANGO_DEBUG must be off with DJANGO_ENV=production.")
@@ -106,7 +110,7 @@ SECRET_KEY = env_str("DJANGO_SECRET_KEY")
 if not SECRET_KEY:
     if PRODUCTION:
         raise ImproperlyConfigured("DJANGO_ENV=production needs DJANGO_SECRET_KEY (50+ random characters).")
-    SECRET_KEY = persistent_secret_key()
+    SECRET_KEY = secrets.token_urlsafe(50) if DJANGO_ENV == "build" else persistent_secret_key()
 ALLOWED_HOSTS = env_list(
     "DJANGO_ALLOWED_HOSTS", [] if PRODUCTION else ["127.0.0.1", "localhost", "[::1]", "testserver"]
 )
@@ -150,6 +154,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "releases.observability.RequestIdMiddleware",
     "releases.observability.CountsMiddleware",
+    "releases.middleware.ProbesOnAnyHostMiddleware",  # before the host check, so probes by address work
     "django.middleware.security.SecurityMiddleware",
     "releases.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -247,7 +252,7 @@ STORAGES = {
     # workers refuse to start without them); elsewhere pages work straight from the app's folders.
     "staticfiles": {
         "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
-        if PRODUCTION
+        if PRODUCTION or DJANGO_ENV == "build"
         else "django.contrib.staticfiles.storage.StaticFilesStorage"
     },
 }
@@ -261,7 +266,18 @@ SIGNED_URL_TTL = env_int("SIGNED_URL_TTL", 3600, minimum=1, maximum=302400)
 # --- CDN in front of downloads and pages ---
 CDN_BACKEND = env_choice("CDN_BACKEND", "none", ("none", "varnish", "fastly", "cloudfront"))
 CDN_BASE_URL = env_str("CDN_BASE_URL").rstrip("/")
-CDN_PURGE_URL = env_str("CDN_PURGE_URL").rstrip("/")
+# Varnish: one or more caches (comma-separated), each purged on every change; the shipped VCL
+# admits a purge only with CDN_PURGE_TOKEN in X-Purge-Token (varnishd's VARNISH_PURGE_TOKEN).
+CDN_PURGE_URL = ",".join(url.rstrip("/") for url in env_list("CDN_PURGE_URL", []))
+for purge_url in CDN_PURGE_URL.split(",") if CDN_PURGE_URL else []:
+    if not purge_url.startswith(("http://", "https://")) or " " in purge_url:
+        raise ImproperlyConfigured(f"CDN_PURGE_URL must list http:// or https:// addresses; got {purge_url!r}.")
+CDN_PURGE_TOKEN = env_str("CDN_PURGE_TOKEN")
+if PRODUCTION and CDN_BACKEND == "varnish" and len(CDN_PURGE_TOKEN) < 32:
+    raise ImproperlyConfigured(
+        "DJANGO_ENV=production with CDN_BACKEND=varnish needs CDN_PURGE_TOKEN (32+ random characters, "
+        "the same value as the cache's VARNISH_PURGE_TOKEN)."
+    )
 # CloudFront signed URLs (optional): the key pair's id and a PEM private key file.
 CLOUDFRONT_KEY_ID = env_str("CLOUDFRONT_KEY_ID")
 CLOUDFRONT_PRIVATE_KEY = b""
@@ -317,23 +333,59 @@ CELERY_BROKER_URL = REDIS_URL or "memory://"
 CELERY_RESULT_BACKEND = REDIS_URL or None  # results are off by default (task_ignore_result); kept for inspection
 # With no broker configured, tasks run in the process that queued them (after commit).
 CELERY_TASK_ALWAYS_EAGER = not REDIS_URL
+# Two queues by kind, so that a purge never waits behind an hour of hashing: CDN work and light jobs
+# on CELERY_QUEUE, hashing (verify, chunk manifests, uploads' checks) on CELERY_QUEUE-heavy. A worker
+# started without -Q consumes both; docs/operations.md runs one worker per queue.
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "model-releases")
+CELERY_HEAVY_QUEUE = f"{CELERY_TASK_DEFAULT_QUEUE}-heavy"
+CELERY_TASK_QUEUES = {CELERY_TASK_DEFAULT_QUEUE: {}, CELERY_HEAVY_QUEUE: {}}
+HEAVY_TASKS = (
+    "releases.tasks.verify_files",
+    "releases.chunk_tasks.build_chunk_manifest",
+    "releases.chunk_tasks.backfill_chunk_manifests",
+    "releases.upload_tasks.finish_upload",
+)
+CELERY_TASK_ROUTES = {name: {"queue": CELERY_HEAVY_QUEUE} for name in HEAVY_TASKS}
 CELERY_TASK_ACKS_LATE = True
-CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True  # a worker that died mid-task: the task runs again
+# A task that fails or exceeds its time limit is acknowledged, never redelivered: its own handler
+# (or the beat job that sweeps for it) decides what happens next, so a hash too long for its limit
+# does not loop.
+CELERY_TASK_ACKS_ON_FAILURE_OR_TIMEOUT = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# On SIGQUIT (the image maps docker stop's SIGTERM to it), running tasks get this long, then go
+# back to the queue unacknowledged: within docker stop's 10 s, nothing in progress is lost.
+CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = 4.0
 CELERY_TASK_IGNORE_RESULT = True
-# A message whose worker died unacknowledged is delivered again after this long.
-CELERY_BROKER_TRANSPORT_OPTIONS = {
-    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=10, maximum=86400)
-}
+# The longest hard time limit of any task (finish_upload's, upload_tasks.py; a test keeps them in step).
+LONGEST_TASK_SECONDS = 55 * 60
+# A message whose worker died unacknowledged is delivered again after this long. Below the longest
+# time limit, the broker would hand a task that is still running to a second worker.
+CELERY_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=10, maximum=86400)
+if CELERY_VISIBILITY_TIMEOUT < LONGEST_TASK_SECONDS:
+    raise ImproperlyConfigured(
+        f"CELERY_VISIBILITY_TIMEOUT ({CELERY_VISIBILITY_TIMEOUT} s) is below the longest task time limit "
+        f"({LONGEST_TASK_SECONDS} s, hashing an uploaded object): the broker would deliver a running task "
+        f"to a second worker. Set it to at least {LONGEST_TASK_SECONDS}."
+    )
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
 # Queueing must not hang a publish when the broker is down: fail fast, the beat job catches up.
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+# No schedule file: each job runs once per period of its interval, claimed in Redis by whichever
+# beat gets there first (releases/beat.py), so any number of beats, with or without a volume, agree.
+CELERY_BEAT_SCHEDULER = "releases.beat:PeriodScheduler"
 # Task modules besides releases/tasks.py (found by autodiscovery) that every worker registers.
 CELERY_IMPORTS = ["releases.chunk_tasks", "releases.upload_tasks"]
+# Production refuses what holds only on one host (local store, no Redis) unless this says so.
+SINGLE_NODE = env_bool("SINGLE_NODE", False)
+# For the connection check of `check --deploy`: web nodes expected at once, each running
+# WEB_CONCURRENCY x GUNICORN_THREADS threads (site_config/gunicorn.py), one connection each.
+EXPECTED_WEB_NODES = env_int("EXPECTED_WEB_NODES", 1, minimum=1, maximum=1000)
+WEB_CONCURRENCY = env_int("WEB_CONCURRENCY", (os.cpu_count() or 1) * 2 + 1, minimum=1, maximum=1000)
+GUNICORN_THREADS = env_int("GUNICORN_THREADS", 4, minimum=1, maximum=1000)
 
 # --- Beat jobs: every interval in seconds, from the environment ---
 CELERY_BEAT_SCHEDULE = {
@@ -349,7 +401,7 @@ CELERY_BEAT_SCHEDULE = {
         "task": "releases.tasks.warm_pending",
         "schedule": env_int("WARM_INTERVAL", 300, minimum=1, maximum=86400),
     },
-    # Also the most download counts a Redis restart can lose (see releases/downloads.py).
+    # Also the most download counts a Redis restart can lose (see releases/download_fold.py).
     "rollup-downloads": {
         "task": "releases.tasks.rollup_downloads",
         "schedule": env_int("ROLLUP_DOWNLOADS_INTERVAL", 300, minimum=10, maximum=86400),
@@ -372,7 +424,32 @@ OUTBOX_BATCH_SIZE = env_int("OUTBOX_BATCH_SIZE", 200, minimum=1, maximum=10_000)
 OUTBOX_MAX_ATTEMPTS = env_int("OUTBOX_MAX_ATTEMPTS", 8, minimum=1, maximum=100)
 OUTBOX_BACKOFF_SECONDS = env_int("OUTBOX_BACKOFF_SECONDS", 30, minimum=1, maximum=3600)
 OUTBOX_LEASE_SECONDS = env_int("OUTBOX_LEASE_SECONDS", 600, minimum=10, maximum=86400)
-JOB_LOCK_SECONDS = env_int("JOB_LOCK_SECONDS", 3600, minimum=10, maximum=86400)
+# A periodic job's lock lives this long and is renewed every third of it while the job runs,
+# so the lock of a job whose worker was killed frees itself within this time.
+JOB_LOCK_SECONDS = env_int("JOB_LOCK_SECONDS", 60, minimum=10, maximum=3600)
+
+# Download counts: the same client and file within this many seconds count once (releases/downloads.py).
+DOWNLOAD_DEDUPE_SECONDS = env_int("DOWNLOAD_DEDUPE_SECONDS", 600, minimum=1, maximum=86400)
+# The proxies in front (as gunicorn's setting of the same name, same default): behind them the client
+# is read from X-Forwarded-For. "*" trusts any private address (releases/client_address.py).
+FORWARDED_ALLOW_IPS = env_list("FORWARDED_ALLOW_IPS", ["127.0.0.1"])
+try:
+    TRUSTED_PROXY_NETWORKS = [ipaddress.ip_network(item, strict=False) for item in FORWARDED_ALLOW_IPS if item != "*"]
+except ValueError as error:
+    raise ImproperlyConfigured(f"FORWARDED_ALLOW_IPS must be addresses, networks or '*': {error}.") from None
+
+# Run reports from the served clients (docs/run-reports.md): accepted or not, shown publicly or not,
+# how many per client address and minute, and when a version's first runs count as failing.
+RUN_REPORTS = env_choice("RUN_REPORTS", "on", ("on", "off")) == "on"
+RUN_REPORTS_PUBLIC = env_bool("RUN_REPORTS_PUBLIC", False)
+RUN_REPORTS_PER_MINUTE = env_int("RUN_REPORTS_PER_MINUTE", 30, minimum=1, maximum=100_000)
+RUN_ALERT_THRESHOLD = env_int("RUN_ALERT_THRESHOLD", 95, minimum=1, maximum=100)
+RUN_ALERT_MIN_RUNS = env_int("RUN_ALERT_MIN_RUNS", 20, minimum=1, maximum=1_000_000)
+CELERY_BEAT_SCHEDULE["rollup-run-reports"] = {  # folds the counts, then checks for failing versions
+    "task": "releases.report_tasks.rollup_run_reports",
+    "schedule": env_int("RUN_REPORTS_INTERVAL", 300, minimum=10, maximum=86400),
+}
+CELERY_IMPORTS.append("releases.report_tasks")
 
 # Who hears about verify failures and CDN work that keeps failing: "Name <a@b>, Name <c@d>"
 # (RFC 5322 address lists, read by the standard library: quoted names may hold commas).

@@ -12,3 +12,7 @@ urlpatterns = [
     path("api/", api.urls),
     path("", include("releases.urls")),
 ]
+
+# Styled for browsers, plain text for other clients, JSON under /api/ (releases/views/errors.py).
+handler404 = "releases.views.errors.not_found"
+handler500 = "releases.views.errors.server_error"

@@ -24,8 +24,9 @@ from .servers import REPO_ROOT
 
 # Modules whose tests start servers or processes: the slow tier (`make test` runs every tier).
 SLOW_MODULES = {
-    "test_browser", "test_cdn", "test_checked_s3", "test_client", "test_demo", "test_deploy",
-    "test_faults", "test_fetch_model", "test_fuzz", "test_live", "test_settings", "test_tasks",
+    "test_beat", "test_browser", "test_cdn", "test_checked_s3", "test_client", "test_client_life", "test_demo",
+    "test_deploy", "test_faults", "test_fetch_model", "test_fuzz", "test_live", "test_run_reports_fuzz", "test_settings",
+    "test_tasks",
 }  # fmt: skip
 
 
@@ -207,6 +208,20 @@ def quick_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_download_counts_from_earlier_runs():
+    """Each run creates the database afresh, so file ids repeat: counters or de-duplication markers
+    that an earlier run left in the test Redis would be taken for this run's files."""
+    from django.conf import settings
+
+    if settings.REDIS_URL:
+        import redis
+
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        for key in client.scan_iter(match="model-releases:downloads*"):
+            client.delete(key)
+
+
 @pytest.fixture(autouse=True)
 def tasks_run_in_process(settings):
     """Tasks queued by a test run right after its commit, in-process, as in the embedded default.
@@ -221,12 +236,14 @@ def tasks_run_in_process(settings):
 
 
 @pytest.fixture
-def varnish(live_server):
-    """varnishd with the shipped VCL on a free loopback port, in front of the live test server."""
+def varnish(live_server, settings):
+    """varnishd with the shipped VCL on a free loopback port, in front of the live test server
+    (the site's CDN_PURGE_TOKEN is the cache's purge secret)."""
     from .servers import Varnish
 
     port = int(live_server.url.rsplit(":", 1)[1])
     cache = Varnish(port)
+    settings.CDN_PURGE_TOKEN = cache.purge_token
     yield cache
     cache.stop()
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VCL = REPO_ROOT / "docker" / "varnish" / "default.vcl"
+PURGE_TOKEN = "test-purge-token-for-the-suite-only"  # long enough for DJANGO_ENV=production
 
 
 def free_port() -> int:
@@ -57,10 +58,14 @@ def stop(process: subprocess.Popen, timeout: float = 15) -> None:
 
 
 class Varnish:
-    """varnishd with the shipped VCL, in front of `backend_port`."""
+    """varnishd with the shipped VCL, in front of `backend_port`; purges need `purge_token`
+    (given to varnishd as VARNISH_PURGE_TOKEN; None leaves it unset)."""
 
-    def __init__(self, backend_port: int, purgers: tuple[str, ...] = ("127.0.0.1",)):
+    def __init__(
+        self, backend_port: int, purgers: tuple[str, ...] = ("127.0.0.1",), purge_token: str | None = PURGE_TOKEN
+    ):
         self.port = free_port()
+        self.purge_token = purge_token
         self.workdir = Path(tempfile.mkdtemp(prefix="varnish-"))
         self.workdir.chmod(0o755)  # the cache process runs as an unprivileged user
         # ... which may not read the clone itself (a home directory, a 0700 temporary folder):
@@ -85,6 +90,8 @@ class Varnish:
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            env={key: value for key, value in os.environ.items() if key != "VARNISH_PURGE_TOKEN"}
+            | ({"VARNISH_PURGE_TOKEN": purge_token} if purge_token is not None else {}),
         )  # fmt: skip
         wait_until(lambda: self.process.poll() is not None or port_open(self.port), 30, what="varnishd")
         if self.process.poll() is not None:
@@ -175,16 +182,17 @@ def django_env(**overrides) -> dict:
 
 
 class CeleryWorker:
-    """`celery worker` in a subprocess, one pool process, on the test's queue."""
+    """`celery worker` in a subprocess, one pool process, on the test's queues (both, unless `queues`)."""
 
-    def __init__(self, env: dict):
+    def __init__(self, env: dict, queues: list[str] | None = None):
         self.env = env
+        queues = queues or [env["CELERY_QUEUE"], env["CELERY_QUEUE"] + "-heavy"]
         self.logfile = tempfile.NamedTemporaryFile("w+", prefix="celery-worker-", suffix=".log", delete=False)
         self.process = subprocess.Popen(
             [
                 sys.executable, "-m", "celery", "-A", "site_config", "worker",
                 "--pool", "prefork", "--concurrency", "1", "--loglevel", "INFO",
-                "-Q", env["CELERY_QUEUE"], "--without-gossip", "--without-mingle", "--without-heartbeat",
+                "-Q", ",".join(queues), "--without-gossip", "--without-mingle", "--without-heartbeat",
                 "-n", f"test-{os.getpid()}-{free_port()}@%h",
             ],
             cwd=REPO_ROOT,

@@ -112,8 +112,14 @@ def test_maintainer_journey_create_upload_publish_yank_withdraw(admin_client, lo
     version.refresh_from_db()
     assert (version.status, version.yanked_reason) == ("yanked", "Corrupt vocoder; use v24.")
 
-    admin_client.post(changelist, {"action": "withdraw_selected", "_selected_action": [version.pk], "confirm": "yes"})
-    assert Version.objects.get(pk=version.pk).status == "withdrawn"
+    withdraw = {"action": "withdraw_selected", "_selected_action": [version.pk], "confirm": "yes"}
+    assert b"This field is required" in admin_client.post(changelist, {**withdraw, "reason": ""}).content
+    assert Version.objects.get(pk=version.pk).status == "yanked"  # withdrawing asks why
+    admin_client.post(changelist, {**withdraw, "reason": "Trained on data we may not share."})
+    version.refresh_from_db()
+    assert (version.status, version.yanked_reason) == ("withdrawn", "Trained on data we may not share.")
+    gone = admin_client.get(f"/models/{version.model.slug}/{version.version}/", HTTP_ACCEPT="text/html")
+    assert gone.status_code == 410 and b"Trained on data we may not share." in gone.content
 
 
 def test_published_versions_are_read_only(admin_client):
@@ -169,15 +175,35 @@ def test_bad_inline_input_is_refused_with_a_form_error(admin_client, tmp_path, f
     assert not File.objects.exists() and not (tmp_path / "objects").exists()
 
 
-def test_a_service_refusal_on_save_becomes_a_message(admin_client):
+def test_a_duplicate_path_is_one_clear_error_and_nothing_is_saved(admin_client):
     version = VersionFactory()
     FileFactory(version=version, path="model.pt")
     page = admin_client.get(version_url(version))
-    data = form_data(page, **{"files-1-path": "model.pt"})
+    data = form_data(page, notes="Edited notes.", **{"files-1-path": "model.pt"})
     data["files-1-upload"] = SimpleUploadedFile("model.pt", b"other")
     response = admin_client.post(version_url(version), data, follow=True)
-    assert any("already has a file model.pt" in m for m in messages_of(response))
-    assert File.objects.count() == 1
+    html = response.content.decode()
+    assert response.status_code == 200 and "Two files cannot share the path &#x27;model.pt&#x27;" in html
+    assert "changed successfully" not in html and not messages_of(response)
+    assert File.objects.count() == 1 and Version.objects.get(pk=version.pk).notes != "Edited notes."
+
+
+def test_two_new_rows_for_one_path_are_refused_together(admin_client):
+    version = VersionFactory()
+    page = admin_client.get(version_url(version))
+    data = form_data(page, **{"files-0-path": "a.bin", "files-TOTAL_FORMS": "2", "files-1-path": "a.bin"})
+    data["files-0-upload"] = SimpleUploadedFile("a.bin", b"one")
+    data["files-1-upload"] = SimpleUploadedFile("a.bin", b"two")
+    response = admin_client.post(version_url(version), data)
+    assert response.status_code == 200 and "another new row has it" in response.content.decode()
+    assert not File.objects.exists()
+
+
+def test_the_version_page_offers_view_on_site_and_one_delete(admin_client):
+    version = VersionFactory(version="v3")
+    html = admin_client.get(version_url(version)).content.decode()
+    assert f'href="/models/{version.model.slug}/v3/"' in html and "View on site" in html
+    assert "Delete draft" not in html and html.count("deletelink") == 1
 
 
 def test_delete_draft_action_removes_its_uploaded_objects(admin_client, local_store):
@@ -202,3 +228,23 @@ def test_lists_search_and_filters(admin_client):
     files = admin_client.get(reverse("admin:releases_file_changelist"), {"verification_status__exact": "missing"})
     assert files.context["cl"].result_count == 1
     assert admin_client.get(reverse("admin:releases_mlmodel_changelist")).status_code == 200
+
+
+def test_the_inline_field_refuses_a_large_file_and_points_to_the_large_file_page(admin_client, monkeypatch):
+    from releases import admin_files
+
+    monkeypatch.setattr(admin_files, "INLINE_UPLOAD_LIMIT", 1024)
+    version = VersionFactory()
+    data = form_data(admin_client.get(version_url(version)))
+    data["files-0-upload"] = SimpleUploadedFile("big.bin", b"x" * 2048)
+    response = admin_client.post(version_url(version), data)
+    assert "big.bin is 2.0 KiB; this field takes files up to 1.0 KiB" in response.content.decode()
+    assert "Upload large files" in response.content.decode() and not File.objects.exists()
+
+
+def test_the_markdown_preview_renders_and_sanitises_like_the_site(admin_client, client):
+    url = reverse("admin:releases_markdown_preview")
+    shown = admin_client.post(url, {"text": "# Notes\n\n<script>x()</script>\n\n**bold**"}).json()["html"]
+    assert "<h3>Notes</h3>" in shown and "<strong>bold</strong>" in shown and "<script" not in shown
+    assert admin_client.post(url, {"text": "x" * 300_000}).status_code == 400
+    assert client.post(url, {"text": "# x"}).status_code == 302  # staff only: the login page

@@ -18,7 +18,7 @@ def test_version_object_has_the_contract_fields(client, catalogue, settings):
     assert response.status_code == 200 and response["X-Artifact-Version"] == "v10"
     body = response.json()
     assert set(body) == {"model", "version", "status", "prerelease", "published_at", "notes", "yanked_reason", "files",
-                         "total_size", "changes", "downloads"}  # fmt: skip
+                         "total_size", "changes", "downloads", "report_url"}  # fmt: skip
     assert (body["model"], body["version"], body["status"], body["prerelease"]) == (
         "index-tts",
         "v10",
@@ -137,6 +137,7 @@ def test_openapi_document_is_valid_and_describes_the_contract(client):
         "total_size",
         "changes",
         "downloads",
+        "report_url",
     }
     file = document["components"]["schemas"]["FileOut"]
     assert set(file["properties"]) == {"path", "size", "sha256", "url", "expires_at", "stable_url", "chunks_url"}
@@ -151,3 +152,20 @@ def test_api_responses_are_cacheable_and_conditional(client, catalogue):
     response = client.get("/api/v1/models/index-tts/versions/v9")
     assert response["xkey"] == "model-index-tts version-index-tts-v9" and "s-maxage" in response["Cache-Control"]
     assert client.get("/api/v1/models/index-tts/versions/v9", HTTP_IF_NONE_MATCH=response["ETag"]).status_code == 304
+
+
+def test_every_openapi_field_is_described_with_a_real_example_and_status_is_an_enum(client):
+    schemas = client.get("/api/openapi.json").json()["components"]["schemas"]
+    for name, schema in schemas.items():
+        for field, spec in schema.get("properties", {}).items():
+            assert spec.get("description"), f"{name}.{field} has no description"
+            assert spec.get("examples") != ["string"], f"{name}.{field}"
+    statuses = {"draft", "published", "yanked", "withdrawn"}
+    assert set(schemas["VersionOut"]["properties"]["status"]["enum"]) == statuses
+    assert set(schemas["VersionSummary"]["properties"]["status"]["enum"]) == statuses
+    assert schemas["FileOut"]["properties"]["sha256"]["examples"][0] != "string"
+
+
+def test_the_api_docs_page_links_home(client):
+    page = client.get("/api/docs").content.decode()
+    assert '<a href="/">' in page and "Model Releases" in page

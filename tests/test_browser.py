@@ -69,9 +69,10 @@ def test_a_visitor_browses_copies_a_command_and_downloads_the_right_bytes(live_s
     content = WEIGHTS["model.pt"] + b"v10"
     assert hashlib.sha256(content).hexdigest() in page.content()
 
-    page.locator('button.copy[data-copy="cmd-start"]').click()
+    page.get_by_role("button", name="Copy the start-script lines").click()
     copied = page.evaluate("navigator.clipboard.readText()")
-    assert f"curl -fsSL {live_server.url}/fetch-model.sh | sh -s -- index-tts v10" in copied
+    assert f"curl -fsSL {live_server.url}/fetch-model.sh -o " in copied
+    assert copied.endswith('sh "$MODEL_DIR/.fetch-model.sh" index-tts v10 "$MODEL_DIR"')
 
     with page.expect_download() as download_info:
         page.get_by_role("link", name="model.pt", exact=True).click()
@@ -135,7 +136,7 @@ def screenshots(page, name: str) -> None:
 def test_a_visitor_finds_a_model_reads_its_card_sees_what_changed_and_counts_a_download(
     live_server, browser_page, publish
 ):
-    from releases import downloads, services
+    from releases import download_fold, services
 
     publish("index-tts", "v1", {"model.pt": b"old weights", "config.yaml": b"a: 1\n"})
     publish("index-tts", "v2", {"model.pt": b"new weights!", "config.yaml": b"a: 1\n", "vocoder/g.bin": b"g"})
@@ -153,7 +154,7 @@ def test_a_visitor_finds_a_model_reads_its_card_sees_what_changed_and_counts_a_d
 
     page.locator("li.card h2 a").click()
     page.wait_for_url("**/models/index-tts/")
-    assert page.locator(".model-card h1").inner_text() == "IndexTTS2"
+    assert page.locator(".model-card h3").inner_text() == "IndexTTS2"  # the page has one h1
     license_link = page.get_by_role("link", name="Apache License 2.0")
     assert license_link.get_attribute("href") == "https://spdx.org/licenses/Apache-2.0.html"
     assert "0 downloads" in page.locator(".model-facts").inner_text()
@@ -170,7 +171,7 @@ def test_a_visitor_finds_a_model_reads_its_card_sees_what_changed_and_counts_a_d
     with page.expect_download() as download_info:
         page.get_by_role("link", name="model.pt", exact=True).click()
     assert Path(download_info.value.path()).read_bytes() == b"new weights!"
-    downloads.fold()  # what the beat job does every few minutes
+    download_fold.fold()  # what the beat job does every few minutes
     page.reload()
     assert "1 download (1 in the last 30 days)" in page.locator(".downloads").first.inner_text()
     page.goto(live_server.url + "/?sort=downloads")
@@ -199,3 +200,98 @@ def test_a_maintainer_edits_the_model_card_and_license_in_the_admin(
     page.goto(live_server.url + "/models/index-tts/")
     assert page.get_by_role("link", name="MIT License").is_visible()
     assert page.locator(".model-card strong").inner_text() == "aloud"
+
+
+def in_first_screen(page, selector: str) -> bool:
+    """Whether the element's top edge is inside the viewport without scrolling."""
+    top = page.evaluate(f"document.querySelector({selector!r}).getBoundingClientRect().top")
+    return 0 <= top < page.viewport_size["height"] - 150  # its tabs and first lines show, not just a border
+
+
+@pytest.mark.parametrize(
+    "size", [{"width": 1280, "height": 800}, {"width": 390, "height": 844}], ids=["desktop", "phone"]
+)
+def test_a_visitor_finds_the_use_box_without_scrolling_and_copies_a_line(live_server, browser_page, catalogue, size):
+    page = browser_page
+    page.set_viewport_size(size)
+    for path in ("/models/index-tts/", "/models/index-tts/v10/"):
+        page.goto(live_server.url + path)
+        assert in_first_screen(page, "section.use"), path
+        assert page.evaluate("document.documentElement.scrollWidth") <= size["width"], path
+    page.get_by_role("tab", name="Python").click()
+    assert page.locator("#cmd-python").is_visible() and not page.locator("#cmd-start").is_visible()
+    page.get_by_role("button", name="Copy the Python lines").click()
+    copied = page.evaluate("navigator.clipboard.readText()")
+    assert copied.endswith("python3 fetch_model.py index-tts v10 checkpoints/index-tts/v10")
+    page.get_by_role("tab", name="curl").click()
+    page.get_by_role("button", name="Copy the curl lines for model.pt").click()
+    assert page.evaluate("navigator.clipboard.readText()").startswith("curl -fL --create-dirs -o model.pt ")
+
+
+def test_without_javascript_the_tabs_are_blocks_one_below_the_other(live_server, browser_page, catalogue):
+    context = browser_page.context.browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    page.goto(live_server.url + "/models/index-tts/v10/")
+    for block in ("#cmd-start", "#cmd-python", "#cmd-ensure", "#cmd-powershell", "#cmd-one-file"):
+        assert page.locator(block).is_visible(), block
+    assert page.get_by_role("tab").count() == 0
+    context.close()
+
+
+def wider(page) -> list[str]:
+    """What sticks out of the screen, outside code blocks (they scroll inside themselves)."""
+    return page.evaluate(
+        "() => [...document.querySelectorAll('body *')].filter(e => !e.closest('pre') &&"
+        " e.getBoundingClientRect().right > document.documentElement.clientWidth + 0.5).slice(0, 5)"
+        ".map(e => `${e.tagName}.${e.className} ${e.getBoundingClientRect().right} ${e.textContent.slice(0, 30)}`)"
+    )
+
+
+AXE = Path(__file__).parent / "node_modules" / "axe-core" / "axe.min.js"  # tests/package.json pins it
+
+
+def axe_problems(page) -> list[str]:
+    """axe-core's serious and critical violations on the page as it is, target size (WCAG 2.2) included."""
+    assert AXE.exists(), "scripts/ensure-services.sh installs axe-core (npm ci in tests/)"
+    page.add_script_tag(path=str(AXE))
+    result = page.evaluate("axe.run(document, {resultTypes: ['violations'], rules: {'target-size': {enabled: true}}})")
+    return [
+        f"{v['impact']} {v['id']}: {[node['target'] for node in v['nodes']][:3]}"
+        for v in result["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
+
+
+PAGE_TYPES = {
+    "index": "/",
+    "model": "/models/index-tts/",
+    "version": "/models/index-tts/v10/",
+    "version-yanked": "/models/index-tts/v11/",
+    "withdrawn": "/models/index-tts/v12/",
+    "not-found": "/models/index-ts/",
+    "admin-version": "/admin/releases/version/{draft}/change/",
+    "admin-upload": "/admin/releases/version/{draft}/upload/",
+}
+
+
+@pytest.mark.parametrize(
+    "size", [{"width": 1280, "height": 800}, {"width": 390, "height": 844}, {"width": 360, "height": 740}],
+    ids=["1280", "390", "360"],
+)  # fmt: skip
+def test_every_page_type_passes_axe_fits_a_phone_and_has_one_h1(
+    live_server, browser_page, catalogue, django_user_model, size
+):
+    # axe is injected as a script: the site's CSP (script-src 'self') would refuse it, rightly.
+    context = browser_page.context.browser.new_context(bypass_csp=True, viewport=size)
+    page = context.new_page()
+    log_in_as_maintainer(live_server, page, django_user_model)
+    label = {1280: "desktop", 390: "phone"}.get(size["width"])
+    for name, path in PAGE_TYPES.items():
+        page.goto(live_server.url + path.format(draft=catalogue["v13"].pk))
+        assert page.evaluate("document.documentElement.scrollWidth") <= size["width"], f"{name}: {wider(page)}"
+        assert page.locator("h1").count() == 1, name
+        problems = axe_problems(page)
+        assert problems == [], f"{name}: {problems}"
+        if label:
+            page.screenshot(path=str(ARTIFACTS / f"{name}-{label}.png"))  # the first screen: docs/screenshots
+    context.close()

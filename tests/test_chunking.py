@@ -537,7 +537,7 @@ def test_a_real_worker_builds_the_manifest_of_a_published_file(local_store, publ
 
     from .servers import CeleryWorker, django_env, wait_until
 
-    redis.Redis.from_url(settings.REDIS_URL).delete(settings.CELERY_TASK_DEFAULT_QUEUE)
+    redis.Redis.from_url(settings.REDIS_URL).delete(settings.CELERY_TASK_DEFAULT_QUEUE, settings.CELERY_HEAVY_QUEUE)
     worker = CeleryWorker(django_env())
     app.conf.task_always_eager = False
     draft = publish("index-tts", "v1", {"model.pt": noise(60, 2 * MiB)}, draft=True)

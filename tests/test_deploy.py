@@ -43,13 +43,27 @@ def test_compose_file_wires_every_service():
     assert {"web", "worker", "beat", "postgres", "redis", "s3", "create-bucket", "migrate", "varnish"} <= set(services)
     for role in ("web", "worker", "beat", "migrate"):
         service = services[role]
-        assert service["command"] == [role]
+        assert service["command"][0] == role
         assert service["env_file"] == "../.env"
         assert service["environment"]["REDIS_URL"] == "redis://redis:6379/0"
         assert service["environment"]["DATABASE_URL"].endswith("@postgres:5432/releases")
     for role in ("web", "worker", "beat"):
         assert services[role]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert services["beat"]["deploy"]["replicas"] == 1
+    assert "name" not in compose  # Compose v1 refuses it: the project name is given with -p
+    # A worker per queue: purges never wait behind hashing.
+    assert services["worker"]["command"][1:] == ["-Q", "${CELERY_QUEUE:-model-releases}"]
+    assert services["worker-heavy"]["command"][:3] == ["worker", "-Q", "${CELERY_QUEUE:-model-releases}-heavy"]
+    assert services["varnish"]["environment"]["VARNISH_PURGE_TOKEN"].startswith("${CDN_PURGE_TOKEN:?")
+    one_off = {name for name, service in services.items() if service.get("restart") == "no"}
+    assert one_off == {"migrate", "create-bucket"}
+    for name, service in services.items():  # the image's HEALTHCHECK is web's; every other service has its own
+        assert name in one_off | {"web"} or service["healthcheck"]["test"], name
+    for name in ("varnish", "create-bucket", "migrate"):
+        assert all(
+            dependency["condition"] in ("service_healthy", "service_completed_successfully")
+            for dependency in services[name]["depends_on"].values()
+        )
     assert "mc mb --ignore-existing" in services["create-bucket"]["command"][0]
     varnish = services["varnish"]
     assert "./varnish/default.vcl:/etc/varnish/default.vcl:ro" in varnish["volumes"]
@@ -58,23 +72,44 @@ def test_compose_file_wires_every_service():
     assert services["web"]["environment"]["CDN_PURGE_URL"] == "http://varnish:80"
 
 
+def dockerfile_lines() -> list[str]:
+    text = (DOCKER / "Dockerfile").read_text().replace("\\\n", " ")
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
 def test_dockerfile_is_multi_stage_non_root_and_collects_static_files():
-    lines = [
-        line.strip()
-        for line in (DOCKER / "Dockerfile").read_text().splitlines()
-        if line.strip() and not line.startswith("#")
-    ]
+    lines = dockerfile_lines()
+    assert lines[0] == "ARG PYTHON_IMAGE=python:3.11-slim"  # the official image unless a build says otherwise
     assert [line for line in lines if line.startswith("FROM")] == [
-        "FROM python:3.11-slim AS build",
-        "FROM python:3.11-slim",
+        "FROM ${PYTHON_IMAGE} AS build",
+        "FROM ${PYTHON_IMAGE}",
     ]
     assert "USER app" in lines
     assert any("requirements/prod.txt -c /tmp/requirements/constraints.txt" in line for line in lines)
     assert any("collectstatic --noinput" in line for line in lines)
     assert lines[-2:] == ['ENTRYPOINT ["docker/entrypoint.sh"]', 'CMD ["web"]']
-    copied = [line.split()[-2] for line in lines if line.startswith("COPY --chown")]
-    for path in copied:
-        assert (REPO_ROOT / path).exists(), path
+    runtime = lines[lines.index("FROM ${PYTHON_IMAGE}") :]
+    assert not [line for line in runtime if line.startswith("ARG")]  # build args stay in the build stage
+    for line in (line for line in runtime if line.startswith("COPY") and "--from" not in line):
+        for path in line.split()[1:-1]:
+            assert (REPO_ROOT / path).exists(), path
+
+
+def test_the_image_collects_production_static_files_without_any_secret(tmp_path):
+    """The Dockerfile's own collectstatic line, run here: with it, the web role's check --deploy passes."""
+    (command,) = [line for line in dockerfile_lines() if "collectstatic" in line]
+    assignments = dict(word.split("=", 1) for word in command.removeprefix("RUN ").split(" python ")[0].split())
+    build_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "STORAGE_", "CDN_", "DJANGO_"))}
+    build_env.update(DATA_DIR=str(tmp_path / "data"), STATIC_ROOT=str(tmp_path / "static"), **assignments)
+    collected = manage_py(build_env, "collectstatic", "--noinput", "-v", "0")
+    assert collected.returncode == 0, collected.stderr
+    assert (tmp_path / "static" / "staticfiles.json").is_file()
+    assert not (tmp_path / "data").exists()  # no key, database or anything else left in the image
+    runtime = production_env(
+        DATA_DIR=str(tmp_path / "data"), STATIC_ROOT=str(tmp_path / "static"), DATABASE_URL=f"sqlite:///{tmp_path}/db"
+    )
+    result = manage_py(runtime, "check", "--deploy", "--fail-level", "ERROR")
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_shell_files_are_shellcheck_clean():
@@ -85,7 +120,10 @@ def test_shell_files_are_shellcheck_clean():
 def production_env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "STORAGE_", "CDN_", "DJANGO_", "SITE_URL"))}
     env.update(example_env())
-    env.update(DJANGO_SECRET_KEY="x7" * 30 + "kQ9", STORAGE_BACKEND="local", CDN_BACKEND="none", **extra)
+    # One host (the local store): SINGLE_NODE says so, or check --deploy refuses it (releases.E004).
+    env.update(
+        DJANGO_SECRET_KEY="x7" * 30 + "kQ9", STORAGE_BACKEND="local", CDN_BACKEND="none", SINGLE_NODE="1", **extra
+    )
     return env
 
 

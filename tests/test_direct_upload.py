@@ -362,14 +362,22 @@ def test_the_site_s_part_url_takes_only_its_own_part_and_checksum(page, admin_cl
     assert page.put(target, first) == 200
 
 
-def test_the_site_s_part_url_refuses_a_user_without_permission(page, client, django_user_model, draft, weights):
+@pytest.mark.parametrize(
+    "permissions, refusal",
+    [((), 403), (("add_file", "view_version"), 404), (("change_version",), 403)],  # 404: someone else's upload
+)
+def test_the_site_s_part_url_refuses_a_user_without_permission(
+    page, client, django_user_model, draft, weights, local_store, permissions, refusal
+):
     upload = page.start(weights).json()
     number, part = page.parts(upload, weights)[0]
     target = page.sign(upload, number, checksum(part)).json()
     staff = django_user_model.objects.create_user("reader", password="pw", is_staff=True)
+    staff.user_permissions.add(*Permission.objects.filter(codename__in=permissions))
     client.force_login(staff)
-    assert Page(client, draft).put(target, part) == 403
+    assert Page(client, draft).put(target, part) == refusal  # a valid part URL is not a permission
     assert BrowserUpload.objects.get().part_checksums == {"1": checksum(part)}
+    assert local_store.stored_parts("", BrowserUpload.objects.get().storage_upload_id) == {}
 
 
 @pytest.mark.parametrize(
@@ -439,3 +447,129 @@ def test_the_stale_upload_sweep_keeps_the_admin_uploads_still_in_progress(page, 
     row = BrowserUpload.objects.get()
     assert localstack_store.abort_stale_uploads(timedelta(0), keep={row.storage_upload_id}) == 0
     assert list(localstack_store.stored_parts(row.key, row.storage_upload_id)) == [1]
+
+
+# --- the version's permissions, for staff with narrow rights ---------------------------------------
+
+
+@pytest.fixture
+def staff_with(django_user_model):
+    """A staff member holding only the named permissions."""
+
+    def make(name: str, *codenames: str):
+        user = django_user_model.objects.create_user(name, password="pw", is_staff=True)
+        user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+        return django_user_model.objects.get(pk=user.pk)  # a fresh permission cache
+
+    return make
+
+
+def upload_links(upload) -> dict:
+    return {
+        "status": reverse("admin:releases_version_upload_status", args=[upload.pk]),
+        "sign": reverse("admin:releases_version_upload_sign", args=[upload.pk, 1]),
+        "complete": reverse("admin:releases_version_upload_complete", args=[upload.pk]),
+        "abort": reverse("admin:releases_version_upload_abort", args=[upload.pk]),
+    }
+
+
+def act(client, name: str, url: str, weights: bytes):
+    if name == "status":
+        return client.get(url)
+    return client.post(url, {"path": "x.bin", "size": 1, "sha256": checksum(b"x"), "parts": []}, "application/json")
+
+
+def test_staff_who_may_only_add_files_learn_nothing_about_a_draft(
+    client, staff_with, django_user_model, draft, local_store, weights
+):
+    owner = django_user_model.objects.create_superuser("owner", "o@example.org", "pw")
+    upload = browser_uploads.start_upload(draft, "secret-weights.safetensors", len(weights), user=owner)
+    client.force_login(staff_with("adder", "add_file"))
+    page = client.get(reverse("admin:releases_version_upload", args=[draft.pk]))
+    assert page.status_code == 404 and b"tts" not in page.content
+    start = Page(client, draft).start(weights)
+    answers = {"start": start} | {name: act(client, name, url, weights) for name, url in upload_links(upload).items()}
+    for name, response in answers.items():
+        assert response.status_code == 404, name
+        assert response["Content-Type"] == "application/json", name
+        assert response.json()["error"] in {"There is no such version.", "There is no such upload."}, name
+    assert BrowserUpload.objects.get().state == "uploading" and BrowserUpload.objects.get().part_checksums == {}
+    assert BrowserUpload.objects.count() == 1
+
+
+def test_staff_who_may_view_but_not_change_see_only_their_own_uploads_and_cannot_upload(
+    client, staff_with, django_user_model, draft, local_store, weights
+):
+    viewer = staff_with("viewer", "add_file", "view_version")
+    owner = django_user_model.objects.create_superuser("owner", "o@example.org", "pw")
+    theirs = browser_uploads.start_upload(draft, "their-weights.bin", len(weights), user=owner)
+    mine = browser_uploads.start_upload(draft, "my-weights.bin", len(weights), user=viewer)
+    client.force_login(viewer)
+
+    page = client.get(reverse("admin:releases_version_upload", args=[draft.pk]))
+    assert page.status_code == 200
+    assert b"my-weights.bin" in page.content and b"their-weights.bin" not in page.content
+    refused = Page(client, draft).start(weights, path="new.bin")
+    assert refused.status_code == 403
+    assert refused.json() == {"error": "Uploading needs the permissions to add files and to change versions."}
+    for name, url in upload_links(theirs).items():
+        response = act(client, name, url, weights)
+        assert response.status_code == 404 and response.json() == {"error": "There is no such upload."}, name
+    assert BrowserUpload.objects.get(pk=theirs.pk).state == "uploading"
+
+    own = upload_links(mine)
+    assert client.get(own["status"]).json()["path"] == "my-weights.bin"
+    assert act(client, "sign", own["sign"], weights).status_code == 403  # sending parts is uploading
+    assert act(client, "abort", own["abort"], weights).json()["state"] == "aborted"
+    assert BrowserUpload.objects.filter(path="new.bin").count() == 0
+
+
+def test_staff_who_may_change_versions_see_and_abort_anyone_s_upload(
+    client, staff_with, django_user_model, draft, local_store, weights
+):
+    owner = django_user_model.objects.create_superuser("owner", "o@example.org", "pw")
+    upload = browser_uploads.start_upload(draft, "model.safetensors", len(weights), user=owner)
+    client.force_login(staff_with("maintainer", "change_version"))
+    links = upload_links(upload)
+    assert client.get(links["status"]).json()["path"] == "model.safetensors"
+    page = client.get(reverse("admin:releases_version_upload", args=[draft.pk]))
+    assert page.status_code == 404  # the upload page is for adding files
+    refused = act(client, "sign", links["sign"], weights)
+    assert refused.status_code == 403 and refused.json() == {"error": "You do not have permission to add files."}
+    assert act(client, "abort", links["abort"], weights).json()["state"] == "aborted"
+    assert BrowserUpload.objects.get().state == "aborted"
+
+
+def test_staff_who_may_add_files_and_change_versions_upload_and_finish(client, staff_with, draft, local_store, weights):
+    client.force_login(staff_with("uploader", "add_file", "change_version"))
+    page = Page(client, draft)
+    upload = page.start(weights).json()
+    page.send(upload, weights)
+    assert page.complete(upload, weights).json()["state"] == "done"
+    assert File.objects.get().sha256 == hashlib.sha256(weights).hexdigest()
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize(
+    "route, body, error",
+    [
+        ("start", {"path": "weights-\ud800.bin", "size": 10}, "is not valid Unicode (it holds a lone surrogate)"),
+        ("start", {"path": "\ud800", "size": 10}, "lone surrogate"),
+        ("start", {"path": "ckpt:2024-01-01.yaml", "size": 10}, "must not contain :"),
+        ("start", {"path": "weights/nul.txt", "size": 10}, "which Windows reserves for a device"),
+        ("start", {"path": "name.", "size": 10}, "ending in a dot or a space"),
+        ("start", DEEP, "The request nests too deeply to be read"),
+        ("complete", DEEP, "The request nests too deeply to be read"),
+        ("sign", DEEP, "The request nests too deeply to be read"),
+        ("complete", '{"parts": ' + DEEP + "}", "The request nests too deeply to be read"),
+    ],
+)
+def test_unreadable_paths_and_bodies_are_a_400_with_a_sentence(page, draft, local_store, weights, route, body, error):
+    upload = page.start(weights).json()
+    url = {"sign": f"{upload['links']['sign']}1/sign/", "complete": upload["links"]["complete"],
+           "start": reverse("admin:releases_version_upload_start", args=[draft.pk])}[route]  # fmt: skip
+    response = page.post(url, body)
+    assert response.status_code == 400 and error in response.json()["error"]
+    assert list(BrowserUpload.objects.values_list("path", "state")) == [("model.safetensors", "uploading")]

@@ -1,5 +1,8 @@
 """Atom feeds of releases: read back by a real feed parser, cacheable, purged with pages."""
 
+import urllib.error
+import urllib.request
+
 import feedparser
 import pytest
 
@@ -23,8 +26,10 @@ def test_the_site_feed_lists_released_yanked_and_withdrawn_versions_but_no_draft
     titles = [entry.title for entry in parsed.entries]
     assert set(titles) == {
         "index-tts v9 released", "index-tts v10 released", "index-tts v11 yanked",
-        "index-tts v12 withdrawn", "index-tts v23 released",
+        "index-tts v12 withdrawn", "index-tts v23 prerelease released",
     }  # fmt: skip
+    assert all(entry.author == "index-tts" for entry in parsed.entries)  # RFC 4287 requires an author
+    assert parsed.feed.author == "Model Releases"
     assert not any("v13" in title or "hidden-model" in title for title in titles)
     yanked = next(entry for entry in parsed.entries if entry.title == "index-tts v11 yanked")
     assert "Corrupt vocoder; use v10." in yanked.summary
@@ -77,3 +82,67 @@ def test_a_feed_costs_the_same_queries_for_1_or_30_versions(client, publish, dja
         feed(client, "/models/many/releases.atom")
     with django_assert_num_queries(1):
         feed(client, "/feeds/releases.atom")
+
+
+# --- through varnishd with the shipped VCL: a 404 never outlives the model's first publish -----
+
+
+def answer(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            response.read()
+            return response.status, dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_models_feed_appears_at_once_after_its_first_publish(settings, varnish, publish):
+    settings.CDN_BACKEND, settings.CDN_PURGE_URL = "varnish", varnish.url
+    feed_url = f"{varnish.url}/models/new-model/releases.atom"
+    assert answer(feed_url)[0] == 404
+    status, headers = answer(feed_url)
+    assert (status, headers["X-Cache"]) == (404, "HIT")  # readers polling a name do not all reach the site
+    assert "xkey" not in {name.lower() for name in headers}
+
+    publish("new-model", "v1", {"model.pt": b"one"})
+
+    status, headers = answer(feed_url)
+    assert (status, headers["X-Cache"]) == (200, "MISS")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_feed_404_is_tagged_with_the_models_key_even_for_a_draft_only_model(client, publish):
+    publish("hidden", "v1", {"model.pt": b"draft"}, draft=True)
+    response = client.get("/models/hidden/releases.atom")
+    assert response.status_code == 404 and response["xkey"] == caching.model_key("hidden")
+    assert "s-maxage" in response["Cache-Control"]
+
+
+NOT_YET = [
+    "/models/new-model/",
+    "/models/new-model/latest/",
+    "/models/new-model/v1/",
+    "/api/v1/models/new-model",
+    "/api/v1/models/new-model/versions/latest",
+    "/api/v1/models/new-model/versions/v1",
+    "/api/v1/models/new-model/versions/v1/sha256sums",
+    "/models/new-model/v1/model.pt",
+]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_pages_and_api_of_a_model_not_yet_published_are_never_kept(settings, varnish, publish):
+    """Their 404s carry no key, so they must not be stored: after the first publish they answer at once."""
+    settings.CDN_BACKEND, settings.CDN_PURGE_URL = "varnish", varnish.url
+    for path in NOT_YET:
+        for _ in range(2):
+            status, headers = answer(varnish.url + path)
+            assert (status, headers["X-Cache"]) == (404, "MISS"), path
+    unknown = f"{varnish.url}/no-such-page/"  # Django's own 404, without Cache-Control
+    assert [answer(unknown)[1]["X-Cache"] for _ in range(2)] == ["MISS", "MISS"]
+
+    publish("new-model", "v1", {"model.pt": b"one"})
+
+    for path in NOT_YET:
+        assert answer(varnish.url + path)[0] in {200, 302}, path

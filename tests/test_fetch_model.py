@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from .clients import FILES, RECORD, WRONG_BODIES, run_process, tree
+from .clients import FILES, WRONG_BODIES, run_process
+from .clients import tree as tree_with_record
 from .servers import REPO_ROOT, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -29,19 +30,31 @@ PYTHON_MESSAGES = {  # what the Python client says about each wrong body of test
 }
 
 
-@pytest.fixture
-def script(client_site, tmp_path):
+def served_client(site, folder):
     """The client as the site serves it, saved where a user would save it."""
-    target = tmp_path / "tools" / "fetch_model.py"
+    target = folder / "tools" / "fetch_model.py"
     target.parent.mkdir()
-    with urllib.request.urlopen(f"{client_site}/fetch_model.py", timeout=10) as response:
+    with urllib.request.urlopen(f"{site}/fetch_model.py", timeout=10) as response:
         target.write_bytes(response.read())
     return target
+
+
+@pytest.fixture
+def script(client_site, tmp_path):
+    return served_client(client_site, tmp_path)
 
 
 def run(script, *args, env=None, wait=True):
     command = [sys.executable, str(script), *map(str, args)]
     return run_process(command, env={"FETCH_MODEL_TIMEOUT": "5", **(env or {})}, wait=wait)
+
+
+RECORD, KEPT_REPORTS = ".fetch-model.record", ".fetch-model.report"
+
+
+def tree(root):
+    """Every file under root and its bytes, but the client's record and the run reports it keeps."""
+    return {path: content for path, content in tree_with_record(root).items() if path not in (RECORD, KEPT_REPORTS)}
 
 
 def load_client():
@@ -65,7 +78,12 @@ def test_fresh_download_then_nothing_to_do(script, tmp_path, served):
     assert first.returncode == 0, first.stderr
     assert "fetch-model: index-tts latest is v2" in first.stderr
     assert tree(dest) == FILES
-    assert json.loads((dest / RECORD).read_text()) == {"model": "index-tts", "version": "v2"}
+    assert (dest / RECORD).read_text().splitlines()[:4] == [
+        "fetch-model-record 1",
+        "model\tindex-tts",
+        "requested\tlatest",
+        "version\tv2",
+    ]
     assert sum(entry["bytes"] for entry in served) == sum(len(content) for content in FILES.values())
     served.clear()
     second = run(script, "index-tts", "v2", dest)
@@ -323,7 +341,11 @@ def test_ordinary_paths_are_accepted(path):
 def test_a_version_with_a_name_windows_reserves_is_refused_before_anything_is_written(
     client_site, publish, script, tmp_path
 ):
-    publish("odd", "v1", {"model.pt": b"fine", "aux/config.yaml": b"reserved on Windows"})
+    from releases.models import File
+
+    # Publishing refuses such a name now; a row recorded before the rule stands in for old data.
+    publish("odd", "v1", {"model.pt": b"fine", "aux-dir/config.yaml": b"reserved on Windows"})
+    File.objects.filter(path="aux-dir/config.yaml").update(path="aux/config.yaml")
     result = run(script, "odd", "v1", tmp_path / "out")
     assert result.returncode == 5 and "refusing the unsafe path 'aux/config.yaml'" in result.stderr
     assert not (tmp_path / "out").exists()
@@ -660,7 +682,7 @@ def test_segments_reuse_their_connections(client_site, publish, script, tmp_path
     result = run(script, "big", "v1", tmp_path / "out", "--connections", "2")
     assert result.returncode == 0, result.stderr
     assert "Request-sent" not in result.stderr and "ResponseNotReady" not in result.stderr
-    assert len(connections) <= 3, connections  # the API's, then two for five segments (and their redirects)
+    assert len(connections) <= 4, connections  # the API's, two for five segments (and their redirects), the report's
     assert (tmp_path / "out" / "weights.bin").read_bytes() == big
 
 
@@ -686,3 +708,28 @@ def test_behind_gunicorn_with_local_storage_segments_and_a_delta(publish, tmp_pa
         site.stop()
     assert (tmp_path / "m" / "v1" / "model.pt").read_bytes() == old
     assert (tmp_path / "m" / "v2" / "model.pt").read_bytes() == new
+
+
+def test_the_default_connections_grow_while_the_rate_grows_and_stop_when_it_does_not(monkeypatch):
+    """A unit test of the client's Connections on a clock the test moves."""
+    client = load_client()
+    clock = [0.0]
+    monkeypatch.setattr(client.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(client, "START_CONNECTIONS", 2)  # room for three doublings
+
+    def window(connections, rate):  # every connection busy for one window at `rate` bytes/s in total
+        while connections.busy < connections.limit:
+            connections.__enter__()
+        clock[0] += 1.5 * client.RATE_WINDOW  # (past the window, whatever the float sums give)
+        connections.moved(int(rate * client.RATE_WINDOW))
+        return connections.limit
+
+    per_connection_cap = client.Connections(None)
+    assert per_connection_cap.limit == 2
+    # A window after each change is left out (connections still opening); then each doubling pays.
+    rates = [10e6, 40e6, 40e6, 80e6, 80e6, 160e6, 160e6, 320e6, 320e6]
+    assert [window(per_connection_cap, rate) for rate in rates] == [2, 4, 4, 8, 8, 16, 16, 16, 16]
+    shared_cap = client.Connections(None)
+    assert [window(shared_cap, 100e6) for _ in range(6)] == [2, 4, 4, 2, 2, 2]  # did not pay: back, no more
+    fixed = client.Connections(3)
+    assert [window(fixed, rate) for rate in (1e6, 1e9)] == [3, 3] and fixed.most == 3

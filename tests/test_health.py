@@ -15,6 +15,21 @@ def test_healthz_does_no_io(client, django_assert_num_queries):
     assert response.status_code == 200 and response.json() == {"status": "ok"}
 
 
+@pytest.mark.parametrize("host", ["10.0.0.5:8000", "127.0.0.1:8000", "127.0.0.1"])
+def test_probes_answer_on_the_address_a_probe_uses_and_other_paths_keep_the_host_check(
+    client, settings, s3_store, host
+):
+    """Docker's HEALTHCHECK and load balancers probe a node by its address, which ALLOWED_HOSTS does not list."""
+    settings.ALLOWED_HOSTS = ["models.example.org"]
+    settings.SECURE_SSL_REDIRECT = True  # as in production: the probes speak plain HTTP
+    assert client.get("/healthz", HTTP_HOST=host).status_code == 200
+    ready = client.get("/readyz", HTTP_HOST=host)
+    assert ready.status_code == 200 and ready.json() == {"status": "ok"}
+    for path in ("/", "/api/v1/models", "/fetch-model.sh", "/healthz/", "/metrics"):
+        assert client.get(path, HTTP_HOST=host).status_code == 400, path
+    assert client.get("/", HTTP_HOST="models.example.org").status_code == 301  # to https
+
+
 TOKEN = {"HTTP_AUTHORIZATION": "Bearer t0ken"}
 
 

@@ -86,3 +86,22 @@ def test_a_page_view_never_renders_markdown(client, publish, monkeypatch):
     monkeypatch.setattr(rendering.cmarkgfm, "github_flavored_markdown_to_html", no_rendering)
     page = client.get("/models/m/v1/").content.decode()
     assert "<strong>bold</strong>" in page and "<script>alert" not in page
+
+
+def test_headings_sit_below_the_pages_own_and_code_blocks_carry_no_bogus_language():
+    from releases.rendering import render_markdown
+
+    html = render_markdown("# Title\n\n## Part\n\n###### Deep\n\n```python\nx = 1\n```\n")
+    assert "<h3>Title</h3>" in html and "<h4>Part</h4>" in html and "<h6>Deep</h6>" in html
+    assert "<h1" not in html and "<h2" not in html
+    assert "<pre><code>" in html and "lang=" not in html  # `lang="python"` is no language code
+
+
+def test_html_stored_before_the_demotion_is_demoted_once():
+    import importlib
+
+    migration = importlib.import_module("releases.migrations.0009_headings_below_the_page")
+    old = '<h1>Title</h1><h2>Part</h2><pre lang="python"><code>x</code></pre>'
+    new = migration.demote(old)
+    assert new == "<h3>Title</h3><h4>Part</h4><pre><code>x</code></pre>"
+    assert migration.demote(new) == new  # run again: unchanged

@@ -1,9 +1,11 @@
-"""Pages and API run a constant number of queries, whatever the number of versions and files."""
+"""Pages and API run a constant number of queries, whatever the number of versions and files; the
+selectors take any text a visitor sends."""
 
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from releases import selectors
 from releases.models import Version
 
 from .factories import FileFactory, ModelFactory, VersionFactory
@@ -60,3 +62,33 @@ def test_latest_resolution_is_one_query(django_assert_num_queries):
     with django_assert_num_queries(1):
         assert selectors.resolve_version("m", "latest", AnonymousUser()).version == "v3"
     assert Version.objects.count() == 3
+
+
+@pytest.mark.parametrize(
+    "typed, searched",
+    [
+        ("index-tts", "index-tts"),
+        ("  index-tts \n", "index-tts"),
+        ("index\x00-tts", "index-tts"),
+        ("\x00", ""),
+        ("a\x01\x1f\x7f\x85\x9fb", "ab"),
+        ("\ud800tts\udfff", "tts"),
+        ("x" * 500, "x" * 100),
+        ("\x00" * 1000 + "tts", ""),  # only a bounded prefix is looked at
+        ("模型 café", "模型 café"),
+    ],
+)
+def test_search_text_drops_what_a_search_cannot_hold(typed, searched):
+    assert selectors.search_text(typed, selectors.SEARCH_LENGTH) == searched
+
+
+def test_the_index_selector_takes_any_text_on_postgresql(catalogue):
+    """The selector itself is safe for every caller, not only for the page that cleans first."""
+    assert [m.slug for m in selectors.models_for_index(None, query="index\x00-tts", tag="\x00", sort="\x00")] == [
+        "index-tts"
+    ]
+
+
+def test_downloadable_paths_lists_published_and_yanked_files_only(catalogue):
+    listed = {(model, version) for model, version, _ in selectors.downloadable_paths()}
+    assert listed == {("index-tts", name) for name in ["v9", "v10", "v11", "v23"]}

@@ -361,3 +361,14 @@ def test_publishing_waits_for_a_file_being_added(local_store):
     version = Version.objects.get()
     assert version.status == "published"
     assert sorted(version.files.values_list("path", flat=True)) == ["a.bin", "late.bin"]
+
+
+def test_text_from_a_textarea_is_stored_with_plain_newlines(db):
+    model = services.get_or_create_model("crlf-model")
+    version = services.create_version(model, "v1", notes="# Notes\r\n\r\n* one\r\n* two\r")
+    assert version.notes == "# Notes\n\n* one\n* two\n"
+    services.update_version_details(version, notes="a\r\nb", prerelease=False)
+    assert Version.objects.get(pk=version.pk).notes == "a\nb"
+    model.description = "Line one\r\nLine two"
+    services.save_model_details(model)
+    assert MLModel.objects.get(pk=model.pk).description == "Line one\nLine two"

@@ -72,6 +72,13 @@ def test_s3_backend_with_its_settings(tmp_path):
         ({"CDN_BACKEND": "cloudfront", "CDN_BASE_URL": "https://d.example"}, "needs CLOUDFRONT_DISTRIBUTION_ID"),
         ({"CDN_BACKEND": "fastly"}, "CDN_BACKEND=fastly needs FASTLY_SERVICE_ID and FASTLY_API_TOKEN"),
         ({"VERIFY_INTERVAL": "1"}, "VERIFY_INTERVAL must be between 10"),
+        (
+            {"CELERY_VISIBILITY_TIMEOUT": "600"},
+            "CELERY_VISIBILITY_TIMEOUT (600 s) is below the longest task time limit (3300 s, hashing an uploaded "
+            "object): the broker would deliver a running task to a second worker. Set it to at least 3300.",
+        ),
+        ({"JOB_LOCK_SECONDS": "3601"}, "JOB_LOCK_SECONDS must be between 10 and 3600"),
+        ({"SINGLE_NODE": "perhaps"}, "SINGLE_NODE must be a boolean"),
     ],
 )
 def test_misconfiguration_fails_at_start_up(tmp_path, env, message):
@@ -139,3 +146,57 @@ def test_admins_are_read_as_an_address_list(tmp_path):
     ]
     assert result.stdout.strip() == repr(expected)
     assert "DJANGO_ADMINS must be addresses" in load_settings(tmp_path, DJANGO_ADMINS="just a name").stderr
+
+
+PRODUCTION = {
+    "DJANGO_ENV": "production",
+    "DJANGO_SECRET_KEY": "k" * 60,
+    "DJANGO_ALLOWED_HOSTS": "models.example.org",
+}
+S3 = {"STORAGE_BACKEND": "s3", "AWS_STORAGE_BUCKET_NAME": "b", "AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"}
+
+
+def check_deploy(tmp_path, *options, **env) -> subprocess.CompletedProcess:
+    clean = {"PATH": "/usr/bin:/bin", "DATA_DIR": str(tmp_path), "STATIC_ROOT": str(tmp_path / "static")}
+    return subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", *options],
+        cwd=REPO_ROOT, env={**clean, **env}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "env, refused",
+    [
+        ({}, {"releases.E004", "releases.E005"}),
+        ({**S3}, {"releases.E005"}),
+        ({"REDIS_URL": "redis://redis.example:6379/0"}, {"releases.E004"}),
+        ({**S3, "REDIS_URL": "redis://redis.example:6379/0"}, set()),
+        ({"SINGLE_NODE": "1"}, set()),
+    ],
+)
+def test_production_refuses_what_holds_on_one_host_only_unless_told_it_is_one(tmp_path, env, refused):
+    result = check_deploy(tmp_path, **PRODUCTION, **env)
+    found = {code for code in ("releases.E004", "releases.E005") if code in result.stderr}
+    assert found == refused, result.stderr
+    if "releases.E004" in refused:
+        assert "STORAGE_BACKEND=local keeps release files on this host" in result.stderr
+        assert "Set SINGLE_NODE=1 if this deployment really is one host" in result.stderr
+
+
+def test_development_keeps_its_embedded_default(tmp_path):
+    result = check_deploy(tmp_path)
+    assert "releases.E004" not in result.stderr and "releases.E005" not in result.stderr
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("nodes, warned", [(1, False), (1000, True)])
+def test_check_deploy_warns_when_the_web_threads_outnumber_the_database_connections(tmp_path, nodes, warned):
+    from .servers import django_env
+
+    database = {"DATABASE_URL": django_env()["DATABASE_URL"]}
+    sizes = {"WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "4", "EXPECTED_WEB_NODES": str(nodes)}
+    result = check_deploy(tmp_path, "--database", "default", **database, **sizes)
+    assert ("releases.W001" in result.stderr) is warned, result.stderr
+    assert "releases.W001" not in check_deploy(tmp_path, **database, **sizes).stderr  # asked to query, only
+    if warned:
+        assert "1000 web node(s) x WEB_CONCURRENCY 2 x GUNICORN_THREADS 4 = 8000 database connections" in result.stderr

@@ -96,3 +96,41 @@ def test_a_maintainer_uploads_reloads_half_way_resumes_and_publishes(
     assert Version.objects.get(pk=draft.pk).status == "published"
     download = page.request.get(f"{live_server.url}/models/tts/v2/weights/model.safetensors")
     assert download.ok and hashlib.sha256(download.body()).hexdigest() == file.sha256
+
+
+def test_a_maintainer_uploads_a_folder_reloads_half_way_and_resumes_with_nothing_typed_again(
+    local_store, live_server, browser_page, django_user_model, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(browser_uploads, "PART_SIZE", 5 * MiB)
+    folder = tmp_path / "release"
+    contents = {
+        "config.yaml": b"sample_rate: 24000\n",
+        "model.pt": os.urandom(4 * 5 * MiB + 99),  # five parts; the site's URLs for 3 to 5 are held back
+        "vocoder/g.bin": os.urandom(1000),
+    }
+    for path, data in contents.items():
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / path).write_bytes(data)
+    draft = VersionFactory(model__slug="tts", version="v3")
+    page = log_in_as_maintainer(live_server, browser_page, django_user_model)
+    page.goto(f"{live_server.url}/admin/releases/version/{draft.pk}/upload/")
+
+    page.route(PARTS_HELD_BACK, lambda route: route.abort())
+    page.set_input_files("#upload-folder", str(folder))
+    page.fill("#upload-path", "weights")
+    page.click("#upload-start")
+    wait_for_status(page, "2 of 5 parts stored", timeout=30)
+    assert page.locator("#upload-name").inner_text().startswith("File 2 of 3: weights/model.pt")
+    page.unroute(PARTS_HELD_BACK)
+
+    page.reload()
+    assert page.input_value("#upload-path") == "weights"  # remembered: nothing to type again
+    sent = []
+    page.on("requestfinished", lambda r: r.method == "PUT" and sent.append(r.url))
+    page.set_input_files("#upload-folder", str(folder))
+    page.click("#upload-start")
+    wait_for_status(page, "Done: all 3 files are stored and checked (1 were already)", timeout=60)
+    assert len(sent) == 3 + 1  # model.pt's parts 3 to 5, and vocoder/g.bin; config.yaml was done
+    stored = {file.path: file.sha256 for file in File.objects.filter(version=draft)}
+    assert stored == {f"weights/{path}": hashlib.sha256(data).hexdigest() for path, data in contents.items()}
+    assert not page.locator("#upload-abort").is_visible()  # nothing left to abort

@@ -4,7 +4,11 @@
 #   Cache-Control with s-maxage (at most half the signed-link TTL) and xkey
 #   surrogate keys; stable-URL redirects are no-store and pass through.
 # - PURGE with an `xkey-purge: key1 key2` header drops every object tagged
-#   with one of the keys, and is accepted only from the `purgers` ACL.
+#   with one of the keys. It needs the site's purge secret in `X-Purge-Token`
+#   (the site's CDN_PURGE_TOKEN; varnishd reads the same value from its own
+#   environment, VARNISH_PURGE_TOKEN, through vmod std's getenv) and must come
+#   from the `purgers` ACL too. Without VARNISH_PURGE_TOKEN nobody may purge.
+#   A refused purge answers 403 and changes nothing.
 # - The scheme is part of the cache key (X-Forwarded-Proto from the TLS
 #   terminator in front, "https" or else "http"): the site's 301 from plain
 #   HTTP to HTTPS is never served to an HTTPS request. Redirects are stored
@@ -13,15 +17,41 @@
 #   `default` and the ACL `purgers`.
 vcl 4.1;
 
+import directors;
+import std;
 import xkey;
 
 include "site.vcl";
+
+sub vcl_init {
+    # Only for its key() method: the SHA-256 of a string, as an integer (see purge_token_ok).
+    new digest = directors.shard();
+}
+
+# VCL has no constant-time string comparison, and Debian's varnish and varnish-modules have no
+# digest vmod. shard.key() hashes with SHA-256 (32 bits of it): both sides are hashed and the
+# integers compared first, so the string comparison below, which stops at the first differing
+# byte, only ever runs for a guess whose digest already matches. The time a guess takes then
+# says nothing about how many of its leading characters are right.
+sub purge_token_ok {
+    # (getenv gives NULL for an unset variable, which is not equal to ""; NULL + "" is "")
+    if (std.getenv("VARNISH_PURGE_TOKEN") + "" == "") {
+        return (synth(403, "Purging is off: varnishd has no VARNISH_PURGE_TOKEN"));
+    }
+    if (!req.http.X-Purge-Token
+        || digest.key(req.http.X-Purge-Token) != digest.key(std.getenv("VARNISH_PURGE_TOKEN"))
+        || req.http.X-Purge-Token != std.getenv("VARNISH_PURGE_TOKEN")) {
+        return (synth(403, "PURGE needs the site's X-Purge-Token"));
+    }
+}
 
 sub vcl_recv {
     if (req.method == "PURGE") {
         if (client.ip !~ purgers) {
             return (synth(403, "PURGE is not allowed from this address"));
         }
+        call purge_token_ok;
+        unset req.http.X-Purge-Token;
         if (req.http.xkey-purge) {
             set req.http.n-gone = xkey.purge(req.http.xkey-purge);
         } elsif (req.http.xkey-softpurge) {
@@ -31,6 +61,8 @@ sub vcl_recv {
         }
         return (synth(200, "Purged " + req.http.n-gone + " objects"));
     }
+    # The purge secret is never passed on to the site (nor into its logs).
+    unset req.http.X-Purge-Token;
     # Two values only, so that nothing else can split or poison the cache key.
     if (req.http.X-Forwarded-Proto != "https") {
         set req.http.X-Forwarded-Proto = "http";
@@ -57,6 +89,13 @@ sub vcl_backend_response {
     # no-store, no-cache or private responses; only make sure nothing sets a
     # cookie into a shared object.
     if (beresp.http.Set-Cookie) {
+        set beresp.uncacheable = true;
+        return (deliver);
+    }
+    # The site marks what may be shared (Cache-Control with a max-age, and the surrogate keys that
+    # purge it); anything else, such as a 404 from an unknown address, is not stored: a cached
+    # answer without keys would stay stale until the default TTL ran out, whatever changed.
+    if (!beresp.http.Cache-Control && !beresp.http.Expires) {
         set beresp.uncacheable = true;
         return (deliver);
     }

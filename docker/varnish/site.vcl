@@ -1,5 +1,7 @@
-# Per-deployment part of the VCL: where the site is, and who may purge.
+# Per-deployment part of the VCL: where the site is, and from which addresses purges may come.
 # (The compose stack's web service; tests write their own with loopback addresses.)
+# A purge also needs the site's secret: varnishd must run with VARNISH_PURGE_TOKEN in its
+# environment, the site's CDN_PURGE_TOKEN (default.vcl reads it with std.getenv).
 backend default {
     .host = "web";
     .port = "8000";

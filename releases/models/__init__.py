@@ -1,5 +1,5 @@
 """The app's models, by concern: the catalogue (models, versions, files, tags), the CDN outbox, and
-download counts; rules.py holds the checks and orderings that need no database."""
+download counts, run reports; rules.py holds the checks and orderings that need no database."""
 
 from .catalog import File, FileQuerySet, MLModel, MLModelQuerySet, Tag, Version, VersionQuerySet
 from .downloads import DailyDownloads, DownloadFold
@@ -18,9 +18,27 @@ from .rules import (
     validate_tag,
     validate_version_string,
 )
+from .run_reports import (
+    CLIENTS,
+    NOT_THE_SITES_DOING,
+    OUTCOMES,
+    RUN_KINDS,
+    SUCCESS,
+    SYSTEMS,
+    RunAlert,
+    RunOutcomeHour,
+    RunReportFold,
+    RunReportsByModel,
+)
 from .uploads import BrowserUpload
 
 __all__ = [
+    "CLIENTS",
+    "NOT_THE_SITES_DOING",
+    "OUTCOMES",
+    "RUN_KINDS",
+    "SUCCESS",
+    "SYSTEMS",
     "MAX_PATH_LENGTH",
     "BrowserUpload",
     "DailyDownloads",
@@ -31,6 +49,10 @@ __all__ = [
     "MLModel",
     "MLModelQuerySet",
     "OutboxEntry",
+    "RunAlert",
+    "RunOutcomeHour",
+    "RunReportFold",
+    "RunReportsByModel",
     "Tag",
     "Version",
     "VersionQuerySet",

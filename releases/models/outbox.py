@@ -11,7 +11,8 @@ class OutboxEntry(models.Model):
 
     One pending row per (kind, key): recording the same key again bumps its
     generation instead of adding a row, and a worker only marks a row done if
-    nothing bumped it while the work was in flight.
+    nothing bumped it while the work was in flight. A purge reaches every configured cache; the
+    caches it has reached are kept in `done_targets`, so a retry purges only those that failed.
     """
 
     class Kind(models.TextChoices):
@@ -26,6 +27,9 @@ class OutboxEntry(models.Model):
     kind = models.CharField(max_length=8, choices=Kind.choices)
     key = models.CharField(max_length=400, help_text="Surrogate key to purge, or file-<id> to warm.")
     paths = models.JSONField(default=list, blank=True, help_text="URL paths the key covers, for CDNs without keys.")
+    done_targets = models.JSONField(
+        default=list, blank=True, help_text="Caches already purged for this generation (a retry skips them)."
+    )
     file = models.ForeignKey(File, null=True, blank=True, on_delete=models.CASCADE, related_name="outbox_entries")
     state = models.CharField(max_length=8, choices=State.choices, default=State.PENDING, db_index=True)
     generation = models.PositiveIntegerField(default=1)

@@ -5,9 +5,11 @@ import unicodedata
 
 from django.core.exceptions import ValidationError
 
+from ..names import MAX_PATH_LENGTH as MAX_PATH_LENGTH  # the models' field length
+from ..names import path_problem, structure_problem
+
 VERSION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 RESERVED_VERSIONS = frozenset({"latest"})
-MAX_PATH_LENGTH = 1024
 _DIGITS = re.compile(r"(\d+)")
 _SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 
@@ -56,31 +58,18 @@ def canonical_path(value: str) -> str:
 
 
 def validate_relative_path(value: str, *, what: str = "path") -> None:
-    """A relative POSIX path that cannot climb out of its folder."""
-    problem = None
-    if not value:
-        problem = "is empty"
-    elif len(value) > MAX_PATH_LENGTH:
-        problem = f"is longer than {MAX_PATH_LENGTH} characters"
-    elif value.startswith("/"):
-        problem = "must be relative (no leading '/')"
-    elif "\\" in value:
-        problem = "must not contain a backslash"
-    elif any(ord(char) < 32 or ord(char) == 127 for char in value):
-        problem = "must not contain control characters"
-    else:
-        segments = value.split("/")
-        if any(segment == "" for segment in segments):
-            problem = "must not contain an empty segment ('//' or a trailing '/')"
-        elif any(segment in {".", ".."} for segment in segments):
-            problem = "must not contain '.' or '..' segments"
+    """A new file's path: the one rule of names.py (relative, portable to every platform)."""
+    _refuse(path_problem(value), value, what)
+
+
+def _refuse(problem: str | None, value: str, what: str) -> None:
     if problem:
         raise ValidationError(f"File {what} {value!r} {problem}.", code=f"invalid_{what}")
 
 
 def validate_object_key(key: str, model_slug: str) -> None:
     """Object keys stay inside the model's prefix, so one model never reaches another's objects."""
-    validate_relative_path(key, what="key")
+    _refuse(structure_problem(key), key, "key")  # a key is storage's name, never written to a user's disk
     if not key.startswith(f"{model_slug}/"):
         raise ValidationError(
             f"Object key {key!r} must start with the model's prefix {model_slug + '/'!r}.", code="key_outside_model"

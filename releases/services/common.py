@@ -50,7 +50,7 @@ def locked(version: Version) -> Version:
 def record_change(model_slug: str, version: Version | None = None, *, warm: Version | None = None) -> None:
     """The one place a change records its CDN work (inside its transaction) and has it drained
     once it commits: purges for what the change made stale, warming for newly published files."""
-    ids = outbox.record_change(model_slug, version.version if version is not None else None)
+    ids = outbox.record_change(model_slug, version)
     if warm is not None:
         ids += outbox.record_warming(warm)
     tasks.drain_after_commit(ids)

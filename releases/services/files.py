@@ -43,9 +43,10 @@ def delete_draft(version: Version) -> None:
                 "key", "storage_upload_id"
             )
         )
-        version.delete()
-        # Nothing public showed a draft, but whatever a cache kept of it under its key goes too.
+        # Nothing public showed a draft, but whatever a cache kept of it goes too (recorded while its
+        # file rows still say where a CDN may keep its objects).
         record_change(version.model.slug, version)
+        version.delete()
     # Uploads being checked may have joined their object already: it goes with the draft's.
     delete_objects(keys + [key for key, _ in unfinished])
     chunks.delete_unused_manifests(contents)  # the chunk manifests no other file shares

@@ -7,7 +7,7 @@ from django.db import transaction
 
 from ..licenses import canonical
 from ..models import File, MLModel, Tag, validate_tag
-from ..rendering import render_markdown
+from ..rendering import normalise_newlines, render_markdown
 from .common import ReleaseError, as_release_error, record_change
 
 UNCHANGED = object()
@@ -16,6 +16,7 @@ UNCHANGED = object()
 def save_model_details(model: MLModel, *, tags: list[str] | None = None) -> MLModel:
     """Create or update a model's card; `tags`, when given, replaces its tags."""
     names = clean_tags(tags) if tags is not None else None
+    model.description = normalise_newlines(model.description)  # a textarea sends \r\n
     with as_release_error():
         model.full_clean(exclude=["description"])  # the description is checked once, by rendering it
         model.description_html = render_markdown(model.description)

@@ -129,6 +129,12 @@ def fail_upload(upload: BrowserUpload, problem: str) -> BrowserUpload:
     return BrowserUpload.objects.get(pk=upload.pk)
 
 
+def out_of_time(upload_id, seconds: int) -> BrowserUpload:
+    """The check ran past its time limit: fail the upload, or the sweep would queue it again every hour."""
+    upload = BrowserUpload.objects.get(pk=upload_id)
+    return fail_upload(upload, f"could not be checked within {seconds // 60} minutes (the task's time limit)")
+
+
 def drop_object(upload: BrowserUpload) -> None:
     """Delete what an upload put at its key, never a recorded file's object."""
     if not File.objects.filter(key=upload.key).exists():

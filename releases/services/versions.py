@@ -8,8 +8,16 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from .. import chunk_tasks, chunking
-from ..models import BrowserUpload, MLModel, Version, validate_model_slug, validate_object_key, validate_version_string
-from ..rendering import render_markdown
+from ..models import (
+    BrowserUpload,
+    MLModel,
+    Version,
+    validate_model_slug,
+    validate_object_key,
+    validate_relative_path,
+    validate_version_string,
+)
+from ..rendering import normalise_newlines, render_markdown
 from ..storage import release_store
 from .common import ReleaseError, as_release_error, locked, record_change, version_lock
 
@@ -24,6 +32,7 @@ def get_or_create_model(slug: str, *, name: str = "", summary: str = "") -> MLMo
 
 
 def create_version(model: MLModel, version: str, *, notes: str = "", prerelease: bool = False) -> Version:
+    notes = normalise_newlines(notes)
     with as_release_error():
         validate_version_string(version)
         notes_html = render_markdown(notes)
@@ -93,6 +102,7 @@ def _check_files_ready(version: Version) -> None:
         if file.size is None or not file.sha256:
             raise ReleaseError(f"{label}: {file.path} has no size or checksum yet.")
         with as_release_error():
+            validate_relative_path(file.path)  # a draft's file recorded before the portable-name rule
             validate_object_key(file.key, version.model.slug)
         with as_release_error():
             stored = store.stat(file.key)
@@ -124,13 +134,13 @@ def change_status(version: Version, action: str, *, reason: str = "") -> Version
     if action == "yank":
         return yank_version(version, reason)
     if action == "withdraw":
-        return withdraw_version(version)
+        return withdraw_version(version, reason)
     raise ReleaseError(f"Unknown status change {action!r}; use one of {', '.join(STATUS_ACTIONS)}.")
 
 
 def yank_version(version: Version, reason: str) -> Version:
     """Published -> yanked: still downloadable by exact version, never latest."""
-    reason = (reason or "").strip()
+    reason = normalise_newlines(reason or "").strip()
     if not reason:
         raise ReleaseError("Yanking needs a reason; it is shown to everyone who finds the version.")
     with transaction.atomic():
@@ -144,13 +154,16 @@ def yank_version(version: Version, reason: str) -> Version:
     return version
 
 
-def withdraw_version(version: Version) -> Version:
-    """Published or yanked -> withdrawn: nothing is signed for it again (410 Gone)."""
+def withdraw_version(version: Version, reason: str = "") -> Version:
+    """Published or yanked -> withdrawn: nothing is signed for it again (410 Gone). The reason, when
+    given, is kept where a yank's is (`yanked_reason`: why it may not be used) and its 410 shows it."""
+    reason = normalise_newlines(reason or "").strip()
     with transaction.atomic():
         version = locked(version)
         _require_transition(version, Version.Status.WITHDRAWN)
         version.status = Version.Status.WITHDRAWN
-        version.save(update_fields=["status", "updated_at"])
+        version.yanked_reason = reason or version.yanked_reason
+        version.save(update_fields=["status", "yanked_reason", "updated_at"])
         record_change(version.model.slug, version)
     logger.info("withdrew %s %s", version.model.slug, version.version)
     return version
@@ -158,6 +171,7 @@ def withdraw_version(version: Version) -> Version:
 
 def update_version_details(version: Version, *, notes: str, prerelease: bool) -> Version:
     """Edit release notes (any time) and the prerelease flag (drafts only: it decides 'latest')."""
+    notes = normalise_newlines(notes)
     with as_release_error():
         notes_html = render_markdown(notes)
     with transaction.atomic():

@@ -15,7 +15,7 @@ from ..links import download_base
 from ..models import File
 from ..signing import LinkRefused, content_disposition, local_file_path, signer, verify_local_link
 from ..storage import release_store
-from .errors import plain_error
+from .errors import answer, plain_error
 
 
 @require_safe
@@ -24,11 +24,10 @@ def download(request, model_slug, version, path):
     try:
         file = selectors.resolve_file(model_slug, version, path, request.user)
     except (selectors.NotFound, selectors.Gone) as error:
-        return plain_error(error)
+        return answer(request, error, page=False)
     link = signer().link(file.key, file.name, base_url=download_base(request))
     observability.count(**{f"redirects:{file.version.model.slug}": 1})
-    if request.method == "GET":  # a HEAD asks about the file; only a GET downloads it
-        count_download(file.pk)
+    count_download(request, file.pk)  # a GET that starts a download; never a HEAD or a later segment
     response = HttpResponseRedirect(link.url)
     response["X-Artifact-SHA256"] = file.sha256
     response["X-Artifact-Size"] = str(file.size)
@@ -62,7 +61,7 @@ def local_file(request, key):
     try:
         found = selectors.manifest_is_public(key) if manifest else selectors.file_by_key(key)
     except (selectors.NotFound, selectors.Gone) as error:
-        return plain_error(error)
+        return answer(request, error, page=False)  # a withdrawn file opened in a browser gets a page, not bare text
     store = release_store()
     if store.backend_name != "local":
         return plain_error(selectors.NotFound("Files are not served by this site."))

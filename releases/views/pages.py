@@ -5,12 +5,12 @@ from __future__ import annotations
 import shlex
 
 from django.shortcuts import render
-from django.template.defaultfilters import filesizeformat
 from django.views.decorators.http import require_safe
 
-from .. import caching, licenses, selectors
+from .. import caching, licenses, run_stats, selectors, use_box
 from ..links import FileLinks, VersionLinks, file_links
-from .errors import error_page
+from ..sizes import binary_size as filesizeformat
+from .errors import answer
 
 SORT_LABELS = {"name": "Name", "latest": "Latest release", "downloads": "Downloads"}
 
@@ -18,8 +18,9 @@ SORT_LABELS = {"name": "Name", "latest": "Latest release", "downloads": "Downloa
 @require_safe
 def index(request):
     """Every model, or those a search (`q`: name, description, tag) or a `tag` finds, in a chosen order."""
-    query = request.GET.get("q", "").strip()[:100]
-    tag = request.GET.get("tag", "").strip()[:50]
+    # Any query string is answered: control characters are dropped, an unknown sort is by name.
+    query = selectors.search_text(request.GET.get("q", ""), selectors.SEARCH_LENGTH)
+    tag = selectors.search_text(request.GET.get("tag", ""), selectors.TAG_LENGTH)
     sort = request.GET.get("sort", "name")
     sort = sort if sort in SORT_LABELS else "name"
     models = selectors.models_for_index(request.user, query=query, tag=tag, sort=sort)
@@ -40,12 +41,13 @@ def model_page(request, model_slug):
     try:
         found, versions, latest = selectors.model_with_versions(model_slug, request.user)
     except selectors.NotFound as error:
-        return error_page(request, error)
+        return answer(request, error)
     context = {
         "model": found,
         "versions": versions,
         "latest": latest,
         "downloads": selectors.model_downloads(found),
+        "first_runs": run_stats.public_first_runs(found),  # None unless the operator shows it
         "license_name": licenses.name(found.license) if found.license else "",
         "license_url": licenses.url(found.license) if found.license else None,
         "links": [
@@ -58,6 +60,10 @@ def model_page(request, model_slug):
             if url
         ],  # fmt: skip
     }
+    shown = _version_to_use(versions, latest)
+    if shown is not None:
+        links = VersionLinks(request, found.slug, shown.version)
+        context["use"] = use_box.use_box(shown, links, use_box.main_file(shown, links))
     response = render(request, "releases/model.html", context)
     return caching.cacheable(response, request, [caching.model_key(model_slug)])
 
@@ -67,7 +73,7 @@ def version_page(request, model_slug, version):
     try:
         page = selectors.version_with_files(model_slug, version, request.user)
     except (selectors.NotFound, selectors.Gone) as error:
-        return error_page(request, error)
+        return answer(request, error)
     resolved = page.version
     links = VersionLinks(request, model_slug, resolved.version)
     rows = _file_rows(file_links(request, page.files, links))
@@ -76,6 +82,7 @@ def version_page(request, model_slug, version):
         "version": resolved,
         "requested": version,
         "rows": rows,
+        "use": use_box.use_box(resolved, links, use_box.largest_of(page.files, links)),
         "curl_commands": "".join(
             f"curl -fL --create-dirs -o {shlex.quote(row['path'])} {row['stable_url']}\n" for row in rows
         ),
@@ -85,12 +92,20 @@ def version_page(request, model_slug, version):
         "total_size": page.total_size,
         "changes": page.changes,
         "downloads": page.downloads,
+        "first_runs": run_stats.public_first_runs(resolved),
         "changed_rows": _change_rows(page.changes),
     }
     response = render(request, "releases/version.html", context)
     return caching.cacheable(
         response, request, [caching.model_key(model_slug), caching.version_key(model_slug, resolved.version)]
     )
+
+
+def _version_to_use(versions: list, latest):
+    """What the model page's box offers: the latest, else the newest downloadable (a prerelease)."""
+    if latest is not None:
+        return latest
+    return next((v for v in versions if v.status in ("published", "yanked")), None)
 
 
 def _file_rows(files: list[FileLinks]) -> list[dict]:
@@ -113,6 +128,7 @@ def _file_rows(files: list[FileLinks]) -> list[dict]:
                 "size": filesizeformat(file.size),
                 "bytes": f"{file.size:,}" if file.size >= 1024 else "",  # small sizes already show bytes
                 "sha256": file.sha256,
+                "sha_short": f"{file.sha256[:12]}…{file.sha256[-4:]}",
             }
         )
         folder = parent

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
-from django.template.defaultfilters import filesizeformat
 
 from releases.services import LocalFile, ReleaseError, release_local_files
+from releases.sizes import binary_size as filesizeformat
 
 PROGRESS_BAR_MIN_BYTES = 8 * 1024 * 1024
 

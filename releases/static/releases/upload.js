@@ -1,4 +1,5 @@
-// The admin's upload page for large files (releases/admin_uploads.py): the file goes to storage in
+// The admin's upload page for large files (releases/admin_uploads.py): one file, several, or a whole
+// folder (each keeping its path inside the folder), one after the other; each goes to storage in
 // parts, several at once. Each part is hashed here (SHA-256, sent with the part so that storage
 // refuses other bytes), put at a URL the site signs for that part and checksum, and retried with a
 // fresh URL when refused or cut. Parts storage already holds with the same checksum (after a
@@ -18,6 +19,11 @@
 
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
   const mib = (bytes) => `${(bytes / 1048576).toFixed(1)} MiB`;
+  const plural = (count, word) => `${count} ${word}${count === 1 ? "" : "s"}`;
+  const duration = (seconds) => (seconds >= 90 ? `${Math.round(seconds / 60)} min` : `${Math.max(1, Math.round(seconds))} s`);
+  // What was typed, kept for this version in this browser: after a reload, choosing the same files
+  // again is all it takes (the parts already stored are kept).
+  const memoryKey = `releases-upload-${root.dataset.versionUrl}`;
 
   async function api(url, body) {
     const options = { method: body === undefined ? "GET" : "POST", credentials: "same-origin",
@@ -74,7 +80,16 @@
     for (const loaded of run.inFlight.values()) bytes += loaded;
     $("upload-bar").value = run.size ? bytes / run.size : 1;
     const kept = run.kept ? `, ${run.kept} already stored and kept` : "";
-    show(`${mib(bytes)} of ${mib(run.size)}: ${run.doneParts} of ${run.partCount} parts stored${kept}.`);
+    const seconds = (Date.now() - run.startedAt) / 1000;
+    const sent = bytes - run.keptBytes;  // what this page sent: the speed of the connection
+    const speed = seconds > 2 && sent > 0 ? sent / seconds : 0;
+    const pace = speed ? `, ${mib(speed)}/s, about ${duration((run.size - bytes) / speed)} left` : "";
+    show(`${mib(bytes)} of ${mib(run.size)}: ${run.doneParts} of ${plural(run.partCount, "part")} stored${kept}${pace}.`);
+  }
+
+  function ended(failed) {
+    $("upload-abort").hidden = true;  // nothing left to abort
+    $("upload-bar").classList.toggle("failed", failed);
   }
 
   // Why storage refused a part, in its own words when it gave some (S3's XML, the site's JSON).
@@ -111,6 +126,7 @@
       const held = stored.get(number);
       if (held && held.size === blob.size && held.sha256 === checksum) {
         run.kept += 1;
+        run.keptBytes += blob.size;
       } else {
         await sendPart(run, number, blob, checksum);
       }
@@ -129,19 +145,24 @@
       await sleep(1000);
       state = await api(upload.links.status);
     }
+    listed(state);
     if (state.state === "done") {
       $("upload-bar").value = 1;
+      ended(false);
       show(`Done: ${state.file.path}, ${state.file.size.toLocaleString()} bytes, SHA-256 ${state.file.sha256}.`);
-      listed(state);
-    } else {
-      show(state.detail || `The upload is ${state.state_label}.`, true);
-      listed(state);
+      return true;
     }
+    ended(true);
+    show(state.detail || `The upload is ${state.state_label}.`, true);
+    return false;
   }
 
   function listed(state) {
+    document.getElementById("no-uploads")?.remove();
     const row = document.querySelector(`#upload-list tr[data-upload="${state.id}"]`) || document.createElement("tr");
     row.dataset.upload = state.id;
+    row.dataset.path = state.path;
+    row.dataset.state = state.state;
     row.replaceChildren(...[state.path, mib(state.size), state.state_label, state.detail, ""].map((text) => {
       const cell = document.createElement("td");
       cell.textContent = text;
@@ -150,16 +171,19 @@
     $("upload-list").tBodies[0].prepend(row);
   }
 
-  async function upload(file, path, expected) {
+  async function upload(file, path, expected, label = "") {
     if (!window.crypto || !crypto.subtle) {
       throw new Error("This browser cannot compute SHA-256 here: open the admin over HTTPS.");
     }
     const started = await api(root.dataset.startUrl, { path, size: file.size, sha256: expected });
     const run = { id: started.id, links: started.links, size: file.size, partCount: started.part_count, next: 1,
-      doneBytes: 0, doneParts: 0, kept: 0, inFlight: new Map(), requests: new Set(), stopped: false };
+      doneBytes: 0, doneParts: 0, kept: 0, keptBytes: 0, inFlight: new Map(), requests: new Set(), stopped: false,
+      startedAt: Date.now() };
     running = run;
     $("upload-progress").hidden = false;
-    $("upload-name").textContent = `${started.path} (${mib(file.size)}, ${started.part_count} parts)`;
+    $("upload-abort").hidden = false;
+    $("upload-bar").classList.remove("failed");
+    $("upload-name").textContent = `${label}${started.path} (${mib(file.size)}, ${plural(started.part_count, "part")})`;
     report(run);
     const stored = new Map(started.stored.map((part) => [part.number, part]));
     const checksums = {};
@@ -172,18 +196,64 @@
       stop(run);  // the other parts stop too; choosing the file again resumes
       throw error;
     }
-    if (!run.stopped) await finish(started, checksums);
+    return run.stopped ? false : finish(started, checksums);
   }
+
+  // Each chosen file with its path: one file takes the path typed (or its name); several files or a
+  // folder keep their names and their paths inside the folder, under the typed folder if any.
+  function chosen() {
+    const typed = $("upload-path").value.trim();
+    const files = [...$("upload-file").files, ...($("upload-folder") ? $("upload-folder").files : [])];
+    if (files.length === 1 && !files[0].webkitRelativePath) return [{ file: files[0], path: typed || files[0].name }];
+    const prefix = typed ? `${typed.replace(/\/+$/, "")}/` : "";
+    return files.map((file) => {
+      const inside = file.webkitRelativePath ? file.webkitRelativePath.split("/").slice(1).join("/") : file.name;
+      return { file, path: prefix + inside };
+    }).sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));  // by path, as the version lists them
+  }
+
+  function remember() {
+    try {
+      localStorage.setItem(memoryKey, JSON.stringify({ path: $("upload-path").value, sha256: $("upload-sha256").value }));
+    } catch (error) { /* private mode: nothing kept, nothing lost */ }
+  }
+
+  function recall() {
+    try {
+      const kept = JSON.parse(localStorage.getItem(memoryKey) || "null");
+      if (kept && !$("upload-path").value) $("upload-path").value = kept.path || "";
+      if (kept && !$("upload-sha256").value) $("upload-sha256").value = kept.sha256 || "";
+    } catch (error) { /* nothing kept */ }
+  }
+  recall();
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    const file = $("upload-file").files[0];
-    if (!file) return;
-    const path = $("upload-path").value.trim() || file.name;
+    const stored = new Set([...document.querySelectorAll('#upload-list tr[data-state="done"]')].map((row) => row.dataset.path));
+    const all = chosen();
+    const queue = all.filter((item) => !stored.has(item.path));  // files already checked and listed are kept
+    if (!all.length) {
+      show("Choose a file or a folder first.", true);
+      $("upload-progress").hidden = false;
+      return;
+    }
+    remember();
     $("upload-start").disabled = true;
+    const expected = queue.length === 1 ? $("upload-sha256").value.trim() : "";  // one checksum names one file
+    let done = 0;
     try {
-      await upload(file, path, $("upload-sha256").value.trim());
+      for (const [index, item] of queue.entries()) {
+        const label = queue.length > 1 ? `File ${index + 1} of ${queue.length}: ` : "";
+        if (!(await upload(item.file, item.path, expected, label))) break;
+        done += 1;
+      }
+      const skipped = all.length - queue.length;
+      if (all.length > 1 && done === queue.length) {
+        show(`Done: all ${all.length} files are stored and checked${skipped ? ` (${skipped} were already)` : ""}.`);
+      }
+      if (done === queue.length) localStorage.removeItem(memoryKey);
     } catch (error) {
+      ended(true);
       if (error.message !== "stopped") show(error.message, true);
     } finally {
       $("upload-start").disabled = false;
@@ -192,7 +262,9 @@
 
   $("upload-abort").addEventListener("click", async () => {
     if (!running) return;
+    if (!window.confirm("Abort this upload? The parts sent so far are dropped.")) return;
     stop(running);
+    ended(true);
     try {
       listed(await api(running.links.abort, {}));
       show("Aborted: the parts sent so far were dropped.");
@@ -204,6 +276,7 @@
   // An unfinished upload listed below can be aborted without its file (a version with one cannot be published).
   document.querySelectorAll("#upload-list .abort-listed").forEach((button) => {
     button.addEventListener("click", async () => {
+      if (!window.confirm("Abort this unfinished upload? The parts stored so far are dropped.")) return;
       try {
         listed(await api(button.dataset.abortUrl, {}));
       } catch (error) {
