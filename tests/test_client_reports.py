@@ -12,6 +12,7 @@ import http.server
 import io
 import json
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -20,7 +21,8 @@ import pytest
 
 from releases import report_fold
 
-from .clients import FILES
+from .clients import FILES, run_process
+from .servers import wait_until
 from .test_run_reports import forget_reports, rows
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -38,10 +40,12 @@ NOTICE = "reports how each run ends to the site"
 
 class Proxy:
     """Forwards every request to `upstream` (Host kept), and notes each POST's path, body and the
-    site's status; with `hang` set, a POST gets no answer until the proxy stops."""
+    site's status; with `hang` set, a POST gets no answer until the proxy stops; with `stall` set, a
+    body over 1 MB stops after its first 64 KiB until `unstall` is set (a link that hangs mid-file)."""
 
     def __init__(self, upstream_port: int):
         self.posts, self.hang, self.released = [], False, threading.Event()
+        self.stall, self.unstall = False, threading.Event()
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -65,6 +69,10 @@ class Proxy:
                 self.end_headers()
                 while chunk := answer.read(65536):
                     self.wfile.write(chunk)
+                    if proxy.stall and int(answer.getheader("Content-Length") or 0) > 1_000_000:
+                        self.wfile.flush()
+                        proxy.unstall.wait(60)
+                        break
                 upstream.close()
 
             do_GET = do_HEAD = do_POST = _forward
@@ -82,6 +90,7 @@ class Proxy:
 
     def stop(self):
         self.released.set()
+        self.unstall.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -308,3 +317,32 @@ def test_a_report_endpoint_that_never_answers_is_given_up_and_changes_no_exit_co
     nothing = run(script, site, "--include", "*.onnx", "index-tts", "v2", tmp_path / "none")
     assert nothing.returncode == 1, nothing.stderr  # the run's own exit code, whatever the report did
     assert len(site.proxy.posts) == 3 and json.loads(site.proxy.posts[2]["body"])["outcome_name"] == "usage"
+
+
+def test_a_terminated_run_reports_143_and_the_next_run_says_it_resumed(site, script, tmp_path):
+    dest = tmp_path / "v2"
+    part = dest / ".model.pt.part"
+    site.proxy.stall = True
+    running = run_process(["sh", str(script), "index-tts", "v2", str(dest)], env={"MODEL_SITE": site.url},
+                          wait=False)  # fmt: skip
+    try:
+        wait_until(lambda: running.poll() is not None or (part.exists() and part.stat().st_size > 0), 60,
+                   what="a download under way")  # fmt: skip
+        assert running.poll() is None, running.communicate()
+    finally:
+        os.killpg(running.pid, signal.SIGTERM)  # the shell and its curl, as a service manager stops them
+        running.communicate(timeout=60)
+        site.proxy.stall = False
+        site.proxy.unstall.set()
+    assert running.returncode == 143
+    [stopped] = site.proxy.reports()
+    assert (stopped["outcome"], stopped["outcome_name"], stopped["run_kind"], stopped["version"]) == (
+        143, "terminated", "first", "v2"
+    )  # fmt: skip
+    assert stopped["resumed"] is False and 0 < stopped["bytes_downloaded"] < TOTAL
+    resumed = run(script, site, "index-tts", "v2", dest)
+    assert resumed.returncode == 0 and "model.pt: resuming at" in resumed.stderr, resumed.stderr
+    report = site.proxy.reports()[1]
+    # the folder held files of this model already (the stopped run's): not a first run
+    assert (report["outcome"], report["resumed"], report["run_kind"]) == (0, True, "later")
+    assert report["bytes_downloaded"] + stopped["bytes_downloaded"] == TOTAL  # each byte counted once

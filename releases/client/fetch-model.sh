@@ -466,10 +466,9 @@ download() {
       [ "$asked" -gt 0 ] && FRESH=$((FRESH + 1))
       asked=$((asked + 1))
       TRIES=$((TRIES + 1))
+      IN_FLIGHT=$part IN_FLIGHT_FROM=$have
       fetch_to "$stable" "$part" "$have" "$SIZE"
-      got=0
-      [ -f "$part" ] && got=$(size_of "$part")
-      [ "$got" -gt "$have" ] && BYTES_DOWN=$((BYTES_DOWN + got - have))
+      count_in_flight
     fi
     why=$(tail -n 1 "$TMP/error")
     why=${why:-curl exit $CODE}
@@ -659,6 +658,7 @@ keep_reports() {  # FILE: the folder's kept reports become the last lines of FIL
 # changes the exit code.
 report_run() {
   [ -z "$NO_REPORT" ] && name=$(outcome_name "$1") || return 0
+  count_in_flight
   line=$(report_line "$1" "$name")
   [ "${#line}" -le 4096 ] || return 0
   PENDING="$DEST/.fetch-model.report"
@@ -741,6 +741,15 @@ lock_dest() {
   done
   LOCK=$LOCK_DIR
   echo $$ >"$LOCK_DIR/pid"
+}
+
+# Add the bytes the try under way has received (also when a signal ends the run during it).
+count_in_flight() {
+  [ -n "$IN_FLIGHT" ] || return 0
+  got=0
+  [ -f "$IN_FLIGHT" ] && got=$(size_of "$IN_FLIGHT")
+  [ "$got" -gt "$IN_FLIGHT_FROM" ] && BYTES_DOWN=$((BYTES_DOWN + got - IN_FLIGHT_FROM))
+  IN_FLIGHT=''
 }
 
 in_place() {  # INDEX SHA PATH TARGET: a file that needs no download, verified (its bytes reused)
@@ -841,7 +850,7 @@ download_queue() {
 main() {
   START=$(date +%s)
   MODEL='' VERSION='' DEST='' RESOLVED='' REPORT_URL='' UNREACHED='' RESUMED='' FIRST_IN_FOLDER=''
-  PRIOR_MODEL='' PRIOR_VERSION='' TRIES=0 FRESH=0 BYTES_DOWN=0 BYTES_REUSED=0
+  PRIOR_MODEL='' PRIOR_VERSION='' IN_FLIGHT='' IN_FLIGHT_FROM=0 TRIES=0 FRESH=0 BYTES_DOWN=0 BYTES_REUSED=0
   failed=0 downloaded=0 reused=0 kept=0
   parse_options "$@"
   find_tools
