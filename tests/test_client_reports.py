@@ -319,7 +319,8 @@ def test_a_report_endpoint_that_never_answers_is_given_up_and_changes_no_exit_co
     assert len(site.proxy.posts) == 3 and json.loads(site.proxy.posts[2]["body"])["outcome_name"] == "usage"
 
 
-def test_a_terminated_run_reports_143_and_the_next_run_says_it_resumed(site, script, tmp_path):
+@pytest.mark.parametrize("stop, code, name", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
+def test_a_stopped_run_reports_its_signal_and_the_next_run_says_it_resumed(site, script, tmp_path, stop, code, name):
     dest = tmp_path / "v2"
     part = dest / ".model.pt.part"
     site.proxy.stall = True
@@ -330,14 +331,14 @@ def test_a_terminated_run_reports_143_and_the_next_run_says_it_resumed(site, scr
                    what="a download under way")  # fmt: skip
         assert running.poll() is None, running.communicate()
     finally:
-        os.killpg(running.pid, signal.SIGTERM)  # the shell and its curl, as a service manager stops them
+        os.killpg(running.pid, stop)  # the shell and its curl, as Ctrl-C or a service manager stops them
         running.communicate(timeout=60)
         site.proxy.stall = False
         site.proxy.unstall.set()
-    assert running.returncode == 143
+    assert running.returncode == code
     [stopped] = site.proxy.reports()
     assert (stopped["outcome"], stopped["outcome_name"], stopped["run_kind"], stopped["version"]) == (
-        143, "terminated", "first", "v2"
+        code, name, "first", "v2"
     )  # fmt: skip
     assert stopped["resumed"] is False and 0 < stopped["bytes_downloaded"] < TOTAL
     resumed = run(script, site, "index-tts", "v2", dest)
