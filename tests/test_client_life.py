@@ -241,7 +241,8 @@ def test_with_the_site_down_a_folder_never_completed_exits_4_and_writes_nothing(
     partial.mkdir()
     (partial / "model.pt").write_bytes(FILES["model.pt"])
     result = run(script, "index-tts", "v2", partial, env={"FETCH_MODEL_RETRIES": "1"})
-    assert result.returncode == 4 and sorted(os.listdir(partial)) == ["model.pt"]
+    # no record and no file written; only the run's report, kept for a run that reaches the site
+    assert result.returncode == 4 and sorted(os.listdir(partial)) == [".fetch-model.report", "model.pt"]
 
 
 def test_with_the_site_down_a_damaged_copy_is_not_used(site, script, tmp_path):
@@ -410,7 +411,10 @@ def test_include_and_exclude_fetch_a_subset_and_the_record_covers_it(site, scrip
     assert sorted(tree(tmp_path / "env")) == ["checkpoints/vocoder.bin", "model.pt"]
     none = run(script, "--include", "*.onnx", "index-tts", "v2", tmp_path / "none")
     assert none.returncode == 1 and not (tmp_path / "none").exists()
-    assert none.stderr == "fetch-model: no file of index-tts v2 matches the --include/--exclude patterns\n"
+    assert (
+        none.stderr.splitlines()[0] == "fetch-model: no file of index-tts v2 matches the --include/--exclude patterns"
+    )
+    assert none.stderr.count("\n") == 2 and "FETCH_MODEL_NO_REPORT=1" in none.stderr  # then, once, the report notice
 
 
 # --- reuse ----------------------------------------------------------------------------------------

@@ -38,6 +38,15 @@
 # DEST_DIR without asking the site; FETCH_MODEL_INCLUDE / FETCH_MODEL_EXCLUDE hold patterns
 # separated by ':' (used when no --include / --exclude option is given).
 #
+# Run reports (docs/run-reports.md): when the site's sha256sums answer names a report URL
+# (X-Report-URL), the run ends with one POST to it (2 s at most, no retries, the answer ignored) of
+# exactly: model, requested and resolved version, client (fetch-model.sh) and client_version, the
+# exit code and its name, run_kind (first, update, later, offline), tries, fresh_links,
+# bytes_downloaded, bytes_reused, bytes_delta (0), duration_ms, os (linux, darwin, windows, other)
+# and resumed. Never a path, host name or user name. A run that could not reach the site keeps its
+# report in DEST_DIR/.fetch-model.report (one JSON line each, the last 10) for the next run that
+# can. FETCH_MODEL_NO_REPORT=1 or DO_NOT_TRACK=1 sends and keeps nothing.
+#
 # Exit codes: 0 done; 1 usage; 2 a required tool is missing; 3 unknown model or
 # version (404), or withdrawn (410); 4 the site or a download failed after every
 # retry, or the site's answer is malformed; 5 every try of a file gave something other than
@@ -56,6 +65,9 @@ INCLUDE=${FETCH_MODEL_INCLUDE:-}
 EXCLUDE=${FETCH_MODEL_EXCLUDE:-}
 [ "$VERIFY" = 0 ] && VERIFY=''
 [ "$OFFLINE" = 0 ] && OFFLINE=''
+NO_REPORT=''
+case ${FETCH_MODEL_NO_REPORT:-0}${DO_NOT_TRACK:-0} in *[!0]*) NO_REPORT=1 ;; esac  # any value but 0
+CLIENT_VERSION=1
 TAB=$(printf '\t')
 SUMS_CAP=16777216          # the most a sha256sums answer may hold
 SUMS_WAIT=10               # seconds a complete copy waits for the site to answer
@@ -229,7 +241,7 @@ write_record() {
       "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
     each_pattern "$INCLUDE" 'include'
     each_pattern "$EXCLUDE" 'exclude'
-    printf 'client\tfetch-model.sh/1\n'
+    printf 'client\tfetch-model.sh/%s\n' "$CLIENT_VERSION"
     sort -n "$TMP/verified" | cut -f 2-
   } >"$TMP/record.new"
   new="$DEST/.fetch-model.record.$$.tmp"
@@ -271,6 +283,10 @@ usable_copy() {
     same_facts "$file" "$size" "$mtime" "$inode" "$ctime" && continue
     [ "${1:-}" != facts-only ] && [ "$(sha256_stdin <"$file")" = "$sha" ] || return 1
   done <"$TMP/record.files"
+}
+
+recorded_bytes() {  # the size of the files the record lists (read by usable_copy)
+  awk -F "$TAB" '{ total += $1 } END { printf "%d", total }' "$TMP/record.files"
 }
 
 COPY=''
@@ -428,6 +444,7 @@ download() {
   path=$1 expected=$2 part=$3 stable=$4
   tries=1
   failure=4
+  asked=0  # tries of this file so far: every one after the first asks for a fresh link
   while :; do
     have=0
     [ -f "$part" ] && have=$(size_of "$part")
@@ -445,7 +462,13 @@ download() {
       CODE=0
     else
       [ "$have" -gt 0 ] && say "$path: resuming at $have bytes"
+      [ "$have" -gt 0 ] && [ "$asked" -eq 0 ] && RESUMED=1  # a part an earlier run left
+      [ "$asked" -gt 0 ] && FRESH=$((FRESH + 1))
+      asked=$((asked + 1))
+      TRIES=$((TRIES + 1))
+      IN_FLIGHT=$part IN_FLIGHT_FROM=$have
       fetch_to "$stable" "$part" "$have" "$SIZE"
+      count_in_flight
     fi
     why=$(tail -n 1 "$TMP/error")
     why=${why:-curl exit $CODE}
@@ -558,6 +581,108 @@ select_files() {
   [ -s "$TMP/selected" ] || die 1 "no file of $MODEL $RESOLVED matches the --include/--exclude patterns"
 }
 
+# --- the run report (docs/run-reports.md) --------------------------------------------------------
+
+KEPT_REPORTS=10  # reports a folder keeps for a run that reaches the site, the newest
+
+json_string() {  # VALUE as a JSON string (the values are slugs and versions; escaped anyway)
+  case $1 in
+    *[!A-Za-z0-9._+-]*) printf '"%s"' "$(printf '%s' "$1" | tr '\000-\037' '?' | sed 's/[\\"]/\\&/g')" ;;
+    *) printf '"%s"' "$1" ;;
+  esac
+}
+
+outcome_name() {  # EXIT_CODE: its name in a report; fails for a code the contract does not know
+  case $1 in
+    0) echo ok ;; 1) echo usage ;; 2) echo missing_tool ;; 3) echo not_found ;; 4) echo network ;;
+    5) echo wrong_content ;; 6) echo dest_dir ;; 130) echo interrupted ;; 143) echo terminated ;;
+    *) return 1 ;;
+  esac
+}
+
+os_family() {
+  case $(uname -s 2>/dev/null) in
+    Linux) echo linux ;; Darwin) echo darwin ;; CYGWIN*|MINGW*|MSYS*) echo windows ;; *) echo other ;;
+  esac
+}
+
+# first: the folder held nothing of this model; update: a file came from FETCH_MODEL_FROM, or the
+# folder held another version of it; later: it held this model already; offline: no site.
+run_kind() {
+  if [ -n "$UNREACHED" ]; then echo offline
+  elif [ "$reused" -gt 0 ] || { [ "$PRIOR_MODEL" = "$MODEL" ] && [ -n "$RESOLVED" ] && [ "$PRIOR_VERSION" != "$RESOLVED" ]; }; then
+    echo update
+  elif [ "$PRIOR_MODEL" = "$MODEL" ] || [ "$kept" -gt 0 ]; then echo later
+  else echo first; fi
+}
+
+report_line() {  # EXIT_CODE NAME: this run's report, one line of JSON
+  version=null
+  [ -n "$RESOLVED" ] && version=$(json_string "$RESOLVED")
+  resumed=false
+  [ -n "$RESUMED" ] && resumed=true
+  took=$(($(date +%s) - START))
+  [ "$took" -ge 0 ] || took=0
+  [ "$TRIES" -le 10000 ] || TRIES=10000
+  [ "$FRESH" -le 10000 ] || FRESH=10000
+  printf '{"model": %s, "requested": %s, "version": %s, "client": "fetch-model.sh", "client_version": "%s", ' \
+    "$(json_string "$MODEL")" "$(json_string "$VERSION")" "$version" "$CLIENT_VERSION"
+  printf '"outcome": %s, "outcome_name": "%s", "run_kind": "%s", "tries": %s, "fresh_links": %s, ' \
+    "$1" "$2" "$(run_kind)" "$TRIES" "$FRESH"
+  printf '"bytes_downloaded": %s, "bytes_reused": %s, "bytes_delta": 0, "duration_ms": %s, "os": "%s", "resumed": %s}' \
+    "$BYTES_DOWN" "$BYTES_REUSED" "$((took * 1000))" "$(os_family)" "$resumed"
+}
+
+tell_about_reports() {  # once, on the first run in a folder (no record yet)
+  [ -n "$FIRST_IN_FOLDER" ] || return 0
+  FIRST_IN_FOLDER=''
+  say "this client reports how each run ends to the site (exit code and counts; no path, host or user name); FETCH_MODEL_NO_REPORT=1 or DO_NOT_TRACK=1 turns it off"
+}
+
+post_report() {  # JSON: one POST, 2 s at most, no retry, the answer ignored; fails when none came
+  printf '%s' "$1" | fetch -s -o /dev/null --retry 0 --max-time 2 --proto "$REDIRECT_PROTOCOLS" \
+    -H 'Content-Type: application/json' --data-binary @- "$REPORT_URL" >/dev/null 2>&1
+}
+
+keep_reports() {  # FILE: the folder's kept reports become the last lines of FILE (none: removed)
+  if [ -s "$1" ]; then
+    new="$PENDING.$$.tmp"
+    { tail -n "$KEPT_REPORTS" "$1" >"$new" && mv -f "$new" "$PENDING"; } 2>/dev/null || rm -f "$new"
+  elif [ -f "$PENDING" ]; then
+    rm -f "$PENDING"
+  fi
+}
+
+# At the end of every run: send its report (after the folder's kept ones, oldest first) when the
+# site named a report URL; keep it in the folder when the site could not be reached. Never
+# changes the exit code.
+report_run() {
+  [ -z "$NO_REPORT" ] && name=$(outcome_name "$1") || return 0
+  count_in_flight
+  line=$(report_line "$1" "$name")
+  [ "${#line}" -le 4096 ] || return 0
+  PENDING="$DEST/.fetch-model.report"
+  if [ -n "$REPORT_URL" ]; then
+    tell_about_reports
+    { [ -f "$PENDING" ] && tail -n "$KEPT_REPORTS" "$PENDING" | head -c 65536; printf '%s\n' "$line"; } >"$TMP/reports" 2>/dev/null
+    : >"$TMP/unsent"
+    answered=yes
+    while IFS= read -r report || [ -n "$report" ]; do
+      case $report in '{'*'}') [ "${#report}" -le 4096 ] || continue ;; *) continue ;; esac
+      if [ "$answered" = yes ]; then
+        post_report "$report" || answered=no  # no answer: the rest wait for a later run
+      else
+        printf '%s\n' "$report" >>"$TMP/unsent"
+      fi
+    done <"$TMP/reports"
+    keep_reports "$TMP/unsent"
+  elif [ -n "$UNREACHED" ] && [ -d "$DEST" ]; then
+    tell_about_reports
+    { [ -f "$PENDING" ] && tail -n "$KEPT_REPORTS" "$PENDING" | head -c 65536; printf '%s\n' "$line"; } >"$TMP/reports" 2>/dev/null
+    keep_reports "$TMP/reports"
+  fi
+}
+
 # --- one run ----------------------------------------------------------------------------------
 
 parse_options() {
@@ -618,6 +743,21 @@ lock_dest() {
   echo $$ >"$LOCK_DIR/pid"
 }
 
+# Add the bytes the try under way has received (also when a signal ends the run during it).
+count_in_flight() {
+  [ -n "$IN_FLIGHT" ] || return 0
+  got=0
+  [ -f "$IN_FLIGHT" ] && got=$(size_of "$IN_FLIGHT")
+  [ "$got" -gt "$IN_FLIGHT_FROM" ] && BYTES_DOWN=$((BYTES_DOWN + got - IN_FLIGHT_FROM))
+  IN_FLIGHT=''
+}
+
+in_place() {  # INDEX SHA PATH TARGET: a file that needs no download, verified (its bytes reused)
+  now=$(facts "$4")
+  verified "$1" "$2" "$3" "$now"
+  BYTES_REUSED=$((BYTES_REUSED + ${now%% *}))
+}
+
 # Keep, hash or reuse each selected file; what must be downloaded goes to $TMP/queue.
 check_files() {
   # The record's facts beside each selected file: "INDEX SHA RSIZE RSHA RMTIME RINODE RCTIME PATH".
@@ -633,14 +773,14 @@ check_files() {
     target="$DEST/$path"
     if [ -f "$target" ]; then
       if [ -z "$VERIFY" ] && [ "$rsha" = "$expected" ] && same_facts "$target" "$rsize" "$rmtime" "$rinode" "$rctime"; then
-        verified "$index" "$expected" "$path" "$(facts "$target")"
+        in_place "$index" "$expected" "$path" "$target"
         kept=$((kept + 1))
         say "$path: already there, verified at $REC_VERIFIED"
         continue
       fi
       if [ "$(sha256_stdin <"$target")" = "$expected" ]; then
         protect "$target"
-        verified "$index" "$expected" "$path" "$(facts "$target")"
+        in_place "$index" "$expected" "$path" "$target"
         kept=$((kept + 1))
         say "$path: already there, verified"
         continue
@@ -652,7 +792,7 @@ check_files() {
     mkdir -p "$dir" 2>/dev/null || die 6 "cannot create $dir"
     if [ -n "$FROM" ] && source=$(reusable "$path" "$expected"); then
       place_copy "$source" "$target" || die 6 "cannot copy $source to $target"
-      verified "$index" "$expected" "$path" "$(facts "$target")"
+      in_place "$index" "$expected" "$path" "$target"
       reused=$((reused + 1))
       say "$path: reused $source, SHA-256 verified"
       continue
@@ -708,11 +848,18 @@ download_queue() {
 }
 
 main() {
+  START=$(date +%s)
+  MODEL='' VERSION='' DEST='' RESOLVED='' REPORT_URL='' UNREACHED='' RESUMED='' FIRST_IN_FOLDER=''
+  PRIOR_MODEL='' PRIOR_VERSION='' IN_FLIGHT='' IN_FLIGHT_FROM=0 TRIES=0 FRESH=0 BYTES_DOWN=0 BYTES_REUSED=0
+  failed=0 downloaded=0 reused=0 kept=0
   parse_options "$@"
   find_tools
   TMP=$(mktemp -d 2>/dev/null || mktemp -d -t fetch-model) || die 6 "cannot create a temporary directory"
   LOCK=''
   cleanup() {
+    code=$?
+    trap ':' INT TERM  # a Ctrl-C now stops the report's POST, not the cleanup
+    report_run "$code"
     [ -n "$LOCK" ] && rm -rf "$LOCK"
     rm -rf "$TMP"
   }
@@ -723,9 +870,13 @@ main() {
   trap 'exit 143' TERM
   detect_stat
   RECORD="$DEST/.fetch-model.record"
+  if read_record "$RECORD"; then PRIOR_MODEL=$REC_MODEL PRIOR_VERSION=$REC_VERSION
+  elif [ ! -f "$DEST/.fetch-model.json" ]; then FIRST_IN_FOLDER=1; fi  # no client made this folder
 
   if [ -n "$OFFLINE" ]; then
+    UNREACHED=1
     usable_copy || die 4 "$MODEL $VERSION has no complete verified copy in $DEST"
+    RESOLVED=$REC_VERSION BYTES_REUSED=$(recorded_bytes)
     die 0 "offline: using $MODEL $REC_VERSION as verified at $REC_VERIFIED"
   fi
   # A complete copy need not wait long for a site that does not answer (a firewall that drops
@@ -733,7 +884,9 @@ main() {
   SUMS_LIMITS=''
   usable_copy facts-only && SUMS_LIMITS="--connect-timeout 5 --max-time $SUMS_WAIT"
   if ! get_sums; then
+    UNREACHED=1
     if copy_is_usable; then
+      RESOLVED=$REC_VERSION BYTES_REUSED=$(recorded_bytes)
       die 0 "warning: cannot reach $SITE ($REASON); using $MODEL $REC_VERSION as verified at $REC_VERIFIED"
     fi
     die 4 "cannot reach $SITE: $REASON"
@@ -745,9 +898,12 @@ main() {
       die 3 "${detail:-$MODEL $VERSION: not found ($STATUS)}" ;;
     *) die 4 "$sums_url answered HTTP $STATUS" ;;
   esac
+  REPORT_URL=$(header X-Report-URL "$TMP/headers")
+  case $REPORT_URL in http://*|https://*) ;; *) REPORT_URL='' ;; esac
+  case $REPORT_URL in *[[:space:][:cntrl:]]*) REPORT_URL='' ;; esac
   RESOLVED=$(header X-Artifact-Version "$TMP/headers")
   case $RESOLVED in
-    ''|*[!A-Za-z0-9._+-]*) die 4 "$sums_url did not name the version (is $SITE a Model Releases site?)" ;;
+    ''|*[!A-Za-z0-9._+-]*) RESOLVED=''; die 4 "$sums_url did not name the version (is $SITE a Model Releases site?)" ;;
   esac
   select_files  # a malformed or unsafe answer, or no file selected: one line, nothing written
   if [ "$RESOLVED" = "$VERSION" ]; then
@@ -759,10 +915,10 @@ main() {
     reason=$(urldecode "$(header X-Artifact-Yanked-Reason "$TMP/headers")")
     say "warning: $MODEL $RESOLVED is yanked: ${reason:-no reason given}"
   fi
+  [ -n "$REPORT_URL" ] && [ -z "$NO_REPORT" ] && tell_about_reports
 
   mkdir -p "$DEST" 2>/dev/null || die 6 "cannot create $DEST"
   lock_dest
-  failed=0 downloaded=0 reused=0 kept=0
   check_files
   [ -s "$TMP/queue" ] && download_queue
   if [ "$failed" -ne 0 ]; then
