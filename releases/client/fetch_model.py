@@ -71,7 +71,7 @@ WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"} | {
     f"{name}{digit}" for name in ("COM", "LPT") for digit in "0123456789\u00b9\u00b2\u00b3"
 }
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-REPORT, REPORTS_KEPT, REPORT_SECONDS, CLIENT_VERSION = ".fetch-model.report", 3, 2.0, "1"  # run reports
+REPORT, REPORTS_KEPT, REPORT_SECONDS, CLIENT_VERSION = ".fetch-model.report", 10, 2.0, "1"  # as the sh client
 OUTCOME_NAMES = {0: "ok", 1: "usage", 2: "missing_tool", 3: "not_found", 4: "network", 5: "wrong_content",
                  6: "dest_dir", 130: "interrupted", 143: "terminated"}  # fmt: skip
 EPILOG = """Exit codes: 0 done; 1 usage; 3 not found or withdrawn; 4 network; 5 wrong content; 6 DEST_DIR.
