@@ -100,7 +100,7 @@ def test_headings_sit_below_the_pages_own_and_code_blocks_carry_no_bogus_languag
 def test_html_stored_before_the_demotion_is_demoted_once():
     import importlib
 
-    migration = importlib.import_module("releases.migrations.0009_headings_below_the_page")
+    migration = importlib.import_module("releases.migrations.0010_headings_below_the_page")
     old = '<h1>Title</h1><h2>Part</h2><pre lang="python"><code>x</code></pre>'
     new = migration.demote(old)
     assert new == "<h3>Title</h3><h4>Part</h4><pre><code>x</code></pre>"
