@@ -11,6 +11,7 @@ import os
 import re
 import stat
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -333,6 +334,28 @@ def test_the_version_pages_start_lines_work_with_the_site_up_then_down(site, tmp
     assert down.returncode == 0, down.stderr
     assert "fetch-model: cannot refresh the client; using the saved copy" in down.stderr
     assert "fetch-model: warning: cannot reach" in down.stderr
+
+
+def test_the_version_pages_subset_lines_fetch_only_the_files_they_name(site, tmp_path):
+    page = subprocess.run(["curl", "-fsS", f"{site.url}/models/index-tts/v2/"], capture_output=True, text=True)
+    shell_line, python_line = html.unescape(
+        re.search(r'<pre id="cmd-subset"><code>(.*?)</code></pre>', page.stdout, re.S).group(1)
+    ).splitlines()
+    assert "--include '*.bin'" in shell_line and python_line.endswith("--include '*.bin'")
+    setup = "\n".join(start_block(site).splitlines()[:2])  # MODEL_DIR and the saved client
+    run_sh = subprocess.run(["sh", "-c", f"{setup}\n{shell_line}"], cwd=tmp_path, capture_output=True, text=True)
+    assert run_sh.returncode == 0, run_sh.stderr
+    wanted = {"checkpoints/vocoder.bin": FILES["checkpoints/vocoder.bin"]}
+    assert tree(tmp_path / "checkpoints" / "index-tts" / "v2") == {**wanted, ".fetch-model.sh": clients_sh(site)}
+    served = subprocess.run(["curl", "-fsS", f"{site.url}/fetch_model.py"], capture_output=True, check=True).stdout
+    (tmp_path / "py").mkdir()
+    (tmp_path / "py" / "fetch_model.py").write_bytes(served)
+    run_py = subprocess.run(
+        ["sh", "-c", python_line.replace("python3", sys.executable, 1)], cwd=tmp_path / "py",
+        capture_output=True, text=True, env={**os.environ, "FETCH_MODEL_NO_REPORT": "1"},
+    )  # fmt: skip
+    assert run_py.returncode == 0, run_py.stderr
+    assert tree(tmp_path / "py" / "checkpoints" / "index-tts" / "v2") == wanted
 
 
 def clients_sh(site):

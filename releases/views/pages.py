@@ -93,6 +93,7 @@ def version_page(request, model_slug, version):
         "changes": page.changes,
         "downloads": page.downloads,
         "first_runs": run_stats.public_first_runs(resolved),
+        "subset_pattern": shlex.quote(_subset_pattern(rows)),
         "changed_rows": _change_rows(page.changes),
     }
     response = render(request, "releases/version.html", context)
@@ -106,6 +107,16 @@ def _version_to_use(versions: list, latest):
     if latest is not None:
         return latest
     return next((v for v in versions if v.status in ("published", "yanked")), None)
+
+
+def _subset_pattern(rows: list[dict]) -> str:
+    """An --include pattern for the example line: the first file type the version has (`*.yaml`),
+    else the first file's path."""
+    for row in rows:
+        stem, dot, extension = row["name"].rpartition(".")
+        if dot and stem:
+            return f"*.{extension}"
+    return rows[0]["path"] if rows else "*"
 
 
 def _file_rows(files: list[FileLinks]) -> list[dict]:
