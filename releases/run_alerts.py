@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.mail import mail_admins
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from .models import RunAlert, RunOutcomeHour, Version
@@ -55,16 +55,19 @@ def check(now: datetime | None = None) -> dict:
 
 
 def _open(version: Version, summary: RunSummary, now: datetime) -> bool:
-    with transaction.atomic():
-        if RunAlert.objects.select_for_update().filter(version=version, closed_at__isnull=True).exists():
-            return False  # another run opened it
-        RunAlert.objects.create(
-            version=version,
-            opened_at=now,
-            first_runs=summary.first_runs,
-            succeeded=summary.first_ok,
-            failing=dict(summary.first_failing),
-        )
+    try:
+        with transaction.atomic():
+            if RunAlert.objects.filter(version=version, closed_at__isnull=True).exists():
+                return False  # another run opened it
+            RunAlert.objects.create(
+                version=version,
+                opened_at=now,
+                first_runs=summary.first_runs,
+                succeeded=summary.first_ok,
+                failing=dict(summary.first_failing),
+            )
+    except IntegrityError:  # one open alert per version: a concurrent check opened it first
+        return False
     outcomes = ", ".join(f"{name}: {runs}" for name, runs in most_first(summary.first_failing))
     message = (
         f"First runs of {version.model.slug} {version.version} are failing: {summary.rate_text} of "

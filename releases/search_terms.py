@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from functools import reduce
-from operator import and_, or_
+from operator import or_
 
 from django.db.models import Q, QuerySet
 
@@ -44,4 +44,6 @@ def filter_models(models: QuerySet, query: str) -> QuerySet:
     found = words(query)
     if not found:
         return models
-    return models.filter(reduce(and_, (word_matches(word) for word in found))).distinct()
+    for word in found:  # a filter per word: each may match a different tag of the same model
+        models = models.filter(word_matches(word))
+    return models.distinct()

@@ -20,6 +20,8 @@ def models(publish):
     publish("whisper-small", "v1", {"model.pt": b"b"})
     services.set_model_info("index-tts", tags=["voice-cloning", "tts"])
     services.set_model_info("whisper-small", description="Speech recognition for many languages.")
+    publish("plain", "v1", {"model.pt": b"c"})
+    services.set_model_info("plain", tags=["zebra", "quokka"])
 
 
 @pytest.mark.parametrize(
@@ -30,7 +32,8 @@ def models(publish):
         ("index tts", ["index-tts"]),  # the slug, across its hyphen
         ("speeches language", ["whisper-small"]),  # each word by its stem, in the description
         ("voice speech", []),  # every word must match
-        ("---", ["index-tts", "whisper-small"]),  # no words: everything
+        ("zebra quokka", ["plain"]),  # each word by another tag of the same model
+        ("---", ["index-tts", "plain", "whisper-small"]),  # no words: everything
     ],
 )
 def test_a_search_finds_models_by_every_word(models, query, found):
