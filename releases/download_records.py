@@ -87,10 +87,6 @@ def add_to_quarantine(pipeline, entries: list[str]) -> None:
     QUARANTINE.add(pipeline, entries)
 
 
-def quarantine_to_file(entries: list[str]) -> None:
-    QUARANTINE.to_file(entries)
-
-
 def report(batch: str, reasons: Counter, where: str) -> None:
     QUARANTINE.report(batch, reasons, where)
 
