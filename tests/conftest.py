@@ -334,3 +334,13 @@ def _downloads():
     from releases.views import downloads
 
     return downloads
+
+
+@pytest.fixture
+def fresh_run_reports():
+    """This Redis database's run-report keys and the process's memory of them, cleared around a test."""
+    from .test_run_reports import forget_reports
+
+    forget_reports()
+    yield
+    forget_reports()

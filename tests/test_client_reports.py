@@ -23,9 +23,9 @@ from releases import report_fold
 
 from .clients import FILES, run_process
 from .servers import wait_until
-from .test_run_reports import forget_reports, rows
+from .test_run_reports import rows
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_run_reports")]
 
 METRICS_TOKEN = "m" * 32
 TOTAL = sum(map(len, FILES.values()))
@@ -114,13 +114,6 @@ class Site:
             self.proxy.stop()
             self.server.stop()
             self.running = False
-
-
-@pytest.fixture(autouse=True)
-def fresh_reports():
-    forget_reports()
-    yield
-    forget_reports()
 
 
 @pytest.fixture

@@ -15,16 +15,9 @@ from releases.models import MLModel, RunAlert
 from releases.report_records import COUNTS_KEY, QUARANTINE_KEY
 from releases.report_tasks import rollup_run_reports
 
-from .test_run_reports import forget_reports, post, report, rows
+from .test_run_reports import post, report, rows
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def fresh_reports():
-    forget_reports()
-    yield
-    forget_reports()
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fresh_run_reports")]
 
 
 @pytest.fixture

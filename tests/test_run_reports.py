@@ -12,7 +12,7 @@ from releases import observability, report_fold, run_reports
 from releases.models import RunOutcomeHour, RunReportFold
 from releases.report_records import COUNTS_KEY, FOLDING_PREFIX, QUARANTINE_KEY, RATE_PREFIX
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fresh_run_reports")]
 
 URL = "/api/v1/reports"
 
@@ -29,13 +29,6 @@ def forget_reports() -> None:
     run_reports._last_warning["at"] = float("-inf")
     observability._unreachable_until.clear()
     observability._local.clear()
-
-
-@pytest.fixture(autouse=True)
-def fresh_reports():
-    forget_reports()
-    yield
-    forget_reports()
 
 
 @pytest.fixture
