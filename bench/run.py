@@ -540,6 +540,7 @@ def main() -> int:
 
 
 PROFILE_HEADING = "## Where a publish's time goes"
+UPLOAD_ROWS = ("| publish_release", "| what one", "| tasks the worker")  # the rows BENCH_ONLY=uploads writes
 
 
 def profile_section() -> str:
@@ -559,10 +560,10 @@ def profile_section() -> str:
 def with_upload_rows(report: str, text: str, header: str) -> str:
     """`report` with its publish_release rows replaced by those of `text` (a BENCH_ONLY=uploads run,
     dated in the profile section) and its profile section replaced."""
-    new = [line for line in text.splitlines() if line.startswith("| publish_release") or line.startswith("| what one")]
+    new = [line for line in text.splitlines() if line.startswith(UPLOAD_ROWS)]
     lines, placed, kept = report.splitlines(), False, []
     for line in lines:
-        if line.startswith("| publish_release") or line.startswith("| what one"):
+        if line.startswith(UPLOAD_ROWS):
             if not placed:
                 kept += new
                 placed = True

@@ -1,7 +1,9 @@
 """`make bench` rows for publishing multi-gigabyte files: publish_release against `aws s3 cp` (awscli,
 in .venv-awscli, built by `make awscli`) to the same moto server and to LocalStack's S3 (wall time,
 CPU, bytes read from the local disk and read back from storage), a profile of one publish, and an
-interrupted upload resumed. `BENCH_ONLY=uploads make bench` runs only these."""
+interrupted upload resumed; the same comparison for a 4 GiB file, and with a broker and a Celery worker
+running (a publish queues no hashing, so it should cost what the embedded default costs).
+`BENCH_ONLY=uploads make bench` runs only these."""
 
 from __future__ import annotations
 
@@ -20,6 +22,9 @@ from throttle import Throttle
 
 GiB = 1024**3
 ROUNDS = int(os.environ.get("BENCH_UPLOAD_ROUNDS", "3"))
+BIG_SIZE = int(os.environ.get("BENCH_UPLOAD_BIG_GIB", "4")) * GiB  # the large-file rows (0: skip them)
+# The broker rows' Redis: the machine's own, on a database the tests do not use.
+BENCH_REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/8")
 AWSCLI = REPO / ".venv-awscli" / "bin" / "aws"
 
 
@@ -104,6 +109,13 @@ def bench_uploads(endpoint: str, work: Path) -> list[tuple]:
     env = dict(os.environ)
     path = big_file(work / "big.bin")
     rows = publish_against_awscli("moto", env, endpoint, path, profile=work / "publish.prof")
+    with celery_worker(env) as (broker_env, worker):
+        rows += publish_against_awscli("moto", broker_env, endpoint, path, setup="a broker and a worker running")
+        rows.append(worker_tasks_row(worker))
+    if BIG_SIZE:
+        big = big_file(work / "bigger.bin", BIG_SIZE)
+        rows += publish_against_awscli("moto", env, endpoint, big)
+        big.unlink()
     with localstack_server(work / "localstack") as (localstack_endpoint, credentials):
         import boto3
 
@@ -116,12 +128,46 @@ def bench_uploads(endpoint: str, work: Path) -> list[tuple]:
     return rows + [interrupted_and_resumed(env, endpoint, path, path.stat().st_size)]
 
 
-def publish_against_awscli(server: str, env: dict, endpoint: str, path: Path, profile: Path | None = None) -> list:
+@contextmanager
+def celery_worker(env: dict):
+    """A real `celery worker` on both queues, with the broker in Redis: the env publish_release runs
+    with (its on-commit work is queued, not run in the command) and the worker."""
+    sys.path.insert(0, str(REPO))
+    from tests.servers import CeleryWorker
+
+    broker_env = {**env, "REDIS_URL": BENCH_REDIS_URL, "CELERY_QUEUE": f"bench-{os.getpid()}"}
+    worker = CeleryWorker(broker_env)
+    try:
+        yield broker_env, worker
+    finally:
+        worker.stop()
+
+
+def worker_tasks_row(worker) -> tuple:
+    """What the publishes left the worker to do: no task that reads a published object back."""
+    received = [
+        line.split("Task ", 1)[1].split("[", 1)[0] for line in worker.log().splitlines() if "] received" in line
+    ]
+    readers = [name for name in received if "manifest" in name or "verify" in name or "hash" in name]
+    names = ", ".join(sorted(set(received))) or "none"
+    return (
+        "tasks the worker received during those publishes",
+        f"{len(received)} ({names}); {len(readers)} that read an object back",
+        "none that read an object back",
+        not readers,
+    )
+
+
+def publish_against_awscli(
+    server: str, env: dict, endpoint: str, path: Path, profile: Path | None = None, setup: str = "embedded default"
+) -> list:
     """Rounds of `publish_release` (published, manifest included, tasks in-process as in the embedded
     default) and `aws s3 cp` of the same file to the same server, taking turns at going first (neither
     always meets a fresher server, or the other's writeback); the file is evicted from the page cache
     before every run. Then one run of each through a proxy that counts the bytes read back."""
-    size, model = path.stat().st_size, f"bench-{server.lower()}"
+    size = path.stat().st_size
+    model = f"bench-{server.lower()}-{size // GiB}g" + ("-broker" if "broker" in setup else "")
+    what = f"one {size / GiB:.0f} GiB file to the same {server} server, {setup}"
     load_before = os.getloadavg()[0]
     ours: list[Run] = []
     theirs: list[Run] = []
@@ -139,8 +185,7 @@ def publish_against_awscli(server: str, env: dict, endpoint: str, path: Path, pr
     ratio = their_best.wall / best.wall
     rows = [
         (
-            f"publish_release (published, chunk manifest included) vs aws s3 cp (awscli), one 1 GiB file to the "
-            f"same {server} server (best of {ROUNDS})",
+            f"publish_release (published, chunk manifest included) vs aws s3 cp (awscli), {what} (best of {ROUNDS})",
             f"ours {best.wall:.2f} s ({size / best.wall / 2**20:.0f} MiB/s) vs awscli {their_best.wall:.2f} s "
             f"({size / their_best.wall / 2**20:.0f} MiB/s) = {ratio:.2f}x; every run: ours "
             f"{' / '.join(f'{run.wall:.1f}' for run in ours)} s, awscli {' / '.join(f'{run.wall:.1f}' for run in theirs)} s; "
@@ -149,7 +194,7 @@ def publish_against_awscli(server: str, env: dict, endpoint: str, path: Path, pr
             ratio >= 0.9,
         ),
         (
-            f"what one 1 GiB publish costs ({server}): CPU seconds, bytes read from the local disk, bytes read "
+            f"what one publish costs ({what}): CPU seconds, bytes read from the local disk, bytes read "
             "back from storage (at a counting proxy)",
             f"ours {min(run.cpu for run in ours):.1f} CPU s (the SHA-256, FastCDC and chunk hashes, part CRC32s), "
             f"{max(run.disk for run in ours) / 2**20:,.0f} MiB from disk, {read_back['ours']:,} bytes read back; "
