@@ -1,12 +1,13 @@
 """A loopback TCP forwarder that limits each connection's rate (and optionally the total), for the bench.
 
-    python bench/throttle.py UPSTREAM_PORT [--per-connection BYTES_PER_S] [--total BYTES_PER_S]
+    python bench/throttle.py UPSTREAM_PORT [--per-connection BYTES_PER_S] [--total BYTES_PER_S] [--up-total BYTES_PER_S]
 
 It listens on a free port of 127.0.0.1 (printed as the first line of stdout) and forwards every
 connection to 127.0.0.1:UPSTREAM_PORT. Bytes from upstream to the client pass a token bucket of
 their connection (--per-connection) and one bucket shared by all connections (--total), as a link
-that caps each TCP stream (a CDN, S3) and one with a fixed capacity would. The requests going up
-are forwarded unthrottled (they are a few hundred bytes). 0 means unlimited.
+that caps each TCP stream (a CDN, S3) and one with a fixed capacity would. Bytes going up (requests,
+and the bodies of uploads) pass only a bucket shared by all connections (--up-total), as the uplink
+of a publisher's machine would. 0 means unlimited.
 
 Commands on stdin, one per line, each answered by one line of JSON on stdout:
     stats                     bytes down (upstream to client) and up, connections, the proxy's CPU seconds
@@ -55,10 +56,10 @@ class Bucket:
 
 
 class Proxy:
-    def __init__(self, upstream_port: int, per_connection: float, total: float):
+    def __init__(self, upstream_port: int, per_connection: float, total: float, up_total: float = 0):
         self.upstream_port = upstream_port
         self.per_connection = per_connection
-        self.total = Bucket(total)
+        self.total, self.up_total = Bucket(total), Bucket(up_total)
         self.down = self.up = self.connections = self.open = self.most_open = 0
 
     async def handle(self, client_reader, client_writer) -> None:
@@ -88,6 +89,7 @@ class Proxy:
         try:
             while block := await reader.read(READ_SIZE):
                 if bucket is None:
+                    await self.up_total.take(len(block))
                     self.up += len(block)
                 else:
                     await bucket.take(len(block))
@@ -121,7 +123,7 @@ class Proxy:
 
 
 async def serve(arguments) -> None:
-    proxy = Proxy(arguments.upstream_port, arguments.per_connection, arguments.total)
+    proxy = Proxy(arguments.upstream_port, arguments.per_connection, arguments.total, arguments.up_total)
     server = await asyncio.start_server(proxy.handle, "127.0.0.1", arguments.port, limit=4 * READ_SIZE)
     print(server.sockets[0].getsockname()[1], flush=True)
     loop = asyncio.get_running_loop()
@@ -147,10 +149,10 @@ async def _call(function, *args):
 class Throttle:
     """The forwarder as a child process: `port`, `stats()`, `reset()`, `rates()`, `stop()`."""
 
-    def __init__(self, upstream_port: int, per_connection: float = 0, total: float = 0):
+    def __init__(self, upstream_port: int, per_connection: float = 0, total: float = 0, up_total: float = 0):
         self.process = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), str(upstream_port),
-             "--per-connection", str(per_connection), "--total", str(total)],
+             "--per-connection", str(per_connection), "--total", str(total), "--up-total", str(up_total)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         self.port = int(self.process.stdout.readline())
@@ -182,6 +184,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--per-connection", type=float, default=0, help="bytes/s for each connection (0: no limit)")
     parser.add_argument("--total", type=float, default=0, help="bytes/s for all connections together (0: no limit)")
+    parser.add_argument("--up-total", type=float, default=0, help="bytes/s sent up by all connections (0: no limit)")
     asyncio.run(serve(parser.parse_args()))
 
 
