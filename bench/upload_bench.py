@@ -65,16 +65,42 @@ class Run:
     wall: float  # seconds
     cpu: float  # user + system seconds of the process and its children
     disk: int  # bytes it read from the local disk (block input: the file is evicted from the page cache first)
+    server_cpu: float = 0.0  # CPU seconds the S3 server spent meanwhile (it shares the machine's cores)
 
 
-def measured(process: subprocess.Popen) -> Run:
+def measured(process: subprocess.Popen, server_pid: int | None = None) -> Run:
+    server_before = cpu_seconds(server_pid)
     start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     out, err = process.communicate(timeout=900)
     if process.returncode != 0:
         raise RuntimeError(f"{process.args} failed ({process.returncode}): {err[-2000:]}")
     wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    return Run(wall, cpu, (after.ru_inblock - before.ru_inblock) * 512)
+    return Run(wall, cpu, (after.ru_inblock - before.ru_inblock) * 512, cpu_seconds(server_pid) - server_before)
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of a running process (0 without one)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def listening_pid(port: int) -> int | None:
+    """The process that listens on 127.0.0.1:`port` (the S3 server), found through /proc."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state, inode = line.split()[1], line.split()[3], line.split()[9]
+        if state == "0A" and int(local.split(":")[1], 16) == port:
+            inodes.add(f"socket:[{inode}]")
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            if any(os.readlink(fd) in inodes for fd in fd_dir.iterdir()):
+                return int(fd_dir.parent.name)
+        except OSError:  # gone, or not ours to read
+            continue
+    return None
 
 
 def timed(process: subprocess.Popen) -> float:
@@ -188,12 +214,12 @@ def publish_against_awscli(
     )
     amount = f"{size // GiB} GiB" if size >= GiB else f"{size >> 20} MiB"
     what = f"one {amount} file to the same {server} server, {setup}"
-    load_before = os.getloadavg()[0]
+    load_before, server_pid = os.getloadavg()[0], listening_pid(int(endpoint.rsplit(":", 1)[1]))
     ours: list[Run] = []
     theirs: list[Run] = []
     for round_ in range(ROUNDS):
-        runs = [lambda: theirs.append(measured(awscli(env, endpoint, evicted(path), f"awscli/{round_}.bin"))),
-                lambda: ours.append(measured(publish(env, f"v{round_}", evicted(path), draft=False, model=model)))]  # fmt: skip
+        runs = [lambda: theirs.append(measured(awscli(env, endpoint, evicted(path), f"awscli/{round_}.bin"), server_pid)),
+                lambda: ours.append(measured(publish(env, f"v{round_}", evicted(path), draft=False, model=model), server_pid))]  # fmt: skip
         for run in runs if round_ % 2 else runs[::-1]:
             run()
     read_back = {
@@ -219,7 +245,8 @@ def publish_against_awscli(
             f"ours {min(run.cpu for run in ours):.1f} CPU s (the SHA-256, FastCDC and chunk hashes, part CRC32s), "
             f"{max(run.disk for run in ours) / 2**20:,.0f} MiB from disk, {read_back['ours']:,} bytes read back; "
             f"awscli {min(run.cpu for run in theirs):.1f} CPU s (part CRC32s), "
-            f"{max(run.disk for run in theirs) / 2**20:,.0f} MiB from disk, {read_back['awscli']:,} bytes read back",
+            f"{max(run.disk for run in theirs) / 2**20:,.0f} MiB from disk, {read_back['awscli']:,} bytes read back; "
+            + shared_cores(best, their_best),
             "read back: 0; disk: the file once",
             read_back["ours"] == 0 and max(run.disk for run in ours) <= size * 1.05,
         ),
@@ -228,6 +255,16 @@ def publish_against_awscli(
         measured(publish(env, "profiled", evicted(path), draft=False, model=model, profile=profile))
         PROFILES[server] = profile_summary(profile)
     return rows
+
+
+def shared_cores(ours: Run, theirs: Run) -> str:
+    """What the two best runs asked of the machine's cores, the S3 server's share included."""
+    cores = os.cpu_count() or 1
+
+    def load(run: Run) -> str:
+        return f"{run.cpu + run.server_cpu:.1f} CPU s with the server's {run.server_cpu:.1f} in {run.wall:.1f} s"
+
+    return f"all {cores} cores: ours {load(ours)}, awscli {load(theirs)}"
 
 
 PROFILES: dict[str, str] = {}  # server -> the top of a cProfile run of publish_release's main thread
