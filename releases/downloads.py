@@ -50,12 +50,12 @@ from .download_records import (
     quarantine_location,
     report,
 )
+from .process_logs import Every, ProcessLog
 from .record_folds import set_aside
 
 logger = logging.getLogger(__name__)
 
 SEEN_PREFIX = "model-releases:downloads:seen:"
-WARN_EVERY_SECONDS = 60.0
 MAX_LOCAL_MARKERS = 100_000  # markers a process keeps in memory; past it the oldest go first
 _DIGITS = re.compile(r"[0-9]{1,19}")
 REPLAY_CHUNK = 1000  # log lines sent to Redis per round trip
@@ -96,7 +96,7 @@ def count_download(request, file_id: int) -> None:
         if settings.REDIS_URL:
             observability.write_with_counts(_RedisCount(field, marker))
         elif _seen.first_time(marker):
-            _append(f"{field}\n")
+            _log.append(f"{field}\n")
     except Exception:  # counting must not fail a download
         logger.exception("could not count a download of file %s", file_id)
 
@@ -148,44 +148,8 @@ class _RedisCount:
 
 # --- the local log -----------------------------------------------------------------------------------
 
-_log_lock = threading.Lock()  # this process's writes to its log, and the renames that set it aside
-
-
-def own_log() -> Path:
-    return log_dir() / f"{socket.gethostname()}-{os.getpid()}.log"
-
-
-class _Every:
-    """At most one log line per `seconds`, with the number of occasions since the last one."""
-
-    def __init__(self, seconds: float):
-        self.seconds, self.last, self.since = seconds, float("-inf"), 0
-        self.lock = threading.Lock()
-
-    def due(self) -> int:
-        """0 when not due yet; else the occasions this line speaks for (this one included)."""
-        with self.lock:
-            self.since += 1
-            if time.monotonic() - self.last < self.seconds:
-                return 0
-            occasions, self.since, self.last = self.since, 0, time.monotonic()
-            return occasions
-
-
-_unwritable = _Every(WARN_EVERY_SECONDS)
-
-
-def _append(line: str) -> bool:
-    try:
-        with _log_lock:
-            own_log().parent.mkdir(parents=True, exist_ok=True)
-            with open(own_log(), "a", encoding="ascii") as log:
-                log.write(line)
-        return True
-    except OSError as error:
-        if lost := _unwritable.due():
-            logger.warning("could not count %d download%s in %s: %s", lost, "" if lost == 1 else "s", own_log(), error)
-        return False
+_log = ProcessLog(log_dir, "download count")
+own_log = _log.path
 
 
 class _Fallback:
@@ -195,11 +159,11 @@ class _Fallback:
         self.pending = False  # this process's log holds counts not yet sent to Redis
         self.orphans_looked_for = False  # once per process, and after each of its own fallbacks
         self.unsent: list[Path] = []  # logs set aside whose sending failed
-        self.warning = _Every(WARN_EVERY_SECONDS)
+        self.warning = Every()
         self.lock = threading.Lock()
 
     def keep(self, field: str, marker: str, error: Exception) -> None:
-        if not _seen.first_time(marker) or not _append(f"{field} {marker}\n"):
+        if not _seen.first_time(marker) or not _log.append(f"{field} {marker}\n"):
             return
         with self.lock:
             self.pending = True
@@ -219,7 +183,7 @@ class _Fallback:
                 return
             look_for_orphans = self.pending or not self.orphans_looked_for
             logs, self.unsent, self.pending, self.orphans_looked_for = self.unsent, [], False, True
-            with _log_lock:
+            with _log.lock:
                 if own_log().exists():
                     logs.append(set_aside(own_log()))
         if look_for_orphans:

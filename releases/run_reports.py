@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import threading
-import time
 from collections import OrderedDict
 from typing import Literal
 
@@ -28,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from . import observability
 from .client_address import client_address, client_marker
 from .models import OUTCOMES, MLModel, Version
+from .process_logs import Every, ProcessLog
 from .report_records import COUNTS_KEY, RATE_PREFIX, field_for, log_dir
 
 logger = logging.getLogger(__name__)
@@ -35,7 +33,6 @@ logger = logging.getLogger(__name__)
 MAX_BODY_BYTES = 4096
 MAX_BYTES = 2**53  # beyond what a double holds exactly: no real run moves that much
 RATE_WINDOW_SECONDS = 120  # a minute's counter outlives its minute, then goes
-WARN_EVERY_SECONDS = 60.0
 MAX_LOCAL_ADDRESSES = 10_000  # per-process rate counters kept; past it the oldest go first
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
 
@@ -146,22 +143,16 @@ def count(request, report: RunReport, model: MLModel, version: Version | None) -
             return bool(observability.redis_client().eval(COUNT_UNLESS_LIMITED, 3, *keys, *args))
         except Exception as error:  # Redis down: this process limits and keeps the report itself
             observability.redis_failed()
-            _warn_now_and_then("Redis cannot be reached (%s): run reports go to %s until it answers", error, own_log())
+            if _redis_warning.due():  # once a minute at most: an outage must not flood the log
+                logger.warning("Redis cannot be reached (%s): run reports go to %s until it answers", error, own_log())
     if not _local_limit.allows(f"{minute}:{marker}"):
         return False
-    _append(f"{field}\n")
+    _log.append(f"{field}\n")
     observability.count(**{metric: 1})
     return True
 
 
-_last_warning = {"at": float("-inf")}
-
-
-def _warn_now_and_then(message: str, *args) -> None:
-    """At most one such WARNING a minute per process (an outage must not flood the log)."""
-    if time.monotonic() - _last_warning["at"] >= WARN_EVERY_SECONDS:
-        _last_warning["at"] = time.monotonic()
-        logger.warning(message, *args)
+_redis_warning = Every()
 
 
 def clock():
@@ -186,18 +177,5 @@ class _LocalLimit:
 
 
 _local_limit = _LocalLimit()
-_log_lock = threading.Lock()
-
-
-def own_log():
-    return log_dir() / f"{socket.gethostname()}-{os.getpid()}.log"
-
-
-def _append(line: str) -> None:
-    try:
-        with _log_lock:
-            own_log().parent.mkdir(parents=True, exist_ok=True)
-            with open(own_log(), "a", encoding="ascii") as log:
-                log.write(line)
-    except OSError as error:  # a lost report must not fail the request
-        _warn_now_and_then("could not keep a run report in %s: %s", own_log(), error)
+_log = ProcessLog(log_dir, "run report")
+own_log = _log.path

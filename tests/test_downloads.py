@@ -9,7 +9,7 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from releases import download_fold, downloads, observability
+from releases import download_fold, downloads, observability, process_logs
 from releases.client_address import client_address
 from releases.download_records import COUNTS_KEY, FOLDING_PREFIX, QUARANTINE_KEY
 from releases.models import DailyDownloads, DownloadFold, File
@@ -29,7 +29,7 @@ def forget_counts() -> None:
         client.delete(*keys)
     downloads._seen = downloads._SeenMarkers()
     downloads._fallback = downloads._Fallback()
-    downloads._unwritable = downloads._Every(downloads.WARN_EVERY_SECONDS)
+    downloads._log.unwritable = process_logs.Every()
     observability._unreachable_until.clear()
 
 
@@ -312,7 +312,8 @@ def test_a_log_that_cannot_be_written_fails_no_download_and_is_said_once(client,
     (tmp_path / "downloads").write_text("a file where the folder should be")
     for n in range(5):
         get(client, "/models/tts/v2/model.pt", f"203.0.113.{n}")
-    assert [r.levelname for r in caplog.records if "could not count" in r.getMessage()] == ["WARNING"]
+    said = [r.levelname for r in caplog.records if "could not keep 1 download count in" in r.getMessage()]
+    assert said == ["WARNING"]
 
 
 def test_deleted_files_are_skipped(tts):

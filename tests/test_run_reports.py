@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from releases import observability, report_fold, run_reports
+from releases import observability, process_logs, report_fold, run_reports
 from releases.models import RunOutcomeHour, RunReportFold
 from releases.report_records import COUNTS_KEY, FOLDING_PREFIX, QUARANTINE_KEY, RATE_PREFIX
 
@@ -26,7 +26,8 @@ def forget_reports() -> None:
             keys += list(client.scan_iter(match=pattern))
         client.delete(*keys)
     run_reports._local_limit = run_reports._LocalLimit()
-    run_reports._last_warning["at"] = float("-inf")
+    run_reports._redis_warning = process_logs.Every()
+    run_reports._log.unwritable = process_logs.Every()
     observability._unreachable_until.clear()
     observability._local.clear()
 
