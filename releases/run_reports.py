@@ -120,7 +120,7 @@ def _first_problem(error: ValidationError) -> str:
 def _known(report: RunReport) -> tuple[MLModel, Version | None]:
     """The model and version named, as anyone may see them (drafts are unknown), or Refused."""
     visible = Version.objects.exclude(status=Version.Status.DRAFT)
-    model = MLModel.objects.filter(slug=report.model, versions__in=visible).distinct().first()
+    model = reportable_model(report.model)
     if model is None:
         raise Refused(400, f"model: no model {report.model!r} here")
     if report.version is None:
@@ -129,6 +129,12 @@ def _known(report: RunReport) -> tuple[MLModel, Version | None]:
     if version is None:
         raise Refused(400, f"version: {report.model} has no version {report.version!r}")
     return model, version
+
+
+def reportable_model(slug: str) -> MLModel | None:
+    """The model a report may name: one anyone may see (with a version that is not a draft)."""
+    visible = Version.objects.exclude(status=Version.Status.DRAFT)
+    return MLModel.objects.filter(slug=slug, versions__in=visible).distinct().first()
 
 
 def count(request, report: RunReport, model: MLModel, version: Version | None) -> bool:

@@ -891,16 +891,19 @@ main() {
     fi
     die 4 "cannot reach $SITE: $REASON"
   fi
+  # A 404 or 410 may name the report URL too (and a 410 the withdrawn version): that run is reported.
+  REPORT_URL=$(header X-Report-URL "$TMP/headers")
+  case $REPORT_URL in http://*|https://*) ;; *) REPORT_URL='' ;; esac
+  case $REPORT_URL in *[[:space:][:cntrl:]]*) REPORT_URL='' ;; esac
   case $STATUS in
     200) ;;
     404|410)
+      RESOLVED=$(header X-Artifact-Version "$TMP/headers")
+      case $RESOLVED in *[!A-Za-z0-9._+-]*) RESOLVED='' ;; esac
       detail=$(head -c 65536 "$TMP/sums" | sed -n 's/.*"detail": *"\([^"]*\)".*/\1/p' | head -n 1)
       die 3 "${detail:-$MODEL $VERSION: not found ($STATUS)}" ;;
     *) die 4 "$sums_url answered HTTP $STATUS" ;;
   esac
-  REPORT_URL=$(header X-Report-URL "$TMP/headers")
-  case $REPORT_URL in http://*|https://*) ;; *) REPORT_URL='' ;; esac
-  case $REPORT_URL in *[[:space:][:cntrl:]]*) REPORT_URL='' ;; esac
   RESOLVED=$(header X-Artifact-Version "$TMP/headers")
   case $RESOLVED in
     ''|*[!A-Za-z0-9._+-]*) RESOLVED=''; die 4 "$sums_url did not name the version (is $SITE a Model Releases site?)" ;;
