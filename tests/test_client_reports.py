@@ -96,14 +96,15 @@ class Proxy:
 
 
 class Site:
-    """gunicorn (the shipped configuration, local storage) behind a Proxy; `down()` stops both."""
+    """gunicorn (the shipped configuration, local storage unless `env` says otherwise) behind a Proxy;
+    `down()` stops both."""
 
     def __init__(self, settings, **env):
         from .servers import Gunicorn, django_env
 
         self.server = Gunicorn(
-            django_env(STORAGE_BACKEND="local", DATA_DIR=settings.DATA_DIR, METRICS_TOKEN=METRICS_TOKEN,
-                       RUN_REPORTS_PER_MINUTE=1000, **env)
+            django_env(**{"STORAGE_BACKEND": "local", "DATA_DIR": settings.DATA_DIR, "METRICS_TOKEN": METRICS_TOKEN,
+                          "RUN_REPORTS_PER_MINUTE": 1000, **env})
         )  # fmt: skip
         self.proxy = Proxy(self.server.port)
         self.url = self.proxy.url
