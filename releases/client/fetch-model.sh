@@ -38,8 +38,8 @@
 # DEST_DIR without asking the site; FETCH_MODEL_INCLUDE / FETCH_MODEL_EXCLUDE hold patterns
 # separated by ':' (used when no --include / --exclude option is given).
 #
-# Run reports (docs/run-reports.md): when the site's sha256sums answer names a report URL
-# (X-Report-URL), the run ends with one POST to it (2 s at most, no retries, the answer ignored) of
+# Run reports (docs/run-reports.md): when the site's sha256sums answer (its 404 or 410 too) names
+# a report URL (X-Report-URL), the run ends with one POST to it (2 s at most, no retries, the answer ignored) of
 # exactly: model, requested and resolved version, client (fetch-model.sh) and client_version, the
 # exit code and its name, run_kind (first, update, later, offline), tries, fresh_links,
 # bytes_downloaded, bytes_reused, bytes_delta (0), duration_ms, os (linux, darwin, windows, other)
