@@ -39,13 +39,13 @@
 # separated by ':' (used when no --include / --exclude option is given).
 #
 # Run reports (docs/run-reports.md): when the site's sha256sums answer (its 404 or 410 too) names
-# a report URL (X-Report-URL), the run ends with one POST to it (2 s at most, no retries, the answer ignored) of
-# exactly: model, requested and resolved version, client (fetch-model.sh) and client_version, the
-# exit code and its name, run_kind (first, update, later, offline), tries, fresh_links,
-# bytes_downloaded, bytes_reused, bytes_delta (0), duration_ms, os (linux, darwin, windows, other)
-# and resumed. Never a path, host name or user name. A run that could not reach the site keeps its
-# report in DEST_DIR/.fetch-model.report (one JSON line each, the last 10) for the next run that
-# can. FETCH_MODEL_NO_REPORT=1 or DO_NOT_TRACK=1 sends and keeps nothing.
+# a report URL (X-Report-URL), the run ends with one POST to it (2 s at most, no retries, the
+# answer ignored) of exactly: model, requested and resolved version, client (fetch-model.sh) and
+# client_version, the exit code and its name, run_kind (first, update, later, offline), tries,
+# fresh_links, bytes_downloaded, bytes_reused, bytes_delta (0), duration_ms, os (linux, darwin,
+# windows, other) and resumed. Never a path, host name or user name. A run that could not reach
+# the site keeps its report in DEST_DIR/.fetch-model.report (one JSON line each, the last 10) for
+# the next run that can. FETCH_MODEL_NO_REPORT=1 or DO_NOT_TRACK=1 sends and keeps nothing.
 #
 # Exit codes: 0 done; 1 usage; 2 a required tool is missing; 3 unknown model or
 # version (404), or withdrawn (410); 4 the site or a download failed after every
