@@ -900,6 +900,7 @@ main() {
     404|410)
       RESOLVED=$(header X-Artifact-Version "$TMP/headers")
       case $RESOLVED in *[!A-Za-z0-9._+-]*) RESOLVED='' ;; esac
+      [ -n "$REPORT_URL" ] && [ -z "$NO_REPORT" ] && tell_about_reports  # before the error: its line stays last
       detail=$(head -c 65536 "$TMP/sums" | sed -n 's/.*"detail": *"\([^"]*\)".*/\1/p' | head -n 1)
       die 3 "${detail:-$MODEL $VERSION: not found ($STATUS)}" ;;
     *) die 4 "$sums_url answered HTTP $STATUS" ;;
