@@ -12,7 +12,7 @@ from ninja import NinjaAPI
 from . import caching, selectors, suggestions
 from .api_schemas import Error, ModelList, ModelOut, VersionOut
 from .links import VersionLinks, absolute, file_links
-from .reports_api import report_url
+from .reports_api import report_url, with_report_url
 from .reports_api import router as reports_router
 from .views import errors
 
@@ -45,12 +45,19 @@ def not_found(request, error):
     spelled = suggestions.stored_spelling(slug, version, request.user) if slug and version else None
     if spelled is not None:
         return request.resolver_match.func(request, **{**request.resolver_match.kwargs, "version": spelled})
-    return caching.uncacheable(api.create_response(request, {"detail": errors.detail(request, error)}, status=404))
+    response = api.create_response(request, {"detail": errors.detail(request, error)}, status=404)
+    if slug and version:  # a known model asked for a version it lacks (a typo in a README): reported
+        with_report_url(request, response, model=slug)
+    return caching.uncacheable(response)
 
 
 @api.exception_handler(selectors.Gone)
 def gone(request, error):
-    return caching.uncacheable(api.create_response(request, {"detail": str(error)}, status=410))
+    """A withdrawn version: with its stored name and where to report, so a run that ends here is counted."""
+    response = api.create_response(request, {"detail": str(error)}, status=410)
+    if error.version:
+        response["X-Artifact-Version"] = error.version
+    return caching.uncacheable(with_report_url(request, response))
 
 
 def model_api_url(request, slug: str) -> str:

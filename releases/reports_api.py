@@ -28,6 +28,16 @@ def report_url(request) -> str | None:
     return absolute(request, reverse("api-1:reports")) if settings.RUN_REPORTS else None
 
 
+def with_report_url(request, response: HttpResponse, *, model: str | None = None) -> HttpResponse:
+    """`response`, an error a run may end at (a 410, or a 404 naming `model`), with X-Report-URL when
+    reports are on, so that such runs are counted too. A 404 gets it only when the endpoint takes
+    reports naming that model: a run that asked for a made-up model has nothing it could report."""
+    url = report_url(request)
+    if url and (model is None or run_reports.reportable_model(model) is not None):
+        response["X-Report-URL"] = url
+    return response
+
+
 @router.post(
     "/v1/reports",
     url_name="reports",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from collections import OrderedDict
 from typing import Literal
@@ -34,6 +35,7 @@ MAX_BODY_BYTES = 4096
 MAX_BYTES = 2**53  # beyond what a double holds exactly: no real run moves that much
 RATE_WINDOW_SECONDS = 120  # a minute's counter outlives its minute, then goes
 MAX_LOCAL_ADDRESSES = 10_000  # per-process rate counters kept; past it the oldest go first
+MODEL_PATTERN = r"^[a-z0-9-]{1,100}$"
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
 
 # KEYS: the address's counter for this minute, the counts hash, the metrics hash.
@@ -53,7 +55,7 @@ class RunReport(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, title="RunReport")
 
-    model: str = Field(pattern=r"^[a-z0-9-]{1,100}$", description="The model slug asked for.")
+    model: str = Field(pattern=MODEL_PATTERN, description="The model slug asked for.")
     requested: str = Field(pattern=VERSION_PATTERN, description="The version asked for, or `latest`.")
     version: str | None = Field(pattern=VERSION_PATTERN, description="The resolved version; null before resolving.")
     client: Literal["fetch-model.sh", "fetch_model.py"]
@@ -117,7 +119,7 @@ def _first_problem(error: ValidationError) -> str:
 def _known(report: RunReport) -> tuple[MLModel, Version | None]:
     """The model and version named, as anyone may see them (drafts are unknown), or Refused."""
     visible = Version.objects.exclude(status=Version.Status.DRAFT)
-    model = MLModel.objects.filter(slug=report.model, versions__in=visible).distinct().first()
+    model = reportable_model(report.model)
     if model is None:
         raise Refused(400, f"model: no model {report.model!r} here")
     if report.version is None:
@@ -126,6 +128,14 @@ def _known(report: RunReport) -> tuple[MLModel, Version | None]:
     if version is None:
         raise Refused(400, f"version: {report.model} has no version {report.version!r}")
     return model, version
+
+
+def reportable_model(slug: str) -> MLModel | None:
+    """The model a report may name: one anyone may see (with a version that is not a draft)."""
+    if not re.fullmatch(MODEL_PATTERN, slug):  # anything a URL held, a NUL byte too: no query for it
+        return None
+    visible = Version.objects.exclude(status=Version.Status.DRAFT)
+    return MLModel.objects.filter(slug=slug, versions__in=visible).distinct().first()
 
 
 def count(request, report: RunReport, model: MLModel, version: Version | None) -> bool:

@@ -34,7 +34,11 @@ class NotFound(Exception):
 
 
 class Gone(Exception):
-    """A withdrawn version (410)."""
+    """A withdrawn version (410); `version` is its stored name when the URL named one version."""
+
+    def __init__(self, message: str, version: str | None = None):
+        super().__init__(message)
+        self.version = version
 
 
 def _latest_version_subquery():
@@ -182,7 +186,7 @@ def resolve_version(slug: str, version: str, user) -> Version:
             raise NotFound(f"There is no model {slug!r}.")
         raise NotFound(f"{slug} has no version {version!r}.")
     if found.status == Version.Status.WITHDRAWN:
-        raise Gone(f"{slug} {found.version} was withdrawn; choose another version.")
+        raise Gone(f"{slug} {found.version} was withdrawn; choose another version.", found.version)
     return found
 
 

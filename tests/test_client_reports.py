@@ -96,14 +96,15 @@ class Proxy:
 
 
 class Site:
-    """gunicorn (the shipped configuration, local storage) behind a Proxy; `down()` stops both."""
+    """gunicorn (the shipped configuration, local storage unless `env` says otherwise) behind a Proxy;
+    `down()` stops both."""
 
     def __init__(self, settings, **env):
         from .servers import Gunicorn, django_env
 
         self.server = Gunicorn(
-            django_env(STORAGE_BACKEND="local", DATA_DIR=settings.DATA_DIR, METRICS_TOKEN=METRICS_TOKEN,
-                       RUN_REPORTS_PER_MINUTE=1000, **env)
+            django_env(**{"STORAGE_BACKEND": "local", "DATA_DIR": settings.DATA_DIR, "METRICS_TOKEN": METRICS_TOKEN,
+                          "RUN_REPORTS_PER_MINUTE": 1000, **env})
         )  # fmt: skip
         self.proxy = Proxy(self.server.port)
         self.url = self.proxy.url
@@ -340,3 +341,44 @@ def test_a_stopped_run_reports_its_signal_and_the_next_run_says_it_resumed(site,
     # the folder held files of this model already (the stopped run's): not a first run
     assert (report["outcome"], report["resumed"], report["run_kind"]) == (0, True, "later")
     assert report["bytes_downloaded"] + stopped["bytes_downloaded"] == TOTAL  # each byte counted once
+
+
+def test_runs_that_end_at_a_withdrawn_or_missing_version_are_reported(site, script, tmp_path):
+    from releases.models import Version
+    from releases.services import withdraw_version
+
+    withdraw_version(Version.objects.get(model__slug="index-tts", version="v1"), "trained on data we may not share")
+    gone = run(script, site, "index-tts", "v1", tmp_path / "v1")
+    assert gone.returncode == 3 and "withdrawn" in gone.stderr, gone.stderr
+    assert gone.stderr.count(NOTICE) == 1  # a first run in this folder says that it reports
+    typo = run(script, site, "index-tts", "v9", tmp_path / "v9")
+    assert typo.returncode == 3, typo.stderr
+    made_up = run(script, site, "no-such-model", "v1", tmp_path / "nope")
+    assert made_up.returncode == 3 and NOTICE not in made_up.stderr, made_up.stderr
+    not_found = {"outcome": 3, "outcome_name": "not_found", "tries": 0, "bytes_downloaded": 0}
+    assert [without_duration(report) for report in site.proxy.reports()] == [
+        expected(requested="v1", version="v1", **not_found),
+        expected(requested="v9", version=None, **not_found),
+    ]  # the made-up model's run sent nothing: the site named no report URL for it
+    assert [post["status"] for post in site.proxy.posts] == [202, 202]
+    assert report_fold.fold() == 2
+    assert rows() == {
+        ("v1", "fetch-model.sh", "linux", "first", 3): 1,
+        (None, "fetch-model.sh", "linux", "first", 3): 1,
+    }
+
+
+def test_the_off_switch_leaves_a_withdrawn_versions_run_unreported(settings, published, tmp_path):
+    from releases.models import Version
+    from releases.services import withdraw_version
+
+    withdraw_version(Version.objects.get(model__slug="index-tts", version="v1"))
+    off = Site(settings, RUN_REPORTS="off")
+    try:
+        script = tmp_path / "fetch-model.sh"
+        subprocess.run(["curl", "-fsSL", "-o", str(script), f"{off.url}/fetch-model.sh"], check=True)
+        assert run(script, off, "index-tts", "v1", tmp_path / "v1").returncode == 3
+        assert run(script, off, "index-tts", "v9", tmp_path / "v9").returncode == 3
+        assert off.proxy.posts == []
+    finally:
+        off.down()

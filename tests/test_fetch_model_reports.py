@@ -278,11 +278,11 @@ def test_a_report_endpoint_that_never_answers_changes_no_exit_code(site, tmp_pat
     site.hold = "reports"
     ok = fetch(site, "index-tts", "v2", tmp_path / "v2")
     assert ok.returncode == 0, ok.stderr
-    failed = fetch(site, "index-tts", "v9", tmp_path / "v9")  # a 404: the site gave no report_url
+    failed = fetch(site, "index-tts", "v9", tmp_path / "v9")  # a 404 of a known model: reported too
     assert failed.returncode == 3
     verified = fetch(site, "index-tts", "v2", tmp_path / "v2", env={"FETCH_MODEL_VERIFY": "1"})
     assert verified.returncode == 0
-    assert site.held == [REPORTS_PATH] * 2 and len(site.reports) == 2  # both arrived, neither was answered
+    assert site.held == [REPORTS_PATH] * 3 and len(site.reports) == 3  # all arrived, none was answered
 
 
 @pytest.mark.parametrize("stop, code, name", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
@@ -318,3 +318,35 @@ def test_help_says_what_a_report_holds_and_how_to_turn_it_off():
                   "DEST_DIR/.fetch-model.report", "FETCH_MODEL_NO_REPORT=1 or DO_NOT_TRACK=1: none at all",
                   "run kind (first, update, later, offline)", "OS family (linux, darwin, windows, other)"):  # fmt: skip
         assert words in text, words
+
+
+def test_runs_that_end_at_a_withdrawn_or_missing_version_are_reported(site, tmp_path):
+    from releases.services import withdraw_version
+
+    withdraw_version(Version.objects.get(model__slug="index-tts", version="v1"), "trained on data we may not share")
+    gone = fetch(site, "index-tts", "v1", tmp_path / "v1")
+    assert gone.returncode == 3 and "withdrawn" in gone.stderr and gone.stderr.count(NOTICE) == 1, gone.stderr
+    report = only_report(site, 0)
+    assert report == {**report, "requested": "v1", "version": "v1", "outcome": 3, "outcome_name": "not_found",
+                      "run_kind": "first", "tries": 0, "bytes_downloaded": 0}  # fmt: skip
+    typo = fetch(site, "index-tts", "v9", tmp_path / "v9")
+    assert typo.returncode == 3, typo.stderr
+    report = only_report(site, 1)
+    assert report == {**report, "requested": "v9", "version": None, "outcome": 3, "run_kind": "first"}
+    made_up = fetch(site, "no-such-model", "v1", tmp_path / "nope")
+    assert made_up.returncode == 3 and NOTICE not in made_up.stderr, made_up.stderr
+    assert len(site.reports) == 2  # the site named no report URL for a model it does not have
+    assert report_fold.fold() == 2
+    v1 = Version.objects.get(model__slug="index-tts", version="v1")
+    counted = run_stats.windows("version", v1.pk)["last_24_hours"]
+    assert (counted.first_runs, counted.rate, dict(counted.first_failing)) == (1, 0.0, {"not_found": 1})
+
+
+def test_the_off_switch_leaves_a_withdrawn_versions_run_unreported(start_site, tmp_path):
+    from releases.services import withdraw_version
+
+    withdraw_version(Version.objects.get(model__slug="index-tts", version="v1"))
+    site = start_site(RUN_REPORTS="off")
+    assert fetch(site, "index-tts", "v1", tmp_path / "v1").returncode == 3
+    assert fetch(site, "index-tts", "v9", tmp_path / "v9").returncode == 3
+    assert site.reports == []

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from releases import observability, process_logs, report_fold, run_reports
-from releases.models import RunOutcomeHour, RunReportFold
+from releases.models import RunOutcomeHour, RunReportFold, Version
 from releases.report_records import COUNTS_KEY, FOLDING_PREFIX, QUARANTINE_KEY, RATE_PREFIX
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fresh_run_reports")]
@@ -179,6 +179,43 @@ def test_the_off_switch_tells_clients_and_refuses_reports(client, tts, settings)
     response = post(client, report())
     assert response.status_code == 403 and response.json() == {"detail": "this site does not accept run reports"}
     assert nothing_counted()
+
+
+ENDS = [
+    "/api/v1/models/tts/versions/v1",
+    "/api/v1/models/tts/versions/v1/sha256sums",
+    "/models/tts/v1/model.pt",
+]
+
+
+def test_a_withdrawn_version_says_where_to_report_and_its_reports_are_taken(client, tts, settings):
+    from releases.services import withdraw_version
+
+    withdraw_version(Version.objects.get(model__slug="tts", version="v1"), "bad weights")
+    for url in ENDS:
+        gone = client.get(url, HTTP_ACCEPT="*/*")
+        assert gone.status_code == 410, url
+        assert (gone["X-Report-URL"], gone["X-Artifact-Version"]) == ("http://testserver/api/v1/reports", "v1"), url
+    assert post(client, report(requested="v1", version="v1", outcome=3, outcome_name="not_found")).status_code == 202
+    assert report_fold.fold() == 1
+    assert rows() == {("v1", "fetch_model.py", "linux", "first", 3): 1}
+    settings.RUN_REPORTS = False
+    assert all("X-Report-URL" not in client.get(url, HTTP_ACCEPT="*/*") for url in ENDS)
+
+
+def test_a_404_says_where_to_report_only_for_a_model_the_endpoint_takes(client, tts, publish, settings):
+    publish("secret", "v1", {"model.pt": b"s"}, draft=True)
+    typo = client.get("/api/v1/models/tts/versions/v9")
+    assert typo.status_code == 404 and typo["X-Report-URL"] == "http://testserver/api/v1/reports"
+    assert "X-Artifact-Version" not in typo
+    assert client.get("/api/v1/models/tts/versions/v9/sha256sums")["X-Report-URL"] == typo["X-Report-URL"]
+    for made_up in ("/api/v1/models/nope/versions/v1", "/api/v1/models/secret/versions/v1/sha256sums"):
+        unknown = client.get(made_up)
+        assert unknown.status_code == 404 and "X-Report-URL" not in unknown, made_up
+    assert post(client, report(requested="v9", version=None, outcome=3, outcome_name="not_found")).status_code == 202
+    assert post(client, report(model="nope", version=None)).status_code == 400  # what it would have sent
+    settings.RUN_REPORTS = False
+    assert "X-Report-URL" not in client.get("/api/v1/models/tts/versions/v9")
 
 
 def test_without_redis_reports_are_limited_counted_and_folded_by_this_process(client, tts, settings):

@@ -38,14 +38,14 @@
 # DEST_DIR without asking the site; FETCH_MODEL_INCLUDE / FETCH_MODEL_EXCLUDE hold patterns
 # separated by ':' (used when no --include / --exclude option is given).
 #
-# Run reports (docs/run-reports.md): when the site's sha256sums answer names a report URL
-# (X-Report-URL), the run ends with one POST to it (2 s at most, no retries, the answer ignored) of
-# exactly: model, requested and resolved version, client (fetch-model.sh) and client_version, the
-# exit code and its name, run_kind (first, update, later, offline), tries, fresh_links,
-# bytes_downloaded, bytes_reused, bytes_delta (0), duration_ms, os (linux, darwin, windows, other)
-# and resumed. Never a path, host name or user name. A run that could not reach the site keeps its
-# report in DEST_DIR/.fetch-model.report (one JSON line each, the last 10) for the next run that
-# can. FETCH_MODEL_NO_REPORT=1 or DO_NOT_TRACK=1 sends and keeps nothing.
+# Run reports (docs/run-reports.md): when the site's sha256sums answer (its 404 or 410 too) names
+# a report URL (X-Report-URL), the run ends with one POST to it (2 s at most, no retries, the
+# answer ignored) of exactly: model, requested and resolved version, client (fetch-model.sh) and
+# client_version, the exit code and its name, run_kind (first, update, later, offline), tries,
+# fresh_links, bytes_downloaded, bytes_reused, bytes_delta (0), duration_ms, os (linux, darwin,
+# windows, other) and resumed. Never a path, host name or user name. A run that could not reach
+# the site keeps its report in DEST_DIR/.fetch-model.report (one JSON line each, the last 10) for
+# the next run that can. FETCH_MODEL_NO_REPORT=1 or DO_NOT_TRACK=1 sends and keeps nothing.
 #
 # Exit codes: 0 done; 1 usage; 2 a required tool is missing; 3 unknown model or
 # version (404), or withdrawn (410); 4 the site or a download failed after every
@@ -891,16 +891,20 @@ main() {
     fi
     die 4 "cannot reach $SITE: $REASON"
   fi
+  # A 404 or 410 may name the report URL too (and a 410 the withdrawn version): that run is reported.
+  REPORT_URL=$(header X-Report-URL "$TMP/headers")
+  case $REPORT_URL in http://*|https://*) ;; *) REPORT_URL='' ;; esac
+  case $REPORT_URL in *[[:space:][:cntrl:]]*) REPORT_URL='' ;; esac
   case $STATUS in
     200) ;;
     404|410)
+      RESOLVED=$(header X-Artifact-Version "$TMP/headers")
+      case $RESOLVED in *[!A-Za-z0-9._+-]*) RESOLVED='' ;; esac
+      [ -n "$REPORT_URL" ] && [ -z "$NO_REPORT" ] && tell_about_reports  # before the error: its line stays last
       detail=$(head -c 65536 "$TMP/sums" | sed -n 's/.*"detail": *"\([^"]*\)".*/\1/p' | head -n 1)
       die 3 "${detail:-$MODEL $VERSION: not found ($STATUS)}" ;;
     *) die 4 "$sums_url answered HTTP $STATUS" ;;
   esac
-  REPORT_URL=$(header X-Report-URL "$TMP/headers")
-  case $REPORT_URL in http://*|https://*) ;; *) REPORT_URL='' ;; esac
-  case $REPORT_URL in *[[:space:][:cntrl:]]*) REPORT_URL='' ;; esac
   RESOLVED=$(header X-Artifact-Version "$TMP/headers")
   case $RESOLVED in
     ''|*[!A-Za-z0-9._+-]*) RESOLVED=''; die 4 "$sums_url did not name the version (is $SITE a Model Releases site?)" ;;

@@ -201,9 +201,7 @@ def make_read_only(path: Path) -> None:
 def remove_file(path: Path) -> None:
     """Remove a (read-only) file; Windows refuses to unless its read-only attribute is cleared."""
     try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
+        path.unlink(missing_ok=True)
     except PermissionError:
         os.chmod(path, stat.S_IWRITE)
         path.unlink()
@@ -286,12 +284,9 @@ def write_record(asked: Request, resolved: str, files: list) -> None:
 def verified_copy(dest: Path, model: str, version: str, include: list, exclude: list) -> Record | None:
     """DEST's record when it answers this request and every file it lists is still the verified one."""
     record = Record.read(dest)
-    if (
-        record is None
-        or record.value("model") != model
-        or version not in (record.value("requested"), record.value("version"))
-        or (record.fields.get("include", []), record.fields.get("exclude", [])) != (include, exclude)
-    ):
+    if record is None or record.value("model") != model or version not in map(record.value, ("requested", "version")):
+        return None
+    if (record.fields.get("include", []), record.fields.get("exclude", [])) != (include, exclude):
         return None
     for path, (_, sha256, *_) in record.files.items():
         if path_problem(path) or not (record.unchanged(dest, path) or has_sha256(dest / path, sha256)):
@@ -406,7 +401,9 @@ def read_json(web: Http, url: str, retries: int, give_up=lambda: False) -> dict:
         try:
             response, _ = web.get(url, {"Accept": "application/json"})
             if response.status in (404, 410):
-                raise NotFound(error_detail(response) or f"{url}: not found ({response.status})")
+                gone = NotFound(error_detail(response) or f"{url}: not found ({response.status})")
+                gone.headers = response.headers  # they may name the report URL and a withdrawn version
+                raise gone
             if response.status == 200:
                 return json_body(response, url)
             skip_body(response)
@@ -502,11 +499,10 @@ class Reporter:
         self.started, self.shown = time.monotonic(), 0.0
 
     def say(self, message: str) -> None:
-        if self.quiet:
-            return
         with self.lock:
-            sys.stderr.write(("\r\x1b[K" if self.bar else "") + f"fetch-model: {message}\n")
-            sys.stderr.flush()
+            if not self.quiet:
+                sys.stderr.write(("\r\x1b[K" if self.bar else "") + f"fetch-model: {message}\n")
+                sys.stderr.flush()
 
     def expect(self, size: int) -> None:
         with self.lock:
@@ -1251,6 +1247,10 @@ def ensure_with(tally: Tally, site, connections, reuse_from, retries, verify, of
     url = f"{run.site}/api/v1/models/{quote(asked.model, safe='')}/versions/{quote(asked.version, safe='')}"
     try:  # a connection that fails while a verified copy is at hand: no need to wait out the retries
         listing = read_json(run.http, url, run.retries, lambda: asked.copy() is not None)
+    except NotFound as error:  # a run that ends at a 404 or 410 is reported too, when the site says where
+        tally.learn({"report_url": error.headers.get("X-Report-URL")})
+        tally.version = error.headers.get("X-Artifact-Version")  # a withdrawn version's name (a 404 has none)
+        raise
     except Unreachable as error:
         if asked.copy() is None:
             tally.offline = True

@@ -13,6 +13,7 @@ from .. import caching, chunking, http_ranges, observability, selectors
 from ..downloads import count_download
 from ..links import download_base
 from ..models import File
+from ..reports_api import with_report_url
 from ..signing import LinkRefused, content_disposition, local_file_path, signer, verify_local_link
 from ..storage import release_store
 from .errors import answer, plain_error
@@ -23,8 +24,13 @@ def download(request, model_slug, version, path):
     """302 to a freshly signed link; GET and HEAD alike, never cached."""
     try:
         file = selectors.resolve_file(model_slug, version, path, request.user)
-    except (selectors.NotFound, selectors.Gone) as error:
+    except selectors.NotFound as error:
         return answer(request, error, page=False)
+    except selectors.Gone as error:  # where to report, as the API's 410 says, for a run that starts here
+        gone = answer(request, error, page=False)
+        if error.version:
+            gone["X-Artifact-Version"] = error.version
+        return with_report_url(request, gone)
     link = signer().link(file.key, file.name, base_url=download_base(request))
     observability.count(**{f"redirects:{file.version.model.slug}": 1})
     count_download(request, file.pk)  # a GET that starts a download; never a HEAD or a later segment
