@@ -24,9 +24,10 @@ from .servers import REPO_ROOT
 
 # Modules whose tests start servers or processes: the slow tier (`make test` runs every tier).
 SLOW_MODULES = {
-    "test_beat", "test_browser", "test_cdn", "test_checked_s3", "test_client", "test_client_life", "test_demo",
-    "test_deploy", "test_faults", "test_fetch_model", "test_fuzz", "test_live", "test_run_alert_live",
-    "test_run_reports_fuzz", "test_settings", "test_tasks",
+    "test_beat", "test_browser", "test_cdn", "test_checked_s3", "test_client", "test_client_life",
+    "test_client_reports", "test_demo", "test_deploy", "test_faults", "test_fetch_model", "test_fetch_model_hostile",
+    "test_fetch_model_record", "test_fetch_model_reports", "test_fuzz", "test_live", "test_redis",
+    "test_run_alert_live", "test_run_reports_fuzz", "test_settings", "test_tasks", "test_upload_browser",
 }  # fmt: skip
 
 
