@@ -16,13 +16,14 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import urllib.error
 
 import pytest
 import yaml
 
 from ..servers import REPO_ROOT, free_port, wait_until
-from .journey import FILES, client_env, get, sha256
+from .journey import FILES, client_env, figure, get, sha256
 from .roles import DOCKER, NO_REDIRECT, example_env, http_status
 
 PROJECT = f"mr-compose-{os.getpid()}"
@@ -110,8 +111,10 @@ def stack(tmp_path_factory, request):
 
     try:
         try:
+            started = time.monotonic()
             stack("up", "-d", timeout=600)  # waits for the healthy and completed services others depend on
             wait_until(settled, 180, interval=2, what="every service of the stack to be healthy")
+            figure(f"docker-compose up to every service healthy: {time.monotonic() - started:.1f} s")
         except AssertionError:
             print(f"compose services: {stack.health()}\n{stack.logs()}", file=sys.stderr)
             raise
