@@ -4,12 +4,15 @@
 #   1. installs Debian's docker.io (and debootstrap, docker-compose) when missing;
 #   2. starts a Docker engine of its own: data root and socket under a temporary directory,
 #      no bridge, no iptables (containers use the host's network, on loopback only);
-#   3. makes a stand-in for python:3.11-slim with debootstrap when no registry is reachable,
-#      cached outside the clone by the hash of its recipe, so later runs only import it;
+#   3. makes stand-ins for python:3.11-slim and the compose stack's other images (postgres,
+#      redis, varnish, minio) with debootstrap when no registry is reachable, cached outside
+#      the clone by the hash of each recipe, so later runs only import them;
 #   4. builds docker/Dockerfile with --network host, handing it this machine's way to the
 #      package index (index URLs as build args, the CA bundle as a BuildKit secret);
-#   5. checks docker/compose.yaml with the installed Compose (Debian's v1);
-#   6. runs tests/docker/journey.py (pytest), which starts the roles from the image;
+#   5. checks docker/compose.yaml (alone and with compose.host-network.yaml) with the installed
+#      Compose (Debian's v1);
+#   6. runs tests/docker/journey.py (pytest), which starts the roles from the image, and
+#      tests/docker/compose_journey.py, which brings the compose stack itself up;
 #   7. removes its containers and stops its engine, by pid, whatever happened.
 #
 # Environment: DOCKER_TEST_CACHE (default $XDG_CACHE_HOME/model-releases-docker),
@@ -85,6 +88,8 @@ mkdir -p "$CACHE"
 . scripts/docker-images.sh
 PYTHON_IMAGE=$(python_image)
 export PYTHON_IMAGE
+compose_images
+say "compose images: $POSTGRES_IMAGE $REDIS_IMAGE $VARNISH_IMAGE $MINIO_IMAGE"
 
 # --- 4. the application image --------------------------------------------------------------
 APP_IMAGE=model-releases:test
@@ -112,13 +117,17 @@ say "built $APP_IMAGE: ${IMAGE_SIZE_MB} MB in ${IMAGE_BUILD_SECONDS} s"
 mkdir -p "$WORK/stack"
 ln -s "$PWD/docker" "$WORK/stack/docker"
 cp .env.example "$WORK/stack/.env"  # the file's env_file is ../.env, as shipped
-docker-compose -p model-releases -f "$WORK/stack/docker/compose.yaml" --env-file "$WORK/stack/.env" config -q
+for override in "" docker/compose.host-network.yaml; do
+  docker-compose -p model-releases -f "$WORK/stack/docker/compose.yaml" ${override:+-f "$WORK/stack/$override"} \
+    --env-file "$WORK/stack/.env" config -q
+done
 say "docker/compose.yaml is valid for $(docker-compose version --short)"
 
 # --- 6. the journey ------------------------------------------------------------------------
-say "running the roles (tests/docker/journey.py)"
+say "running the roles (tests/docker/journey.py) and the compose stack (tests/docker/compose_journey.py)"
 DOCKER_TEST_FIGURES="$WORK/figures.txt"
 export DOCKER_TEST_FIGURES
 printf 'image: %s MB, built in %s s\n' "$IMAGE_SIZE_MB" "$IMAGE_BUILD_SECONDS" >"$DOCKER_TEST_FIGURES"
 # shellcheck disable=SC2086 # PYTEST_ARGS is a list of words
-"${PYTHON:-.venv/bin/python}" -m pytest -p no:cacheprovider tests/docker/journey.py ${PYTEST_ARGS:-}
+"${PYTHON:-.venv/bin/python}" -m pytest -p no:cacheprovider tests/docker/journey.py tests/docker/compose_journey.py \
+  ${PYTEST_ARGS:-}

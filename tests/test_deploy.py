@@ -37,8 +37,13 @@ def test_env_example_lists_every_setting_and_gunicorn_option():
     assert "WAIT_TIMEOUT" in listed  # the entrypoint's
 
 
+def as_plain_up_reads(text: str) -> str:
+    """The compose file with each ${NAME:-default} at its default: what `up` runs with no overrides."""
+    return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", text)
+
+
 def test_compose_file_wires_every_service():
-    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    compose = yaml.safe_load(as_plain_up_reads((DOCKER / "compose.yaml").read_text()))
     services = compose["services"]
     assert {"web", "worker", "beat", "postgres", "redis", "s3", "create-bucket", "migrate", "varnish"} <= set(services)
     for role in ("web", "worker", "beat", "migrate"):
@@ -52,8 +57,8 @@ def test_compose_file_wires_every_service():
     assert services["beat"]["deploy"]["replicas"] == 1
     assert "name" not in compose  # Compose v1 refuses it: the project name is given with -p
     # A worker per queue: purges never wait behind hashing.
-    assert services["worker"]["command"][1:] == ["-Q", "${CELERY_QUEUE:-model-releases}"]
-    assert services["worker-heavy"]["command"][:3] == ["worker", "-Q", "${CELERY_QUEUE:-model-releases}-heavy"]
+    assert services["worker"]["command"][1:] == ["-Q", "model-releases"]
+    assert services["worker-heavy"]["command"][:3] == ["worker", "-Q", "model-releases-heavy"]
     assert services["varnish"]["environment"]["VARNISH_PURGE_TOKEN"].startswith("${CDN_PURGE_TOKEN:?")
     one_off = {name for name, service in services.items() if service.get("restart") == "no"}
     assert one_off == {"migrate", "create-bucket"}
@@ -67,9 +72,50 @@ def test_compose_file_wires_every_service():
     assert "mc mb --ignore-existing" in services["create-bucket"]["command"][0]
     varnish = services["varnish"]
     assert "./varnish/default.vcl:/etc/varnish/default.vcl:ro" in varnish["volumes"]
+    assert varnish["ports"] == ["8080:80"] and "http=0.0.0.0:80,HTTP" in varnish["command"]
     site_vcl = (DOCKER / "varnish" / "site.vcl").read_text()
     assert '.host = "web"' in site_vcl and '.port = "8000"' in site_vcl
     assert services["web"]["environment"]["CDN_PURGE_URL"] == "http://varnish:80"
+    assert services["web"]["environment"]["GUNICORN_BIND"] == "0.0.0.0:8000"
+    assert services["web"]["environment"]["AWS_S3_ENDPOINT_URL"] == "http://s3:9000"
+
+
+def test_compose_file_runs_the_official_images_by_default_and_takes_every_port_from_the_environment():
+    text = (DOCKER / "compose.yaml").read_text()
+    services = yaml.safe_load(as_plain_up_reads(text))["services"]
+    images = {name: service["image"] for name, service in services.items() if "build" not in service}
+    assert images == {
+        "postgres": "postgres:16-alpine",
+        "redis": "redis:7-alpine",
+        "s3": "minio/minio:latest",
+        "create-bucket": "minio/mc:latest",
+        "varnish": "varnish:7.5",
+    }
+    # Each listening port is passed where the service reads it, so it holds on the host's network
+    # too (docker/compose.host-network.yaml), where `ports:` do not apply.
+    assert services["postgres"]["environment"]["PGPORT"] == 5432
+    assert services["postgres"]["command"] == ["postgres", "-c", "listen_addresses=0.0.0.0"]
+    assert services["redis"]["command"][-4:] == ["--bind", "0.0.0.0", "--port", "6379"]
+    assert services["s3"]["command"][2:4] == ["--address", "0.0.0.0:9000"]
+    for name in ("POSTGRES_PORT", "REDIS_PORT", "S3_PORT", "WEB_PORT", "VARNISH_PORT", "BIND_HOST"):
+        assert "${" + name + ":-" in text, name
+    # No fixed port is left: every number above comes from a ${NAME:-default}.
+    assert not re.search(r"(?<![-\d])(5432|6379|9000|8000)(?!\d|\})", re.sub(r"\$\{[^}]*\}", "", text))
+
+
+def test_the_host_network_override_puts_every_service_on_the_hosts_network_and_keeps_their_names():
+    services = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]
+    override = yaml.safe_load((DOCKER / "compose.host-network.yaml").read_text())["services"]
+    assert set(override) == set(services)
+    for service in override.values():
+        assert service["network_mode"] == "host"
+        assert {entry.split(":")[0] for entry in service["extra_hosts"]} >= {
+            "postgres",
+            "redis",
+            "s3",
+            "web",
+            "varnish",
+        }
 
 
 def dockerfile_lines() -> list[str]:

@@ -86,8 +86,9 @@ def s3_endpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, request, database_url, redis_url, s3_endpoint):
     """migrate, then web, worker and beat, with varnishd in front of web."""
-    web_port = free_port()
+    web_port, second_web_port = free_port(), free_port()
     cache = Varnish(web_port)
+    second_cache = Varnish(second_web_port)  # in front of the second web node (the two-node test's)
     site = f"http://localhost:{cache.port}"
     env = example_env()
     env.update(
@@ -103,7 +104,7 @@ def stack(tmp_path_factory, request, database_url, redis_url, s3_endpoint):
         AWS_ACCESS_KEY_ID="test",
         AWS_SECRET_ACCESS_KEY="test",
         CDN_BACKEND="varnish",
-        CDN_PURGE_URL=cache.url,
+        CDN_PURGE_URL=f"{cache.url},{second_cache.url}",  # every purge goes to both caches
         CDN_PURGE_TOKEN=cache.purge_token,
         EMAIL_HOST="127.0.0.1",
         WEB_CONCURRENCY="2",
@@ -116,6 +117,7 @@ def stack(tmp_path_factory, request, database_url, redis_url, s3_endpoint):
     roles = Roles(IMAGE, env, tmp_path_factory.mktemp("roles"))
     roles.site = site
     roles.cache = cache
+    roles.second_cache, roles.second_web_port = second_cache, second_web_port
     try:
         roles.run("migrate")
         started = time.monotonic()
@@ -131,6 +133,7 @@ def stack(tmp_path_factory, request, database_url, redis_url, s3_endpoint):
                 print(f"--- {container.name} ---\n{container.logs()}", file=sys.stderr)
         roles.remove_all()
         cache.stop()
+        second_cache.stop()
 
 
 def container(roles: Roles, name: str):
@@ -262,15 +265,24 @@ def stable_url_status_from(source: str, base_url: str, path: str) -> int:
 
 
 def test_two_web_nodes_see_one_change_at_once_and_count_a_download_once(stack, published):
-    """Two web containers on one database and Redis: what holds before the multi-node work
-    (several caches, queues by kind, one run per period) lands."""
+    """Two web containers on one database and Redis, each behind a varnishd of its own: a yank
+    shows on both nodes at once and, purged from both caches, through both."""
     first = container(stack, "web-1")
-    (second,) = stack.start("web")
+    (second,) = stack.start("web", ports=[stack.second_web_port])
     second.wait_healthy()
+    caches = (stack.site, f"http://localhost:{stack.second_cache.port}")
+    api = "/api/v1/models/demo-tts/versions/v1"
+
+    def through(cache: str) -> dict:
+        return json.loads(get(f"{cache}{api}")[2])
+
+    assert [through(cache)["status"] for cache in caches] == ["published", "published"]  # now cached by both
     first.exec("python", "manage.py", "release_status", "demo-tts", "v1", "yank", "--reason", "seen on every node")
     for web in (first, second):
-        version = json.loads(get(f"{web.url}/api/v1/models/demo-tts/versions/v1", Host="localhost")[2])
+        version = json.loads(get(f"{web.url}{api}", Host="localhost")[2])
         assert (version["status"], version["yanked_reason"]) == ("yanked", "seen on every node"), web.name
+    for cache in caches:  # cached for s-maxage unless the worker's purge reached this cache too
+        wait_until(lambda: through(cache)["status"] == "yanked", 30, interval=0.5, what=f"{cache} to be purged")
 
     def total(web) -> int:
         web.exec("python", "manage.py", "rollup_downloads")  # each node folds: the count must not double
