@@ -245,6 +245,8 @@ def test_a_maintainer_drops_a_folder_reloads_half_way_and_resumes_without_choosi
     page.evaluate("localStorage.clear()")  # nothing typed is remembered either: Resume needs none of it
     wait_for_text(page, "#upload-resume-text", "3 unfinished uploads begun in this browser: weights/model.pt, "
                                                "weights/tokenizer.json, weights/vocoder/g.bin")  # fmt: skip
+    assert page.evaluate("document.documentElement.scrollWidth") <= size["width"], test_browser.wider(page)
+    page.screenshot(path=str(test_browser.ARTIFACTS / f"admin-upload-resume-{size['width']}.png"), full_page=True)
     sent, received[:] = [], []
     page.on("requestfinished", lambda r: r.method == "PUT" and sent.append(part_put(r.url)))
     page.get_by_role("button", name="Resume").click()
@@ -284,3 +286,48 @@ def downloaded_sha256(url: str) -> str:
         while chunk := response.read(MiB):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def test_a_file_changed_since_its_upload_began_is_chosen_again_and_its_other_bytes_start_over(
+    local_store, live_server, browser_page, django_user_model, monkeypatch
+):
+    monkeypatch.setattr(browser_uploads, "PART_SIZE", 5 * MiB)
+    small, block = release_files()
+    draft = VersionFactory(model__slug="tts", version="v5")
+    page = log_in_as_maintainer(live_server, browser_page, django_user_model)
+    page.context.add_init_script(HAND_OVER_THE_TEST_FOLDER)
+    page.goto(f"{live_server.url}/admin/releases/version/{draft.pk}/upload/")
+    page.evaluate(WRITE_INTO_THE_TEST_FOLDER, [{}, base64.b64encode(block).decode(), 4 * 5 + 1])
+    held = []
+    page.route(PARTS_HELD_BACK, lambda route: held.append(route))
+    page.get_by_role("button", name="Choose a folder…").click()
+    page.click("#upload-start")
+    wait_for_status(page, "2 of 5 parts stored", timeout=30)
+    for route in held:
+        route.abort()
+    page.reload()
+    page.unroute(PARTS_HELD_BACK)
+    first = BrowserUpload.objects.get(version=draft)
+
+    # Another model.pt of the same size, written where the first one was: its first part differs.
+    changed = block[:10] + bytes([block[10] ^ 1]) + block[11:]
+    page.evaluate(WRITE_INTO_THE_TEST_FOLDER, [{}, base64.b64encode(changed).decode(), 4 * 5 + 1])
+    page.get_by_role("button", name="Resume").click()
+    wait_for_text(page, "#upload-resume-problems", "model.pt changed since its upload began")
+    assert "choose it again" in page.locator("#upload-resume-problems").inner_text()
+    assert BrowserUpload.objects.get(pk=first.pk).state == "uploading"  # nothing sent, nothing lost yet
+
+    sent = []
+    page.on("requestfinished", lambda r: r.method == "PUT" and sent.append(part_put(r.url)))
+    page.get_by_role("button", name="Choose a folder…").click()
+    page.click("#upload-start")
+    wait_for_status(page, "Done:", timeout=60)
+    first.refresh_from_db()
+    assert (first.state, first.detail) == (
+        "aborted",
+        "another file was chosen for this path (its part 1 has other bytes)",
+    )
+    second = BrowserUpload.objects.exclude(pk=first.pk).get(version=draft)
+    assert sorted(sent) == [(str(second.id), n) for n in range(1, 6)]  # every part of the other bytes
+    digest = hashlib.sha256(b"".join(struct.pack("<I", n) + changed[4:] for n in range(21))).hexdigest()
+    assert File.objects.get(version=draft).sha256 == digest
