@@ -306,7 +306,9 @@
       return await send(queue, total);
     } catch (error) {
       ended(true);
-      if (error.message !== "stopped") show(error.message, true);
+      if (error.message === "stopped") return false;  // aborted: the Abort button says so
+      show(error.message, true);
+      if (handles.supported) offerResume();  // what was kept can be resumed from here, without a reload
       return false;
     } finally {
       $("upload-start").disabled = false;
