@@ -50,6 +50,7 @@ def upload_urls(admin_site) -> list:
         view(upload_page, "upload", admin_site=admin_site),
         view(start, "upload_start"),
         view(status, "upload_status"),
+        view(match, "upload_match"),
         view(sign, "upload_sign"),
         view(part_data, "upload_part"),
         view(complete, "upload_complete"),
@@ -151,6 +152,7 @@ def describe(upload: BrowserUpload) -> dict:
         "file": {"path": file.path, "size": file.size, "sha256": file.sha256} if file else None,
         "links": {
             "status": reverse("admin:releases_version_upload_status", args=[upload.id]),
+            "match": reverse("admin:releases_version_upload_match", args=[upload.id]),
             "sign": reverse("admin:releases_version_upload_sign", args=[upload.id, 0]).removesuffix("0/sign/"),
             "complete": reverse("admin:releases_version_upload_complete", args=[upload.id]),
             "abort": reverse("admin:releases_version_upload_abort", args=[upload.id]),
@@ -198,10 +200,34 @@ def start(request, object_id):
         expected_sha256=data.get("sha256", ""),
         user=request.user,
     )
+    return JsonResponse(_with_stored_parts(upload))
+
+
+def _with_stored_parts(upload: BrowserUpload) -> dict:
     stored = browser_uploads.stored_parts(upload)
-    return JsonResponse(
-        {**describe(upload), "stored": [{"number": p.number, "size": p.size, "sha256": p.sha256} for p in stored]}
-    )
+    return {**describe(upload), "stored": [{"number": p.number, "size": p.size, "sha256": p.sha256} for p in stored]}
+
+
+@route("uploads/<uuid:upload_id>/match/")
+@require_POST
+@json_view()
+def match(request, upload_id):
+    """The page's checksums of its file's parts at the numbers storage holds: the upload to go on
+    with (this one, or a new one when the bytes differ), with the parts it holds."""
+    upload = _upload(request.user, upload_id, to_upload=True)
+    data = _payload(request)
+    expected = data.get("sha256", "")
+    if not isinstance(expected, str):
+        raise services.ReleaseError("sha256 (the expected SHA-256, if given) is a string.")
+    kept = browser_uploads.resume_if_same(upload, _part_checksums(data), expected_sha256=expected, user=request.user)
+    return JsonResponse({**_with_stored_parts(kept), "kept": kept.pk == upload.pk})
+
+
+def _part_checksums(data: dict) -> dict[int, str]:
+    parts = data.get("parts")
+    if not isinstance(parts, list) or not all(isinstance(part, dict) for part in parts):
+        raise services.ReleaseError("parts is a list of {number, sha256}.")
+    return {_number(part.get("number"), "A part number"): part.get("sha256") for part in parts}
 
 
 @route("uploads/<uuid:upload_id>/")
@@ -260,11 +286,7 @@ def part_data(request, upload_id, number):
 @json_view()
 def complete(request, upload_id):
     upload = _upload(request.user, upload_id, to_upload=True)
-    parts = _payload(request).get("parts")
-    if not isinstance(parts, list) or not all(isinstance(part, dict) for part in parts):
-        raise services.ReleaseError("parts is a list of {number, sha256}.")
-    checksums = {_number(part.get("number"), "A part number"): part.get("sha256") for part in parts}
-    upload = browser_uploads.complete_upload(upload, checksums)
+    upload = browser_uploads.complete_upload(upload, _part_checksums(_payload(request)))
     return JsonResponse(describe(upload))
 
 

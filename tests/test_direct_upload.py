@@ -87,6 +87,12 @@ class Page:
                 target = self.sign(upload, number, checksum(part)).json()
                 assert self.put(target, part) == 200, f"part {number} refused"
 
+    def match(self, upload: dict, data: bytes, sha256=""):
+        """What the page says of a found upload: its own checksums of the parts storage holds."""
+        local = dict(self.parts(upload, data))
+        parts = [{"number": p["number"], "sha256": checksum(local[p["number"]])} for p in upload["stored"]]
+        return self.post(upload["links"]["match"], {"parts": parts, "sha256": sha256})
+
     def complete(self, upload: dict, data: bytes):
         parts = [{"number": number, "sha256": checksum(part)} for number, part in self.parts(upload, data)]
         return self.post(upload["links"]["complete"], {"parts": parts})
@@ -145,6 +151,64 @@ def test_another_file_at_the_same_path_starts_over(page, store, draft, weights):
     other = page.start(weights + b"!").json()
     assert other["id"] != upload["id"] and other["stored"] == []
     assert BrowserUpload.objects.get(pk=upload["id"]).state == "aborted"
+
+
+def test_the_same_file_chosen_again_without_its_expected_sha256_is_recognised_by_its_stored_parts(
+    page, store, draft, weights
+):
+    expected = hashlib.sha256(weights).hexdigest()
+    upload = page.start(weights, sha256=expected).json()
+    page.send(upload, weights, only={1, 3})
+    again = page.start(weights).json()  # reloaded, the same file chosen, the checksum not typed again
+    assert again["id"] == upload["id"] and [p["number"] for p in again["stored"]] == [1, 3]
+    matched = page.match(again, weights).json()
+    assert (matched["id"], matched["kept"], len(matched["stored"])) == (upload["id"], True, 2)
+    page.send(matched, weights, only={2})  # only the missing part
+    assert page.complete(matched, weights).json()["state"] == "done"
+    assert BrowserUpload.objects.get(pk=upload["id"]).expected_sha256 == expected  # still checked against it
+    assert stored_bytes(store, "tts/v2/model.safetensors") == weights
+
+
+def test_another_file_of_the_same_size_is_told_by_its_stored_parts_and_starts_over(page, store, draft, weights):
+    upload = page.start(weights).json()
+    page.send(upload, weights, only={1, 2})
+    other = weights[:-1] + bytes([weights[-1] ^ 1])  # the same size; its parts 1 and 2 are the same bytes
+    assert page.match(page.start(other).json(), other).json()["kept"] is True
+    changed = bytes([weights[0] ^ 1]) + weights[1:]  # part 1 differs
+    found = page.start(changed).json()
+    assert found["id"] == upload["id"]
+    replaced = page.match(found, changed).json()
+    assert (replaced["kept"], replaced["stored"]) == (False, [])
+    assert replaced["id"] != upload["id"]
+    old = BrowserUpload.objects.get(pk=upload["id"])
+    assert (old.state, old.detail) == ("aborted", "another file was chosen for this path (its part 1 has other bytes)")
+    page.send(replaced, changed)
+    assert page.complete(replaced, changed).json()["state"] == "done"
+    assert stored_bytes(store, "tts/v2/model.safetensors") == changed
+
+
+def test_an_expected_sha256_other_than_the_one_begun_with_starts_over(page, draft, local_store, weights):
+    upload = page.start(weights, sha256="a" * 64).json()
+    other = page.start(weights, sha256="b" * 64).json()
+    assert other["id"] != upload["id"] and BrowserUpload.objects.get(pk=upload["id"]).state == "aborted"
+
+
+@pytest.mark.parametrize(
+    "body, error",
+    [
+        ({"parts": []}, "Give the checksum of every stored part of model.safetensors; part 1 has none."),
+        ({"parts": "1"}, "parts is a list of {number, sha256}."),
+        ({"parts": [], "sha256": 5}, "sha256 (the expected SHA-256, if given) is a string."),
+    ],
+)
+def test_a_match_without_the_stored_parts_checksums_is_a_400_and_keeps_the_upload(
+    page, draft, local_store, weights, body, error
+):
+    upload = page.start(weights).json()
+    page.send(upload, weights, only={1})
+    answer = page.post(upload["links"]["match"], body)
+    assert (answer.status_code, answer.json()) == (400, {"error": error})
+    assert BrowserUpload.objects.get(pk=upload["id"]).state == "uploading"
 
 
 @pytest.mark.parametrize("kind", ["local", "localstack"])

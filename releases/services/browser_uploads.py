@@ -1,7 +1,9 @@
 """Large files uploaded from the admin straight to storage, in parts, resumable (models/uploads.py).
 
 1. `start_upload` checks the file's path and key as any new file's, and starts (or finds, for a page
-   reloaded half way) an upload in parts for that exact key.
+   reloaded half way) an upload in parts for that exact key. A found upload that storage holds
+   parts of is the chosen file's only if those parts are its bytes: the page hashes its own parts
+   at those numbers and `resume_if_same` keeps the upload, or aborts it and starts another.
 2. `sign_part` hands out where one part goes: for S3 a presigned URL that expires after
    UPLOAD_PART_URL_SECONDS and accepts only the bytes whose SHA-256 the browser computed; for the
    local store, the site's own part URL (`receive_part`).
@@ -41,8 +43,10 @@ State = BrowserUpload.State
 
 
 def start_upload(version: Version, path: str, size: int, *, expected_sha256: str = "", user=None) -> BrowserUpload:
-    """The upload of ``path`` (``size`` bytes) to a draft: the unfinished one with the same path,
-    size and expected SHA-256 if there is one (to resume), else a new one."""
+    """The upload of ``path`` (``size`` bytes) to a draft: the unfinished one with the same path and
+    size if there is one (to resume; its stored parts tell whether it is the same file, see
+    `resume_if_same`), else a new one. Only an expected SHA-256 other than the one it was begun
+    with makes it another file at once; one given now for an upload begun without is kept."""
     path, expected_sha256 = canonical_path(path), _expected(expected_sha256)
     if not 0 < size <= MAX_SIZE:
         raise ReleaseError(f"A file to upload has 1 byte to 5 TiB; {path} has {size}.")
@@ -52,8 +56,12 @@ def start_upload(version: Version, path: str, size: int, *, expected_sha256: str
         check_file_names(draft.model.slug, path, key)
         check_unused(draft, path, key, resuming=True)
         for upload in draft.browser_uploads.filter(path=path, state=State.UPLOADING):
-            if upload.size == size and upload.expected_sha256 == expected_sha256:
+            if upload.size == size and expected_sha256 in ("", upload.expected_sha256):
                 upload.save(update_fields=["updated_at"])  # in use again: not abandoned
+                return upload
+            if upload.size == size and not upload.expected_sha256:
+                upload.expected_sha256 = expected_sha256
+                upload.save(update_fields=["expected_sha256", "updated_at"])
                 return upload
             abort(upload, "another file was chosen for this path")
         content_type = guess_content_type(path)
@@ -83,6 +91,22 @@ def stored_parts(upload: BrowserUpload) -> list[StoredPart]:
     require_state(upload, State.UPLOADING)
     with as_release_error():
         return held_parts(upload)
+
+
+def resume_if_same(upload: BrowserUpload, checksums: dict[int, str], *, expected_sha256: str = "", user=None):
+    """The upload to go on with, once the page hashed its chosen file's parts at the numbers storage
+    holds (``checksums``, base64 SHA-256 by part number, as storage keeps them): this one when every
+    stored part has the chosen file's bytes (the page then sends only the missing parts), else a new
+    one, this one aborted: the bytes say another file was chosen for its path."""
+    held = {part.number: part for part in stored_parts(upload)}
+    unchecked = sorted(held.keys() - checksums.keys())
+    if unchecked:
+        raise ReleaseError(f"Give the checksum of every stored part of {upload.path}; part {unchecked[0]} has none.")
+    differing = sorted(number for number, part in held.items() if part.sha256 != checksums[number])
+    if not differing:
+        return upload
+    abort(upload, f"another file was chosen for this path (its part {differing[0]} has other bytes)")
+    return start_upload(upload.version, upload.path, upload.size, expected_sha256=expected_sha256, user=user)
 
 
 def sign_part(upload: BrowserUpload, number: int, sha256: str) -> PartTarget:

@@ -3,8 +3,12 @@
 // parts, several at once. Each part is hashed here (SHA-256, sent with the part so that storage
 // refuses other bytes), put at a URL the site signs for that part and checksum, and retried with a
 // fresh URL when refused or cut. Parts storage already holds with the same checksum (after a
-// reload, or a dropped connection) are skipped. Completion is the site's: it checks the parts, the
-// size and the SHA-256 before the file is recorded.
+// reload, or a dropped connection) are skipped: the page first hashes its own parts at those
+// numbers and the site keeps the upload only if they are the same bytes (else it starts another).
+// Where the browser lets the page keep file handles (upload_handles.js), every file's upload is
+// started at once and its handle kept, so that after a reload one Resume button carries on with
+// them all; elsewhere the same files are chosen again. Completion is the site's: it checks the
+// parts, the size and the SHA-256 before the file is recorded.
 (() => {
   "use strict";
   const root = document.getElementById("direct-upload");
@@ -15,7 +19,9 @@
   const parallel = Number(root.dataset.parallel) || 4;
   const ATTEMPTS = 5;
   const MEMORY = 256 * 1048576;  // parts being hashed are held in memory: at most this much at once
+  const handles = window.releasesUploadHandles || { supported: false };
   let running = null;  // the upload in progress, for the Abort button
+  let picked = null;  // files chosen through the pickers or dropped (with their handles), if any
 
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
   const mib = (bytes) => `${(bytes / 1048576).toFixed(1)} MiB`;
@@ -35,7 +41,9 @@
       throw new Error("Your admin session has ended: log in again, then choose the file again to resume.");
     }
     const data = await response.json();
-    if (!response.ok) throw new Error(data.error || `${response.status} ${response.statusText}`);
+    if (!response.ok) {
+      throw Object.assign(new Error(data.error || `${response.status} ${response.statusText}`), { status: response.status });
+    }
     return data;
   }
 
@@ -121,7 +129,7 @@
       const number = run.next++;
       const start = (number - 1) * upload.part_size;
       const blob = file.slice(start, Math.min(start + upload.part_size, file.size));
-      const checksum = await sha256(blob);
+      const checksum = checksums[number] || await sha256(blob);  // hashed already if storage holds it
       checksums[number] = checksum;
       const held = stored.get(number);
       if (held && held.size === blob.size && held.sha256 === checksum) {
@@ -146,6 +154,7 @@
       state = await api(upload.links.status);
     }
     listed(state);
+    await forgetHandle(state.id);  // done, or failed its check: nothing to resume either way
     if (state.state === "done") {
       $("upload-bar").value = 1;
       ended(false);
@@ -171,11 +180,38 @@
     $("upload-list").tBodies[0].prepend(row);
   }
 
-  async function upload(file, path, expected, label = "") {
+  function part(file, upload, number) {
+    const start = (number - 1) * upload.part_size;
+    return file.slice(start, Math.min(start + upload.part_size, file.size));
+  }
+
+  const begin = (item) => api(root.dataset.startUrl, { path: item.path, size: item.file.size, sha256: item.expected || "" });
+
+  // A found upload whose parts storage holds: the site keeps it only if those parts are this file's
+  // bytes (it starts another otherwise). The checksums computed here are the worker's too.
+  async function sameFile(started, item, checksums) {
+    if (!started.stored.length) return started;
+    show(`Checking the ${plural(started.stored.length, "part")} already stored against ${started.path}…`);
+    const parts = [];
+    for (const held of started.stored) {
+      checksums[held.number] = await sha256(part(item.file, started, held.number));
+      parts.push({ number: held.number, sha256: checksums[held.number] });
+    }
+    const matched = await api(started.links.match, { parts, sha256: item.expected || "" });
+    if (!matched.kept) {
+      for (const number of Object.keys(checksums)) delete checksums[number];
+      await keepHandle(matched, item, started.id);
+    }
+    return matched;
+  }
+
+  async function upload(item, label = "") {
     if (!window.crypto || !crypto.subtle) {
       throw new Error("This browser cannot compute SHA-256 here: open the admin over HTTPS.");
     }
-    const started = await api(root.dataset.startUrl, { path, size: file.size, sha256: expected });
+    const file = item.file;
+    const checksums = {};
+    const started = await sameFile(item.started || await begin(item), item, checksums);
     const run = { id: started.id, links: started.links, size: file.size, partCount: started.part_count, next: 1,
       doneBytes: 0, doneParts: 0, kept: 0, keptBytes: 0, inFlight: new Map(), requests: new Set(), stopped: false,
       startedAt: Date.now() };
@@ -185,31 +221,66 @@
     $("upload-bar").classList.remove("failed");
     $("upload-name").textContent = `${label}${started.path} (${mib(file.size)}, ${plural(started.part_count, "part")})`;
     report(run);
-    const stored = new Map(started.stored.map((part) => [part.number, part]));
-    const checksums = {};
+    const stored = new Map(started.stored.map((held) => [held.number, held]));
     const fit = Math.max(1, Math.floor(MEMORY / started.part_size));
     const workers = Array.from({ length: Math.min(parallel, fit, started.part_count) },
       () => worker(run, started, file, stored, checksums));
     try {
       await Promise.all(workers);
     } catch (error) {
-      stop(run);  // the other parts stop too; choosing the file again resumes
+      stop(run);  // the other parts stop too; resuming (or choosing the file again) goes on from here
       throw error;
     }
     return run.stopped ? false : finish(started, checksums);
+  }
+
+  // The handle of each file chosen through the pickers, kept under its upload's id (under a new id
+  // when the site started another); no IndexedDB (private mode) keeps nothing and loses nothing.
+  async function keepHandle(started, item, replaced = null) {
+    if (!item.handle) return;
+    try {
+      if (replaced && replaced !== started.id) await handles.forget(replaced);
+      await handles.keep(memoryKey, started, item);
+    } catch (error) { /* not kept: choosing the file again still resumes */ }
+  }
+
+  async function forgetHandle(id) {
+    try {
+      if (handles.supported) await handles.forget(id);
+    } catch (error) { /* nothing kept */ }
+  }
+
+  // The files one after the other. Files with handles are all started first, so that each has an
+  // upload (and a kept handle) to resume by should the page be reloaded before its turn.
+  async function send(queue, total) {
+    for (const item of queue.filter((entry) => entry.handle)) {
+      item.started = await begin(item);
+      await keepHandle(item.started, item, item.resumes);
+    }
+    let done = 0;
+    for (const [index, item] of queue.entries()) {
+      const label = queue.length > 1 ? `File ${index + 1} of ${queue.length}: ` : "";
+      if (!(await upload(item, label))) break;
+      done += 1;
+    }
+    const skipped = total - queue.length;
+    if (total > 1 && done === queue.length) {
+      show(`Done: all ${total} files are stored and checked${skipped ? ` (${skipped} were already)` : ""}.`);
+    }
+    return done === queue.length;
   }
 
   // Each chosen file with its path: one file takes the path typed (or its name); several files or a
   // folder keep their names and their paths inside the folder, under the typed folder if any.
   function chosen() {
     const typed = $("upload-path").value.trim();
-    const files = [...$("upload-file").files, ...($("upload-folder") ? $("upload-folder").files : [])];
-    if (files.length === 1 && !files[0].webkitRelativePath) return [{ file: files[0], path: typed || files[0].name }];
+    const entries = picked || [...$("upload-file").files, ...($("upload-folder") ? $("upload-folder").files : [])].map(
+      (file) => ({ file, inFolder: Boolean(file.webkitRelativePath),
+        inside: file.webkitRelativePath ? file.webkitRelativePath.split("/").slice(1).join("/") : file.name }));
+    if (entries.length === 1 && !entries[0].inFolder) return [{ ...entries[0], path: typed || entries[0].inside }];
     const prefix = typed ? `${typed.replace(/\/+$/, "")}/` : "";
-    return files.map((file) => {
-      const inside = file.webkitRelativePath ? file.webkitRelativePath.split("/").slice(1).join("/") : file.name;
-      return { file, path: prefix + inside };
-    }).sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));  // by path, as the version lists them
+    return entries.map((entry) => ({ ...entry, path: prefix + entry.inside }))
+      .sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));  // by path, as the version lists them
   }
 
   function remember() {
@@ -227,6 +298,24 @@
   }
   recall();
 
+  // Sends the queue; what went wrong is said, and the Upload and Resume buttons are free again.
+  async function sending(queue, total) {
+    $("upload-start").disabled = true;
+    $("upload-resume-button").disabled = true;
+    try {
+      return await send(queue, total);
+    } catch (error) {
+      ended(true);
+      if (error.message === "stopped") return false;  // aborted: the Abort button says so
+      show(error.message, true);
+      if (handles.supported) offerResume();  // what was kept can be resumed from here, without a reload
+      return false;
+    } finally {
+      $("upload-start").disabled = false;
+      $("upload-resume-button").disabled = false;
+    }
+  }
+
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const stored = new Set([...document.querySelectorAll('#upload-list tr[data-state="done"]')].map((row) => row.dataset.path));
@@ -238,26 +327,10 @@
       return;
     }
     remember();
-    $("upload-start").disabled = true;
     const expected = queue.length === 1 ? $("upload-sha256").value.trim() : "";  // one checksum names one file
-    let done = 0;
-    try {
-      for (const [index, item] of queue.entries()) {
-        const label = queue.length > 1 ? `File ${index + 1} of ${queue.length}: ` : "";
-        if (!(await upload(item.file, item.path, expected, label))) break;
-        done += 1;
-      }
-      const skipped = all.length - queue.length;
-      if (all.length > 1 && done === queue.length) {
-        show(`Done: all ${all.length} files are stored and checked${skipped ? ` (${skipped} were already)` : ""}.`);
-      }
-      if (done === queue.length) localStorage.removeItem(memoryKey);
-    } catch (error) {
-      ended(true);
-      if (error.message !== "stopped") show(error.message, true);
-    } finally {
-      $("upload-start").disabled = false;
-    }
+    for (const item of queue) item.expected = expected;
+    $("upload-resume").hidden = true;  // what is chosen now is what goes on
+    if (await sending(queue, all.length)) localStorage.removeItem(memoryKey);
   });
 
   $("upload-abort").addEventListener("click", async () => {
@@ -267,6 +340,7 @@
     ended(true);
     try {
       listed(await api(running.links.abort, {}));
+      await forgetHandle(running.id);
       show("Aborted: the parts sent so far were dropped.");
     } catch (error) {
       show(error.message, true);
@@ -278,11 +352,107 @@
     button.addEventListener("click", async () => {
       if (!window.confirm("Abort this unfinished upload? The parts stored so far are dropped.")) return;
       try {
-        listed(await api(button.dataset.abortUrl, {}));
+        const state = await api(button.dataset.abortUrl, {});
+        listed(state);
+        await forgetHandle(state.id);
+        offerResume();
       } catch (error) {
         $("upload-progress").hidden = false;
         show(error.message, true);
       }
     });
   });
+  // --- choosing through the File System Access API, and resuming without choosing again ---------
+
+  function choose(entries) {
+    picked = entries;
+    $("upload-file").value = "";
+    if ($("upload-folder")) $("upload-folder").value = "";
+    const count = entries.length;
+    $("upload-picked").textContent = count ? `${plural(count, "file")} chosen (${mib(entries.reduce((sum, e) => sum + e.file.size, 0))}): ` +
+      entries.map((e) => e.inside).sort().slice(0, 5).join(", ") + (count > 5 ? ", …" : "") : "Nothing chosen.";
+  }
+
+  async function choosing(pick) {
+    try {
+      choose(await pick());
+    } catch (error) {
+      if (error.name !== "AbortError") {  // AbortError: the picker was closed
+        $("upload-progress").hidden = false;
+        show(`The files could not be read: ${error.message}`, true);
+      }
+    }
+  }
+
+  // The uploads begun in this browser that the site says are unfinished; the others are forgotten.
+  async function unfinished() {
+    let records;
+    try {
+      records = await handles.kept(memoryKey);
+    } catch (error) {
+      return [];
+    }
+    const open = [];
+    for (const record of records) {
+      try {
+        if ((await api(record.statusUrl)).state === "uploading") open.push(record);
+        else await handles.forget(record.id);
+      } catch (error) {
+        if (error.status === 404) await forgetHandle(record.id);  // gone, or no longer this user's to see
+      }
+    }
+    return open.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  }
+
+  async function offerResume() {
+    const records = await unfinished();
+    $("upload-resume").hidden = !records.length;
+    $("upload-resume-text").textContent = `${plural(records.length, "unfinished upload")} begun in this browser: ` +
+      `${records.map((record) => record.path).join(", ")}. Resume sends only what storage does not hold yet; ` +
+      "nothing needs choosing again.";
+  }
+
+  async function resume() {
+    $("upload-resume-button").disabled = true;
+    const records = await unfinished();
+    const queue = [];
+    const problems = [];
+    for (const record of records) {
+      const opened = await handles.reopen(record);
+      if (opened.problem) {
+        problems.push(opened.problem);
+        await forgetHandle(record.id);
+      } else {
+        queue.push({ file: opened.file, path: record.path, handle: record.handle, root: record.root,
+          expected: record.expected, resumes: record.id });
+      }
+    }
+    $("upload-resume").hidden = true;
+    $("upload-resume-problems").hidden = !problems.length;
+    $("upload-resume-problems").textContent = problems.join(" ");
+    if (queue.length) await sending(queue, queue.length);
+    else $("upload-resume-button").disabled = false;
+  }
+
+  if (handles.supported) {
+    for (const row of document.querySelectorAll(".file-input-row")) row.hidden = true;
+    $("upload-pick").hidden = false;
+    $("upload-pick-files").addEventListener("click", () => choosing(handles.pickFiles));
+    $("upload-pick-folder").addEventListener("click", () => choosing(handles.pickFolder));
+    const zone = $("upload-drop");
+    zone.addEventListener("dragover", (event) => {
+      event.preventDefault();
+      zone.classList.add("dragging");
+    });
+    zone.addEventListener("dragleave", () => zone.classList.remove("dragging"));
+    zone.addEventListener("drop", (event) => {
+      event.preventDefault();
+      zone.classList.remove("dragging");
+      const entries = handles.dropped(event.dataTransfer);  // asked for now, while the drop lasts
+      choosing(() => entries);
+    });
+    $("upload-resume-button").addEventListener("click", resume);
+    offerResume();
+  }
+  for (const input of [$("upload-file"), $("upload-folder")]) input?.addEventListener("change", () => { picked = null; });
 })();
