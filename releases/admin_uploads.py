@@ -49,6 +49,7 @@ def upload_urls(admin_site) -> list:
     return [
         view(upload_page, "upload", admin_site=admin_site),
         view(start, "upload_start"),
+        view(empty, "upload_empty"),
         view(status, "upload_status"),
         view(match, "upload_match"),
         view(sign, "upload_sign"),
@@ -176,6 +177,7 @@ def upload_page(request, object_id, admin_site):
         "version": version,
         "uploads": [describe(upload) for upload in recent[:20]],
         "start_url": reverse("admin:releases_version_upload_start", args=[version.pk]),
+        "empty_url": reverse("admin:releases_version_upload_empty", args=[version.pk]),
         "parallel_parts": 4,
     }
     response = TemplateResponse(request, "admin/releases/version/upload.html", context)
@@ -201,6 +203,19 @@ def start(request, object_id):
         user=request.user,
     )
     return JsonResponse(_with_stored_parts(upload))
+
+
+@route("<int:object_id>/upload/empty/")
+@require_POST
+@json_view()
+def empty(request, object_id):
+    """An empty file (a folder's `.gitkeep`): no parts to send, stored by this one request."""
+    version = _version(request.user, object_id, to_upload=True)
+    data = _payload(request)
+    if not isinstance(data.get("path"), str) or not isinstance(data.get("sha256", ""), str):
+        raise services.ReleaseError("path (and sha256, if given) are strings.")
+    file = browser_uploads.add_empty_file(version, data["path"], expected_sha256=data.get("sha256", ""))
+    return JsonResponse({"path": file.path, "size": file.size, "sha256": file.sha256})
 
 
 def _with_stored_parts(upload: BrowserUpload) -> dict:

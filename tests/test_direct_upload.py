@@ -308,6 +308,23 @@ def test_bad_requests_get_a_clear_error_and_start_nothing(page, draft, local_sto
     assert not BrowserUpload.objects.exists()
 
 
+def test_an_empty_file_is_stored_in_one_request_once_and_refused_where_another_file_is(page, store, draft):
+    url = reverse("admin:releases_version_upload_empty", args=[draft.pk])
+    empty = hashlib.sha256(b"").hexdigest()
+    for _ in range(2):  # the same folder chosen again: the empty file held already refuses nothing
+        response = page.post(url, {"path": "samples/.gitkeep"})
+        assert response.status_code == 200
+        assert response.json() == {"path": "samples/.gitkeep", "size": 0, "sha256": empty}
+    file = File.objects.get()
+    assert (file.size, file.sha256, stored_bytes(store, file.key)) == (0, empty, b"")
+    wrong = page.post(url, {"path": "other/.gitkeep", "sha256": hashlib.sha256(b"x").hexdigest()})
+    assert wrong.status_code == 400 and f"its SHA-256 is {empty}" in wrong.json()["error"]
+    services.add_file(draft, "config.json", io.BytesIO(b"{}"))
+    taken = page.post(url, {"path": "config.json"})
+    assert taken.status_code == 400 and "already has a file config.json" in taken.json()["error"]
+    assert File.objects.count() == 2 and not BrowserUpload.objects.exists()
+
+
 @pytest.mark.parametrize("kind", ["local", "localstack"])  # moto reports no real start time
 def test_abandoned_admin_uploads_are_aborted_by_the_beat_job(page, request, settings, kind, weights):
     store = request.getfixturevalue("local_store" if kind == "local" else "localstack_store")

@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from django.core.management import call_command
 
+from releases import services
 from releases.models import BrowserUpload, File, Version
 from releases.services import browser_uploads
 
@@ -325,6 +326,32 @@ def test_a_file_changed_since_its_upload_began_is_chosen_again_and_its_other_byt
     assert sorted(sent) == [(str(second.id), n) for n in range(1, 6)]  # every part of the other bytes
     digest = hashlib.sha256(b"".join(struct.pack("<I", n) + changed[4:] for n in range(21))).hexdigest()
     assert File.objects.get(version=draft).sha256 == digest
+
+
+def test_a_folder_with_an_empty_file_uploads_the_others_and_stores_the_empty_one_as_it_is(
+    local_store, live_server, browser_page, django_user_model
+):
+    small = {"config.yaml": b"a: 1\n", "samples/.gitkeep": b""}  # an empty file has no part to send
+    draft = VersionFactory(model__slug="tts", version="v7")
+    page = log_in_as_maintainer(live_server, browser_page, django_user_model)
+    page.context.add_init_script(HAND_OVER_THE_TEST_FOLDER)
+    page.goto(f"{live_server.url}/admin/releases/version/{draft.pk}/upload/")
+    encoded = {path: base64.b64encode(data).decode() for path, data in small.items()}
+    page.evaluate(WRITE_INTO_THE_TEST_FOLDER, [encoded, base64.b64encode(b"w" * 1000).decode(), 1])
+    page.get_by_role("button", name="Choose a folder…").click()
+    wait_for_text(page, "#upload-picked", "3 files chosen")
+    page.click("#upload-start")
+    wait_for_status(page, "Done: all 3 files are stored and checked", timeout=60)
+    assert "samples/.gitkeep is empty, stored as such" in page.locator("#upload-status").inner_text()
+
+    expected = {path: hashlib.sha256(data).hexdigest() for path, data in small.items()}
+    expected["model.pt"] = hashlib.sha256(struct.pack("<I", 0) + b"w" * 996).hexdigest()  # the one block, numbered
+    assert {file.path: file.sha256 for file in File.objects.filter(version=draft)} == expected
+    assert not BrowserUpload.objects.filter(version=draft, path="samples/.gitkeep").exists()  # one request, no parts
+    page.click("#upload-start")  # the same folder again: the empty file already held refuses nothing
+    wait_for_status(page, "Done: all 3 files are stored and checked (2 were already)", timeout=60)
+    services.publish_version(draft)
+    assert downloaded_sha256(f"{live_server.url}/models/tts/v7/samples/.gitkeep") == expected["samples/.gitkeep"]
 
 
 @pytest.mark.parametrize("size", [{"width": 1280, "height": 800}, {"width": 390, "height": 844}], ids=["1280", "390"])

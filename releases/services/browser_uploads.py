@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import io
 import logging
 import re
 
@@ -27,10 +29,10 @@ from django.conf import settings
 from django.db import transaction
 
 from .. import upload_tasks
-from ..models import BrowserUpload, Version, canonical_path, default_object_key
+from ..models import BrowserUpload, File, Version, canonical_path, default_object_key
 from ..storage import PartTarget, StoredPart, guess_content_type, release_store
 from .common import ReleaseError, as_release_error, version_lock
-from .files import check_file_names, check_unused, current_draft
+from .files import add_file, check_file_names, check_unused, current_draft
 from .upload_outcomes import abort, held_parts, move, require_state
 
 logger = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ MiB = 1024 * 1024
 PART_SIZE = 16 * MiB  # a browser hashes each part in memory; several are in flight at once
 MIN_PART, MAX_PARTS = 5 * MiB, 10_000  # S3's limits (every part but the last is at least MIN_PART)
 MAX_SIZE = 5 * 1024**4  # S3's largest object
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 State = BrowserUpload.State
 
 
@@ -49,7 +52,7 @@ def start_upload(version: Version, path: str, size: int, *, expected_sha256: str
     with makes it another file at once; one given now for an upload begun without is kept."""
     path, expected_sha256 = canonical_path(path), _expected(expected_sha256)
     if not 0 < size <= MAX_SIZE:
-        raise ReleaseError(f"A file to upload has 1 byte to 5 TiB; {path} has {size}.")
+        raise ReleaseError(f"A file to upload in parts has 1 byte to 5 TiB; {path} has {size}.")
     with version_lock(version):
         draft = current_draft(version)
         key = default_object_key(draft.model.slug, draft.version, path)
@@ -71,6 +74,17 @@ def start_upload(version: Version, path: str, size: int, *, expected_sha256: str
             version=draft, path=path, key=key, size=size, part_size=part_size_for(size), content_type=content_type,
             expected_sha256=expected_sha256, storage_upload_id=storage_upload_id, started_by=user,
         )  # fmt: skip
+
+
+def add_empty_file(version: Version, path: str, *, expected_sha256: str = "") -> File:
+    """An empty file of a chosen folder (a `.gitkeep`): it has no parts, so it is stored in this one
+    request. One the draft holds already, empty, is kept as it is, so that choosing the same folder
+    again after a failure refuses nothing."""
+    path, expected_sha256 = canonical_path(path), _expected(expected_sha256)
+    if expected_sha256 not in ("", EMPTY_SHA256):
+        raise ReleaseError(f"{path} is empty; its SHA-256 is {EMPTY_SHA256}, not the {expected_sha256} given.")
+    held = version.files.filter(path=path, size=0).first()
+    return held if held is not None else add_file(version, path, io.BytesIO(b""))
 
 
 def part_size_for(size: int) -> int:

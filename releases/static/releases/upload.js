@@ -250,9 +250,21 @@
     } catch (error) { /* nothing kept */ }
   }
 
-  // The files one after the other. Files with handles are all started first, so that each has an
-  // upload (and a kept handle) to resume by should the page be reloaded before its turn.
-  async function send(queue, total) {
+  // Empty files (a folder's .gitkeep) have no parts to send: the site stores each in one request.
+  async function storeEmpty(items) {
+    for (const item of items) {
+      show(`Storing ${item.path} (empty)…`);
+      await api(root.dataset.emptyUrl, { path: item.path, sha256: item.expected || "" });
+    }
+    return items.length ? ` ${items.map((item) => item.path).join(", ")} ${items.length === 1 ? "is" : "are"} empty, ` +
+      "stored as such." : "";
+  }
+
+  // The files one after the other, the empty ones first. Files with handles are all started first,
+  // so that each has an upload (and a kept handle) to resume by should the page be reloaded before its turn.
+  async function send(chosenQueue, total) {
+    const empties = await storeEmpty(chosenQueue.filter((item) => !item.file.size));
+    const queue = chosenQueue.filter((item) => item.file.size);
     for (const item of queue.filter((entry) => entry.handle)) {
       item.started = await begin(item);
       await keepHandle(item.started, item, item.resumes);
@@ -263,9 +275,10 @@
       if (!(await upload(item, label))) break;
       done += 1;
     }
-    const skipped = total - queue.length;
-    if (total > 1 && done === queue.length) {
-      show(`Done: all ${total} files are stored and checked${skipped ? ` (${skipped} were already)` : ""}.`);
+    const skipped = total - chosenQueue.length;
+    if (done === queue.length && (total > 1 || !queue.length)) {
+      show(`Done: ${total > 1 ? `all ${total} files are` : "the file is"} stored and checked` +
+        `${skipped ? ` (${skipped} were already)` : ""}.${empties}`);
     }
     return done === queue.length;
   }
