@@ -252,6 +252,7 @@
   }
 
   // Empty files (a folder's .gitkeep) have no parts to send: the site stores each in one request.
+  // Returns what the final message says of them.
   async function storeEmpty(items) {
     for (const item of items) {
       show(`Storing ${item.path} (empty)…`);
@@ -263,25 +264,25 @@
 
   // The files one after the other, the empty ones first. Files with handles are all started first,
   // so that each has an upload (and a kept handle) to resume by should the page be reloaded before its turn.
-  async function send(chosenQueue, total) {
-    const empties = await storeEmpty(chosenQueue.filter((item) => !item.file.size));
-    const queue = chosenQueue.filter((item) => item.file.size);
-    for (const item of queue.filter((entry) => entry.handle)) {
+  async function send(queue, total) {
+    const emptyNote = await storeEmpty(queue.filter((item) => !item.file.size));
+    const inParts = queue.filter((item) => item.file.size);
+    for (const item of inParts.filter((entry) => entry.handle)) {
       item.started = await begin(item);
       await keepHandle(item.started, item, item.resumes);
     }
     let done = 0;
-    for (const [index, item] of queue.entries()) {
-      const label = queue.length > 1 ? `File ${index + 1} of ${queue.length}: ` : "";
+    for (const [index, item] of inParts.entries()) {
+      const label = inParts.length > 1 ? `File ${index + 1} of ${inParts.length}: ` : "";
       if (!(await upload(item, label))) break;
       done += 1;
     }
-    const skipped = total - chosenQueue.length;
-    if (done === queue.length && (total > 1 || !queue.length)) {
+    const skipped = total - queue.length;
+    if (done === inParts.length && (total > 1 || !inParts.length)) {
       show(`Done: ${total > 1 ? `all ${total} files are` : "the file is"} stored and checked` +
-        `${skipped ? ` (${skipped} were already)` : ""}.${empties}`);
+        `${skipped ? ` (${skipped} were already)` : ""}.${emptyNote}`);
     }
-    return done === queue.length;
+    return done === inParts.length;
   }
 
   // Each chosen file with its path: one file takes the path typed (or its name); several files or a
