@@ -17,7 +17,8 @@
 #
 # Environment: DOCKER_TEST_CACHE (default $XDG_CACHE_HOME/model-releases-docker),
 # DOCKER_TEST_KEEP=1 keeps the temporary directory, DOCKER_TEST_CONTEXT builds another
-# checkout's image (the journey stays this one's), PYTEST_ARGS for the journey.
+# checkout's image (the journey stays this one's), PYTEST_ARGS for the journey's pytest (e.g.
+# PYTEST_ARGS='-k once_per_period -x' runs one test; the image is still built and checked first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

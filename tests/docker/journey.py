@@ -16,6 +16,7 @@ import http.client
 import http.server
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -23,6 +24,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import Counter
 
 import boto3
 import psycopg
@@ -294,6 +296,45 @@ def test_two_web_nodes_see_one_change_at_once_and_count_a_download_once(stack, p
     # From a loopback address no earlier test used: the same client and file count once a window.
     assert stable_url_status_from("127.0.0.2", second.url, "/models/demo-tts/v1/model.pt") == 302  # node 2
     assert [total(first), total(second)] == [before + 1, before + 1]
+
+
+DRAIN_DECISION = re.compile(r"beat: drain-outbox: (?:sending the run of period (\d+)|period (\d+) was sent by another)")
+
+
+def drain_decisions(beat) -> list[tuple[int, bool]]:
+    """(period, sent by this beat) for every drain-outbox period the beat settled (releases/beat.py logs it)."""
+    found = DRAIN_DECISION.findall("\n".join(text for _, text in beat.timed_lines()))
+    return [(int(sent or seen), bool(sent)) for sent, seen in found]
+
+
+def test_two_beats_and_two_workers_run_each_periodic_job_once_per_period(stack):
+    """A second beat and a second worker container on the same Redis: in every period both beats
+    settle, one of them sends drain-outbox (every DRAIN_OUTBOX_INTERVAL s here) and one worker receives it."""
+    interval = int(stack.env["DRAIN_OUTBOX_INTERVAL"])
+    (second_beat,) = stack.start("beat")
+    (second_worker,) = stack.start("worker", "-Q", QUEUES, "--concurrency", "1")
+    beats, workers = [container(stack, "beat-1"), second_beat], [container(stack, "worker-1"), second_worker]
+    try:
+        wait_until(lambda: "ready." in second_worker.logs(), 90, interval=0.5, what="the second worker")
+
+        def settled_by_both() -> list[int]:
+            first, second = ({period for period, _ in drain_decisions(beat)} for beat in beats)
+            return sorted(first & second)
+
+        started = max(settled_by_both(), default=-1)  # from a period both workers were there for
+        wait_until(lambda: len([p for p in settled_by_both() if p > started]) >= 3, 20 * interval, what="3 periods")
+        periods = [period for period in settled_by_both() if period > started][:3]
+        sends = Counter(period for beat in beats for period, sent in drain_decisions(beat) if sent)
+        assert [sends[period] for period in periods] == [1, 1, 1], (periods, sends)
+
+        def received() -> Counter:  # a run is sent as its period starts: it is received within it
+            task = re.compile(r"Task releases\.tasks\.drain_outbox\[\S+\] received")
+            return Counter(int(at // interval) for w in workers for at, text in w.timed_lines() if task.search(text))
+
+        wait_until(lambda: received()[periods[-1]] >= 1, 30, interval=0.5, what="the last period's run to arrive")
+        assert [received()[period] for period in periods] == [1, 1, 1], (periods, received())
+    finally:
+        stack.remove(second_beat, second_worker)
 
 
 class HeldPurges(http.server.ThreadingHTTPServer):

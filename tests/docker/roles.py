@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from ..servers import REPO_ROOT, free_port, wait_until
@@ -72,6 +73,16 @@ class Container:
     def logs(self, tail: int = 60) -> str:
         result = docker("logs", "--tail", str(tail), self.name, check=False)
         return result.stdout + result.stderr
+
+    def timed_lines(self) -> list[tuple[float, str]]:
+        """Every line of the container's log, with the epoch second docker received it."""
+        result = docker("logs", "--timestamps", self.name, check=False)
+        lines = []
+        for line in (result.stdout + result.stderr).splitlines():
+            stamp, _, text = line.partition(" ")  # 2026-12-03T13:07:06.123456789Z (trailing zeros cut)
+            seconds, _, fraction = stamp.rstrip("Z").partition(".")
+            lines.append((datetime.fromisoformat(seconds + "+00:00").timestamp() + float(f"0.{fraction or 0}"), text))
+        return lines
 
     def exec(self, *command: str, check: bool = True) -> subprocess.CompletedProcess:
         return docker("exec", self.name, *command, check=check)
@@ -145,8 +156,11 @@ class Roles:
             containers.append(container)
         return containers
 
-    def remove_all(self) -> None:
-        for container in self.started:
+    def remove(self, *containers: Container) -> None:
+        for container in containers:
             docker("rm", "-f", "-v", container.name, check=False)
             docker("volume", "rm", f"{container.name}-data", check=False)
-        self.started.clear()
+            self.started.remove(container)
+
+    def remove_all(self) -> None:
+        self.remove(*self.started)
