@@ -133,6 +133,14 @@ def _payload(request) -> dict:
     return data
 
 
+def _path_and_sha256(request) -> tuple[dict, str, str]:
+    """The request's JSON with the file's path and its expected SHA-256 ("" when not given)."""
+    data = _payload(request)
+    if not isinstance(data.get("path"), str) or not isinstance(data.get("sha256", ""), str):
+        raise services.ReleaseError("path (and sha256, if given) are strings.")
+    return data, data["path"], data.get("sha256", "")
+
+
 def _number(value, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise services.ReleaseError(f"{what} is a whole number.")
@@ -192,15 +200,9 @@ def upload_page(request, object_id, admin_site):
 @json_view()
 def start(request, object_id):
     version = _version(request.user, object_id, to_upload=True)
-    data = _payload(request)
-    if not isinstance(data.get("path"), str) or not isinstance(data.get("sha256", ""), str):
-        raise services.ReleaseError("path (and sha256, if given) are strings.")
+    data, path, expected_sha256 = _path_and_sha256(request)
     upload = browser_uploads.start_upload(
-        version,
-        data["path"],
-        _number(data.get("size"), "size"),
-        expected_sha256=data.get("sha256", ""),
-        user=request.user,
+        version, path, _number(data.get("size"), "size"), expected_sha256=expected_sha256, user=request.user
     )
     return JsonResponse(_with_stored_parts(upload))
 
@@ -211,10 +213,8 @@ def start(request, object_id):
 def empty(request, object_id):
     """An empty file (a folder's `.gitkeep`): no parts to send, stored by this one request."""
     version = _version(request.user, object_id, to_upload=True)
-    data = _payload(request)
-    if not isinstance(data.get("path"), str) or not isinstance(data.get("sha256", ""), str):
-        raise services.ReleaseError("path (and sha256, if given) are strings.")
-    file = browser_uploads.add_empty_file(version, data["path"], expected_sha256=data.get("sha256", ""))
+    _, path, expected_sha256 = _path_and_sha256(request)
+    file = browser_uploads.add_empty_file(version, path, expected_sha256=expected_sha256)
     return JsonResponse({"path": file.path, "size": file.size, "sha256": file.sha256})
 
 

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from ..servers import REPO_ROOT, free_port, wait_until
-from .journey import FILES, client_env, figure, get, sha256
+from .journey import FILES, figure, get, served_client_downloads, sha256
 from .roles import DOCKER, NO_REDIRECT, example_env, http_status
 
 PROJECT = f"mr-compose-{os.getpid()}"
@@ -165,13 +165,4 @@ def test_a_release_published_in_the_stack_downloads_through_its_varnish(stack, p
 
 @pytest.mark.parametrize("client", ["fetch-model.sh", "fetch_model.py"])
 def test_both_served_clients_download_through_the_stacks_varnish(stack, published, tmp_path, client):
-    status, _, source = get(f"{stack.site}/{client}")
-    assert status == 200 and stack.site.encode() in source
-    dest = tmp_path / "models" / "demo-tts" / "v1"
-    command = ["sh", "-s", "--"] if client.endswith(".sh") else [sys.executable, "-"]
-    result = subprocess.run(
-        [*command, "demo-tts", "latest", str(dest)], input=source, capture_output=True, timeout=120, env=client_env()
-    )
-    assert result.returncode == 0, result.stderr.decode()
-    for path, body in FILES.items():
-        assert (dest / path).read_bytes() == body
+    served_client_downloads(stack.site, client, tmp_path)

@@ -220,8 +220,13 @@ def sha256(body: bytes) -> str:
 
 @pytest.mark.parametrize("client", ["fetch-model.sh", "fetch_model.py"])
 def test_both_served_clients_download_and_verify_through_varnish(stack, published, tmp_path, client):
-    status, _, source = get(f"{stack.site}/{client}")
-    assert status == 200 and stack.site.encode() in source
+    served_client_downloads(stack.site, client, tmp_path)
+
+
+def served_client_downloads(site: str, client: str, tmp_path) -> None:
+    """The client as `site` serves it, run as a start script would, downloads FILES and verifies them."""
+    status, _, source = get(f"{site}/{client}")
+    assert status == 200 and site.encode() in source
     dest = tmp_path / "models" / "demo-tts" / "v1"
     command = ["sh", "-s", "--"] if client.endswith(".sh") else [sys.executable, "-"]
     result = subprocess.run(
