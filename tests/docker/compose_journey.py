@@ -17,14 +17,13 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.error
 
 import pytest
 import yaml
 
 from ..servers import REPO_ROOT, free_port, wait_until
-from .journey import FILES, figure, get, served_client_downloads, sha256
-from .roles import DOCKER, NO_REDIRECT, example_env, http_status
+from .journey import FILES, figure, release_downloads_through, served_client_downloads
+from .roles import DOCKER, example_env, http_status
 
 PROJECT = f"mr-compose-{os.getpid()}"
 PORTS = ("POSTGRES_PORT", "REDIS_PORT", "S3_PORT", "S3_CONSOLE_PORT", "WEB_PORT", "VARNISH_PORT")
@@ -150,17 +149,7 @@ def published(stack, tmp_path_factory):
 
 
 def test_a_release_published_in_the_stack_downloads_through_its_varnish(stack, published):
-    site = stack.site
-    wait_until(lambda: b"demo-tts" in get(f"{site}/")[2], 60, interval=0.5, what="the purged index to list the model")
-    status, _, body = get(f"{site}/api/v1/models/demo-tts/versions/latest")
-    version = json.loads(body)
-    assert status == 200 and version["version"] == "v1" and {f["path"] for f in version["files"]} == set(FILES)
-    for file in version["files"]:
-        assert file["stable_url"] == f"{site}/models/demo-tts/v1/{file['path']}"
-        with pytest.raises(urllib.error.HTTPError) as redirect:
-            NO_REDIRECT.open(file["stable_url"], timeout=30)
-        assert redirect.value.code == 302 and redirect.value.headers["X-Artifact-SHA256"] == file["sha256"]
-        assert sha256(get(redirect.value.headers["Location"])[2]) == file["sha256"] == sha256(FILES[file["path"]])
+    release_downloads_through(stack.site, purge_seconds=60)
 
 
 @pytest.mark.parametrize("client", ["fetch-model.sh", "fetch_model.py"])

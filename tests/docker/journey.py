@@ -197,21 +197,28 @@ def test_worker_and_beat_pass_the_healthchecks_docker_compose_gives_them(stack):
 
 
 def test_a_release_published_in_a_container_downloads_through_varnish(stack, published):
-    site = stack.site
     # Varnish cached the index before the release (the first 200): the worker's purge clears it.
-    wait_until(lambda: b"demo-tts" in get(f"{site}/")[2], 30, interval=0.5, what="the purged index to list the model")
+    release_downloads_through(stack.site, purge_seconds=30)
+
+
+def release_downloads_through(site: str, purge_seconds: float) -> None:
+    """The published release is listed once the index is purged, and each stable URL redirects
+    (302, with its SHA-256) to the bytes that were published."""
+    wait_until(
+        lambda: b"demo-tts" in get(f"{site}/")[2],
+        purge_seconds,
+        interval=0.5,
+        what="the purged index to list the model",
+    )
     status, _, body = get(f"{site}/api/v1/models/demo-tts/versions/latest")
     version = json.loads(body)
     assert status == 200 and version["version"] == "v1" and {f["path"] for f in version["files"]} == set(FILES)
     for file in version["files"]:
         assert file["stable_url"] == f"{site}/models/demo-tts/v1/{file['path']}"
-        try:
+        with pytest.raises(urllib.error.HTTPError) as redirect:
             NO_REDIRECT.open(file["stable_url"], timeout=30)
-            raise AssertionError("the stable URL did not redirect")
-        except urllib.error.HTTPError as redirect:
-            assert redirect.code == 302 and redirect.headers["X-Artifact-SHA256"] == file["sha256"]
-            location = redirect.headers["Location"]
-        assert hashlib.sha256(get(location)[2]).hexdigest() == file["sha256"] == sha256(FILES[file["path"]])
+        assert redirect.value.code == 302 and redirect.value.headers["X-Artifact-SHA256"] == file["sha256"]
+        assert sha256(get(redirect.value.headers["Location"])[2]) == file["sha256"] == sha256(FILES[file["path"]])
 
 
 def sha256(body: bytes) -> str:
