@@ -11,7 +11,8 @@
 #      package index (index URLs as build args, the CA bundle as a BuildKit secret);
 #   5. checks docker/compose.yaml (alone and with compose.host-network.yaml) with the installed
 #      Compose (Debian's v1);
-#   6. runs tests/docker/journey.py (pytest), which starts the roles from the image, and
+#   6. runs tests/docker/journey.py (pytest), which starts the roles from the image,
+#      tests/docker/upload_journey.py, an admin upload across two web nodes, and
 #      tests/docker/compose_journey.py, which brings the compose stack itself up;
 #   7. removes its containers and stops its engine, by pid, whatever happened.
 #
@@ -125,10 +126,11 @@ done
 say "docker/compose.yaml is valid for $(docker-compose version --short)"
 
 # --- 6. the journey ------------------------------------------------------------------------
-say "running the roles (tests/docker/journey.py) and the compose stack (tests/docker/compose_journey.py)"
+say "running the roles (tests/docker/journey.py, upload_journey.py) and the compose stack (compose_journey.py)"
 DOCKER_TEST_FIGURES="$WORK/figures.txt"
 export DOCKER_TEST_FIGURES
 printf 'image: %s MB, built in %s s\n' "$IMAGE_SIZE_MB" "$IMAGE_BUILD_SECONDS" >"$DOCKER_TEST_FIGURES"
 # shellcheck disable=SC2086 # PYTEST_ARGS is a list of words
-"${PYTHON:-.venv/bin/python}" -m pytest -p no:cacheprovider tests/docker/journey.py tests/docker/compose_journey.py \
+"${PYTHON:-.venv/bin/python}" -m pytest -p no:cacheprovider tests/docker/journey.py tests/docker/upload_journey.py \
+  tests/docker/compose_journey.py \
   ${PYTEST_ARGS:-}

@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from ..servers import REPO_ROOT, free_port, wait_until
-from .journey import FILES, figure, release_downloads_through, served_client_downloads
-from .roles import DOCKER, example_env, http_status
+from .journey import FILES, release_downloads_through, served_client_downloads
+from .roles import DOCKER, example_env, figure, http_status
 
 PROJECT = f"mr-compose-{os.getpid()}"
 PORTS = ("POSTGRES_PORT", "REDIS_PORT", "S3_PORT", "S3_CONSOLE_PORT", "WEB_PORT", "VARNISH_PORT")

@@ -26,63 +26,12 @@ import urllib.parse
 import urllib.request
 from collections import Counter
 
-import boto3
 import psycopg
 import pytest
-import redis
 import yaml
 
-from .. import localstack
 from ..servers import REPO_ROOT, Varnish, free_port, wait_until
-from .roles import NO_PROXY, NO_REDIRECT, Roles, example_env, http_status
-
-IMAGE = os.environ.get("APP_IMAGE", "model-releases:test")
-QUEUES = "model-releases,model-releases-heavy"  # as docker/compose.yaml runs them
-FIGURES = os.environ.get("DOCKER_TEST_FIGURES")
-
-
-def figure(line: str) -> None:
-    """A measured figure for docs/benchmarks.md (printed by scripts/docker-test.sh, never asserted)."""
-    if FIGURES:
-        with open(FIGURES, "a") as out:
-            out.write(line + "\n")
-
-
-@pytest.fixture(scope="module")
-def database_url():
-    """A fresh database on the machine's PostgreSQL, named after the suite's, dropped afterwards."""
-    base = urllib.parse.urlsplit(os.environ["DATABASE_URL"])
-    name = f"{base.path.lstrip('/')}_image"
-    admin = base._replace(path="/postgres").geturl()
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        connection.execute(f'CREATE DATABASE "{name}"')
-    yield base._replace(path=f"/{name}").geturl()
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture(scope="module")
-def redis_url():
-    url = os.environ["REDIS_URL"]
-    redis.Redis.from_url(url).flushdb()  # the suite's own database number
-    return url
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint(tmp_path_factory):
-    python = localstack.ensure_venv(REPO_ROOT / ".venv-localstack")
-    port = free_port()
-    process = localstack.start(python, port, tmp_path_factory.mktemp("localstack"))
-    try:
-        localstack.wait_ready(port)
-        endpoint = f"http://127.0.0.1:{port}"
-        boto3.client(
-            "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
-        ).create_bucket(Bucket="releases")
-        yield endpoint
-    finally:
-        localstack.stop(process)
+from .roles import IMAGE, NO_REDIRECT, QUEUES, Roles, figure, get, http_status, services_env
 
 
 @pytest.fixture(scope="module")
@@ -92,29 +41,14 @@ def stack(tmp_path_factory, request, database_url, redis_url, s3_endpoint):
     cache = Varnish(web_port)
     second_cache = Varnish(second_web_port)  # in front of the second web node (the two-node test's)
     site = f"http://localhost:{cache.port}"
-    env = example_env()
+    env = services_env(site, database_url, redis_url, s3_endpoint)
     env.update(
-        DJANGO_ALLOWED_HOSTS="models.example.org,localhost",
-        SITE_URL=site,
-        CSRF_TRUSTED_ORIGINS=site,
-        DJANGO_SECURE_SSL_REDIRECT="0",  # no TLS terminator in front here: plain HTTP on loopback
-        DATABASE_URL=database_url,
-        REDIS_URL=redis_url,
-        STORAGE_BACKEND="s3",
-        AWS_STORAGE_BUCKET_NAME="releases",
-        AWS_S3_ENDPOINT_URL=s3_endpoint,
-        AWS_ACCESS_KEY_ID="test",
-        AWS_SECRET_ACCESS_KEY="test",
         CDN_BACKEND="varnish",
         CDN_PURGE_URL=f"{cache.url},{second_cache.url}",  # every purge goes to both caches
         CDN_PURGE_TOKEN=cache.purge_token,
-        EMAIL_HOST="127.0.0.1",
-        WEB_CONCURRENCY="2",
-        GUNICORN_THREADS="2",
         VERIFY_INTERVAL="10",
         DRAIN_OUTBOX_INTERVAL="5",
         OUTBOX_LEASE_SECONDS="10",
-        WAIT_TIMEOUT="60",
     )
     roles = Roles(IMAGE, env, tmp_path_factory.mktemp("roles"))
     roles.site = site
@@ -140,12 +74,6 @@ def stack(tmp_path_factory, request, database_url, redis_url, s3_endpoint):
 
 def container(roles: Roles, name: str):
     return next(c for c in roles.started if c.name == name)
-
-
-def get(url: str, **headers) -> tuple[int, dict, bytes]:
-    request = urllib.request.Request(url, headers=headers)
-    with NO_PROXY.open(request, timeout=30) as response:
-        return response.status, dict(response.headers), response.read()
 
 
 FILES = {"model.pt": os.urandom(3 * 1024 * 1024 + 17), "config/config.yaml": b"sample_rate: 24000\n"}

@@ -21,6 +21,9 @@ from pathlib import Path
 from ..servers import REPO_ROOT, free_port, wait_until
 
 DOCKER = os.environ.get("DOCKER", "docker")
+FIGURES = os.environ.get("DOCKER_TEST_FIGURES")
+IMAGE = os.environ.get("APP_IMAGE", "model-releases:test")
+QUEUES = "model-releases,model-releases-heavy"  # as docker/compose.yaml runs them
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -43,6 +46,45 @@ def example_env() -> dict[str, str]:
     """.env.example as shipped: the production settings every role starts from."""
     lines = (REPO_ROOT / ".env.example").read_text().splitlines()
     return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+
+
+def services_env(site: str, database_url: str, redis_url: str, s3_endpoint: str) -> dict[str, str]:
+    """.env.example with only addresses and credentials changed: the suite's services, and a
+    site on loopback over plain HTTP. DJANGO_ALLOWED_HOSTS keeps models.example.org and adds only
+    `localhost` (the address the journeys use), so the HEALTHCHECK's 127.0.0.1 is still a host
+    Django would refuse."""
+    env = example_env()
+    env.update(
+        DJANGO_ALLOWED_HOSTS="models.example.org,localhost",
+        SITE_URL=site,
+        CSRF_TRUSTED_ORIGINS=site,
+        DJANGO_SECURE_SSL_REDIRECT="0",  # no TLS terminator in front here: plain HTTP on loopback
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
+        STORAGE_BACKEND="s3",
+        AWS_STORAGE_BUCKET_NAME="releases",
+        AWS_S3_ENDPOINT_URL=s3_endpoint,
+        AWS_ACCESS_KEY_ID="test",
+        AWS_SECRET_ACCESS_KEY="test",
+        EMAIL_HOST="127.0.0.1",
+        WEB_CONCURRENCY="2",
+        GUNICORN_THREADS="2",
+        WAIT_TIMEOUT="60",
+    )
+    return env
+
+
+def figure(line: str) -> None:
+    """A measured figure for docs/benchmarks.md (printed by scripts/docker-test.sh, never asserted)."""
+    if FIGURES:
+        with open(FIGURES, "a") as out:
+            out.write(line + "\n")
+
+
+def get(url: str, **headers) -> tuple[int, dict, bytes]:
+    request = urllib.request.Request(url, headers=headers)
+    with NO_PROXY.open(request, timeout=30) as response:
+        return response.status, dict(response.headers), response.read()
 
 
 def http_status(url: str, host: str | None = None, timeout: float = 5) -> int | None:
