@@ -64,10 +64,7 @@ def stack(tmp_path_factory, request, database_url, redis_url, s3_endpoint):
         roles.start("beat")
         yield roles
     finally:
-        if request.session.testsfailed:
-            for container in roles.started:
-                print(f"--- {container.name} ---\n{container.logs()}", file=sys.stderr)
-        roles.remove_all()
+        roles.remove_all(show_logs=bool(request.session.testsfailed))
         cache.stop()
         second_cache.stop()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -204,5 +205,9 @@ class Roles:
             docker("volume", "rm", f"{container.name}-data", check=False)
             self.started.remove(container)
 
-    def remove_all(self) -> None:
+    def remove_all(self, show_logs: bool = False) -> None:
+        """Every container started; with `show_logs` (a test failed), each one's log first, on stderr."""
+        if show_logs:
+            for container in self.started:
+                print(f"--- {container.name} ---\n{container.logs()}", file=sys.stderr)
         self.remove(*self.started)

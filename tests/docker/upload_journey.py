@@ -18,7 +18,6 @@ import http.cookies
 import json
 import re
 import secrets
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -61,10 +60,7 @@ def nodes(tmp_path_factory, request, database_url, redis_url, s3_endpoint):
         roles.start("worker", "-Q", QUEUES, "--concurrency", "1")
         yield webs
     finally:
-        if request.session.testsfailed:
-            for container in roles.started:
-                print(f"--- {container.name} ---\n{container.logs()}", file=sys.stderr)
-        roles.remove_all()
+        roles.remove_all(show_logs=bool(request.session.testsfailed))
 
 
 class Maintainer:
