@@ -551,7 +551,7 @@ def profile_section() -> str:
         f"{PROFILE_HEADING}\n\nOne `publish_release` of the 1 GiB file under cProfile (bench/upload_bench.py), top "
         "entries by own time. cProfile sees the main thread, which reads the file once and chunks every "
         "byte (FastCDC, then each chunk's SHA-256), and waits for the server to join the parts; the whole "
-        "file's SHA-256 (a thread of its own) and the threads that send the parts (each part's CRC32, then "
+        "file's SHA-256 (a thread of its own) and the threads that send the parts (each part's CRC32C, then "
         "its PUT) are not in it.\n\n"
         f"{body}\n"
     )

@@ -242,7 +242,7 @@ def publish_against_awscli(
         (
             f"what one publish costs ({what}): CPU seconds, bytes read from the local disk, bytes read "
             "back from storage (at a counting proxy)",
-            f"ours {min(run.cpu for run in ours):.1f} CPU s (the SHA-256, FastCDC and chunk hashes, part CRC32s), "
+            f"ours {min(run.cpu for run in ours):.1f} CPU s (the SHA-256, FastCDC and chunk hashes, part CRC32Cs), "
             f"{max(run.disk for run in ours) / 2**20:,.0f} MiB from disk, {read_back['ours']:,} bytes read back; "
             f"awscli {min(run.cpu for run in theirs):.1f} CPU s (part CRC32s), "
             f"{max(run.disk for run in theirs) / 2**20:,.0f} MiB from disk, {read_back['awscli']:,} bytes read back; "

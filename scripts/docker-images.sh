@@ -94,7 +94,7 @@ compose_images() {
       [ -z "${!name:-}" ] || pip_env+=("$name=${!name}")
     done
     chroot "$1" /usr/bin/env -i "${pip_env[@]}" python3 -m venv /opt/moto
-    chroot "$1" /usr/bin/env -i "${pip_env[@]}" /opt/moto/bin/pip install -q "moto[server]==5.2.5"
+    chroot "$1" /usr/bin/env -i "${pip_env[@]}" /opt/moto/bin/pip install -q "moto[server]==5.2.5" "crc32c==2.9.post0"
     rm -f "$1/tmp/ca.crt" "$1/etc/resolv.conf"' \
     'ENTRYPOINT ["minio"]' "$standins/minio" "$standins/mc")
   MC_IMAGE=$MINIO_IMAGE  # one image, both shims

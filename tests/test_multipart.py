@@ -10,6 +10,7 @@ from django.core.management import CommandError, call_command
 from releases.models import File, Version
 from releases.services import LocalFile, release_local_files
 from releases.storage import multipart
+from releases.storage.hashing import Composite, crc32c
 
 from . import storage_servers
 
@@ -75,6 +76,27 @@ def test_an_interrupted_upload_resumes_and_sends_only_the_missing_parts(small_pa
     body = small_parts.client.get_object(Bucket=small_parts.bucket, Key="tts/v1/model.pt")["Body"].read()
     assert body == weights.read_bytes() and unfinished(small_parts) == []
     assert Version.objects.get().status == Version.Status.PUBLISHED
+
+
+def test_parts_go_up_with_crc32c_checksums_that_s3_recomputes(small_parts, weights):
+    publish(weights, jobs=2)
+    data = weights.read_bytes()
+    parts = [data[offset : offset + 5 * MiB] for offset in range(0, len(data), 5 * MiB)]
+    expected = Composite.of("CRC32C", [crc32c(part) for part in parts])
+    assert small_parts.stat("tts/v1/model.pt").composite("CRC32C") == expected.value  # moto's own sum of parts
+
+
+def test_an_upload_an_earlier_release_began_with_crc32_parts_starts_over(small_parts, weights):
+    """S3 takes parts only with their upload's algorithm: the old upload is aborted, not resumed."""
+    client, bucket, key = small_parts.client, small_parts.bucket, "tts/v1/model.pt"
+    old = client.create_multipart_upload(Bucket=bucket, Key=key, ChecksumAlgorithm="CRC32")["UploadId"]
+    first = weights.read_bytes()[: 5 * MiB]
+    client.upload_part(Bucket=bucket, Key=key, UploadId=old, PartNumber=1, Body=first, ChecksumAlgorithm="CRC32")
+    publish(weights, jobs=2)
+    report = small_parts.last_upload
+    assert (report.reused_parts, report.sent_bytes) == (0, 13 * MiB) and unfinished(small_parts) == []
+    body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert body == weights.read_bytes() and Version.objects.get().status == Version.Status.PUBLISHED
 
 
 def test_a_stored_part_whose_bytes_changed_is_sent_again(small_parts, weights):

@@ -30,14 +30,14 @@ class StoredObject:
     sha256: str | None = None
     content_type: str | None = None
     # S3's checksum of part checksums for multipart uploads (base64, no "-N"), and the part count:
-    # SHA-256 for the admin's uploads from a browser, CRC32 for publish_release's.
+    # SHA-256 for the admin's uploads from a browser, CRC32C for publish_release's.
     composite_sha256: str | None = None
     parts: int | None = None
-    composite_crc32: str | None = None
+    composite_crc32c: str | None = None
 
     def composite(self, algorithm: str) -> str | None:
-        """The composite checksum of that algorithm ("SHA256", "CRC32"), if the store gave one."""
-        return {"SHA256": self.composite_sha256, "CRC32": self.composite_crc32}.get(algorithm)
+        """The composite checksum of that algorithm ("SHA256", "CRC32C"), if the store gave one."""
+        return {"SHA256": self.composite_sha256, "CRC32C": self.composite_crc32c}.get(algorithm)
 
 
 @dataclass(frozen=True)

@@ -282,7 +282,7 @@ class S3Store(ReleaseStore):
                 return self._stat_by_head(key)
             raise
         checksum = attributes.get("Checksum") or {}
-        sha256, crc32 = checksum.get("ChecksumSHA256"), checksum.get("ChecksumCRC32")
+        sha256, crc32c = checksum.get("ChecksumSHA256"), checksum.get("ChecksumCRC32C")
         kind, parts = checksum.get("ChecksumType"), (attributes.get("ObjectParts") or {}).get("TotalPartsCount")
         return StoredObject(
             key=key,
@@ -290,7 +290,7 @@ class S3Store(ReleaseStore):
             sha256=_full_object_sha256(sha256, kind, bool(parts)),
             composite_sha256=_composite(sha256, kind, bool(parts)),
             parts=parts,
-            composite_crc32=_composite(crc32, kind, bool(parts)),
+            composite_crc32c=_composite(crc32c, kind, bool(parts)),
         )
 
     def _stat_by_head(self, key):
