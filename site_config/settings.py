@@ -1,7 +1,7 @@
 """Settings for Model Releases.
 
-This is the only module that reads the process environment (12-factor). Every
-variable is listed in README.md. A backend that is chosen but not configured
+This module and gunicorn.py read the process environment (12-factor), both through
+site_config/env.py, which also holds the values they share. Every variable is listed in README.md. A backend that is chosen but not configured
 fails here, at start-up, with ImproperlyConfigured.
 """
 
@@ -15,49 +15,9 @@ import dj_database_url
 from cryptography.exceptions import UnsupportedAlgorithm
 from django.core.exceptions import ImproperlyConfigured
 
+from .env import env_bool, env_choice, env_int, env_list, env_str, gunicorn_threads, web_concurrency
+
 BASE_DIR = Path(__file__).resolve().parent.parent
-
-
-def env_str(name: str, default: str = "") -> str:
-    return os.environ.get(name, default).strip()
-
-
-def env_bool(name: str, default: bool = False) -> bool:
-    raw = env_str(name)
-    if not raw:
-        return default
-    if raw.lower() in {"1", "true", "yes", "on"}:
-        return True
-    if raw.lower() in {"0", "false", "no", "off"}:
-        return False
-    raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {raw!r}.")
-
-
-def env_int(name: str, default: int, *, minimum: int, maximum: int) -> int:
-    raw = env_str(name)
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name} must be a whole number, got {raw!r}.") from None
-    if not minimum <= value <= maximum:
-        raise ImproperlyConfigured(f"{name} must be between {minimum} and {maximum}, got {value}.")
-    return value
-
-
-def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = env_str(name, default).lower() or default
-    if value not in choices:
-        raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}; got {value!r}.")
-    return value
-
-
-def env_list(name: str, default: list[str]) -> list[str]:
-    raw = env_str(name)
-    if not raw:
-        return default
-    return [item.strip() for item in raw.split(",") if item.strip()]
 
 
 # --- Embedded default: everything the site writes lives under DATA_DIR. ---
@@ -384,8 +344,8 @@ SINGLE_NODE = env_bool("SINGLE_NODE", False)
 # For the connection check of `check --deploy`: web nodes expected at once, each running
 # WEB_CONCURRENCY x GUNICORN_THREADS threads (site_config/gunicorn.py), one connection each.
 EXPECTED_WEB_NODES = env_int("EXPECTED_WEB_NODES", 1, minimum=1, maximum=1000)
-WEB_CONCURRENCY = env_int("WEB_CONCURRENCY", (os.cpu_count() or 1) * 2 + 1, minimum=1, maximum=1000)
-GUNICORN_THREADS = env_int("GUNICORN_THREADS", 4, minimum=1, maximum=1000)
+WEB_CONCURRENCY = web_concurrency()
+GUNICORN_THREADS = gunicorn_threads()
 
 # --- Beat jobs: every interval in seconds, from the environment ---
 CELERY_BEAT_SCHEDULE = {

@@ -22,19 +22,57 @@ def example_env() -> dict:
     return {key: value for key, value in (p for p in pairs if len(p) == 2) if not key.startswith("#")}
 
 
-def settings_variables() -> set[str]:
-    source = (REPO_ROOT / "site_config" / "settings.py").read_text()
+def variables_read_by(*names: str) -> set[str]:
+    source = "".join((REPO_ROOT / "site_config" / name).read_text() for name in names)
     return set(re.findall(r'env_(?:str|bool|int|choice|list)\(\s*"([A-Z0-9_]+)"', source))
+
+
+def settings_variables() -> set[str]:
+    return variables_read_by("settings.py", "env.py")
 
 
 def test_env_example_lists_every_setting_and_gunicorn_option():
     listed = set(example_env())
     assert settings_variables() - listed == set()
-    gunicorn = set(
-        re.findall(r'os\.environ\.get\("([A-Z_]+)"', (REPO_ROOT / "site_config" / "gunicorn.py").read_text())
-    )
-    assert gunicorn - listed == set()
+    gunicorn = variables_read_by("gunicorn.py")
+    assert {"GUNICORN_BIND", "GUNICORN_TIMEOUT"} <= gunicorn and gunicorn - listed == set()
+    assert {"WEB_CONCURRENCY", "GUNICORN_THREADS"} <= settings_variables() & set(listed)
     assert "WAIT_TIMEOUT" in listed  # the entrypoint's
+
+
+def gunicorn_config(**env: str) -> dict[str, str]:
+    """The workers, threads and timeout gunicorn makes of site_config/gunicorn.py in this environment."""
+    command = [sys.executable, "-m", "gunicorn", "--print-config", "-c", "site_config/gunicorn.py", "site_config.wsgi"]
+    result = subprocess.run(command, cwd=REPO_ROOT, env={"PATH": VENV_PATH, **env}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return dict(re.findall(r"^(workers|threads|timeout) += (\d+)$", result.stdout, re.M))
+
+
+def test_gunicorn_runs_the_workers_and_threads_that_check_deploy_counts():
+    from site_config import env as site_env
+
+    assert gunicorn_config(WEB_CONCURRENCY="3", GUNICORN_THREADS="2", GUNICORN_TIMEOUT="90") == {
+        "workers": "3", "threads": "2", "timeout": "90"
+    }  # fmt: skip
+    assert gunicorn_config() == {
+        "workers": str(site_env.web_concurrency()), "threads": str(site_env.gunicorn_threads()), "timeout": "60"
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("WEB_CONCURRENCY", "0", "WEB_CONCURRENCY must be between 1 and 1000, got 0."),
+        ("GUNICORN_THREADS", "four", "GUNICORN_THREADS must be a whole number, got 'four'."),
+        ("GUNICORN_TIMEOUT", "-5", "GUNICORN_TIMEOUT must be between 1 and 3600, got -5."),
+    ],
+)
+def test_gunicorn_refuses_a_bad_value_by_its_name(name, value, message):
+    command = [sys.executable, "-m", "gunicorn", "--check-config", "-c", "site_config/gunicorn.py", "site_config.wsgi"]
+    result = subprocess.run(
+        command, cwd=REPO_ROOT, env={"PATH": VENV_PATH, name: value}, capture_output=True, text=True
+    )
+    assert result.returncode != 0 and message in result.stdout + result.stderr
 
 
 def as_plain_up_reads(text: str) -> str:
