@@ -33,6 +33,26 @@ api = NinjaAPI(
 ERRORS = {404: Error, 410: Error}
 
 
+def header(description: str) -> dict:
+    return {"description": description, "schema": {"type": "string"}}
+
+
+ARTIFACT_VERSION = header("The version's stored name, whatever was asked (`latest`, another case).")
+REPORT_URL = header("Where the served clients send their run report; absent when the site takes none.")
+# What a run that ends at an error learns from it: the clients report such runs too.
+VERSION_ERRORS = {
+    404: {
+        "description": "No such model or version (`detail` names the closest ones); X-Report-URL when the model "
+        "exists, so that a run asking for a version it lacks is counted.",
+        "headers": {"X-Report-URL": REPORT_URL},
+    },
+    410: {
+        "description": "A withdrawn version.",
+        "headers": {"X-Artifact-Version": ARTIFACT_VERSION, "X-Report-URL": REPORT_URL},
+    },
+}
+
+
 def iso(moment: datetime | None) -> str | None:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
 
@@ -125,6 +145,7 @@ def get_model(request: HttpRequest, response: HttpResponse, model: str):
     response={200: VersionOut, **ERRORS},
     url_name="version",
     summary="A version with signed download links",
+    openapi_extra={"responses": {200: {"headers": {"X-Artifact-Version": ARTIFACT_VERSION}}, **VERSION_ERRORS}},
 )
 def get_version(request: HttpRequest, model: str, version: str):
     page = selectors.version_with_files(model, version, request.user)
@@ -161,13 +182,16 @@ def get_version(request: HttpRequest, model: str, version: str):
     openapi_extra={
         "responses": {
             200: {
-                "description": (
-                    "One `<sha256>  <path>` line per file; the resolved version is in X-Artifact-Version, "
-                    "its status in X-Artifact-Status and, when yanked, the reason (percent-encoded UTF-8) in "
-                    "X-Artifact-Yanked-Reason."
-                ),
+                "description": "One `<sha256>  <path>` line per file, for `sha256sum -c`.",
                 "content": {"text/plain": {"schema": {"type": "string"}}},
-            }
+                "headers": {
+                    "X-Artifact-Version": ARTIFACT_VERSION,
+                    "X-Artifact-Status": header("The version's status: published or yanked."),
+                    "X-Artifact-Yanked-Reason": header("Why it was yanked, percent-encoded UTF-8 (yanked only)."),
+                    "X-Report-URL": REPORT_URL,
+                },
+            },
+            **VERSION_ERRORS,
         }
     },
 )

@@ -148,6 +148,23 @@ def test_openapi_document_is_valid_and_describes_the_contract(client):
     assert client.get("/api/docs").status_code == 200
 
 
+@pytest.mark.parametrize(
+    "version, status",
+    [("v9", 200), ("v11", 200), ("v99", 404), ("v12", 410)],
+    ids=["published", "yanked", "missing", "withdrawn"],
+)
+@pytest.mark.parametrize("tail", ["", "/sha256sums"], ids=["json", "sha256sums"])
+def test_the_headers_clients_read_are_in_the_openapi_document(client, catalogue, version, status, tail):
+    """The clients read the version, its status and where to report from these headers, errors included."""
+    document = client.get("/api/openapi.json").json()
+    operation = document["paths"]["/api/v1/models/{model}/versions/{version}" + tail]["get"]
+    documented = set(operation["responses"][str(status)].get("headers", {}))
+    response = client.get(f"/api/v1/models/index-tts/versions/{version}{tail}")
+    sent = {name for name in response.headers if name.startswith("X-Artifact-") or name == "X-Report-URL"}
+    assert response.status_code == status and sent  # each of these answers carries at least one
+    assert sent <= documented, f"sent but not documented: {sent - documented}"
+
+
 def test_api_responses_are_cacheable_and_conditional(client, catalogue):
     response = client.get("/api/v1/models/index-tts/versions/v9")
     assert response["xkey"] == "model-index-tts version-index-tts-v9" and "s-maxage" in response["Cache-Control"]
