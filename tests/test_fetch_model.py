@@ -328,7 +328,7 @@ def test_usage_and_an_unreachable_site(tmp_path):
 @pytest.mark.parametrize(
     "path",
     ["/etc/passwd", "../escape", "a/../../b", "C:/Windows/x", "c:evil", "a\\b", "CON", "nul.txt", "sub/COM1.bin",
-     "lpt9", "name.", "trailing ", "a//b", "./x", "tab\there"],
+     "lpt9", "name.", "trailing ", "a//b", "./x", "tab\there", "\ud800x.bin", "sub/\udfff"],
 )  # fmt: skip
 def test_paths_that_are_unsafe_on_any_platform_are_refused(path):
     client = load_client()

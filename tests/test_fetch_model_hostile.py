@@ -284,6 +284,16 @@ MALFORMED = {
 }
 
 
+def test_a_path_with_a_lone_surrogate_exits_5_before_writing_anything(site, tmp_path):
+    """JSON can carry "\\ud800", which no file name can hold: refused like any unsafe path."""
+    good = {"path": "w.bin", "size": 7, "sha256": hashlib.sha256(b"weights").hexdigest(),
+            "stable_url": f"{site.url}/models/m/v1/w.bin"}  # fmt: skip
+    site.answer_api(json.dumps({"version": "v1", "files": [good, {**good, "path": "sub/\ud800.bin"}]}).encode())
+    result = fetch(site, tmp_path / "out")
+    assert result.returncode == 5 and "refusing the unsafe path 'sub/\\ud800.bin'" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("kind", MALFORMED)
 def test_a_malformed_answer_exits_4_with_one_line(site, tmp_path, kind):
     site.answer_api(MALFORMED[kind])

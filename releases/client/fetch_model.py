@@ -150,8 +150,8 @@ def path_problem(path: str) -> str | None:
         return "is empty or longer than 1024 characters"
     if path.startswith("/") or "\\" in path or re.match(r"[A-Za-z]:", path):
         return "is absolute, has a drive letter or a backslash"
-    if any(ord(char) < 32 or ord(char) == 127 for char in path):
-        return "contains a control character"
+    if any(ord(char) < 32 or ord(char) == 127 or 0xD800 <= ord(char) <= 0xDFFF for char in path):
+        return "contains a control character or a lone surrogate (no file name can hold one)"
     if set(path) & set('<>:"|?*'):
         return 'contains one of < > : " | ? *'
     for part in path.split("/"):
