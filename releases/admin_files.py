@@ -21,6 +21,7 @@ class FileForm(forms.ModelForm):
     # A tabular row's inputs have only the column heading above them: each names itself for a screen reader.
     upload = forms.FileField(
         required=False,
+        allow_empty_file=True,  # a folder's `.gitkeep` or an empty `__init__.py` is a file of the version too
         widget=forms.ClearableFileInput(attrs={"aria-label": "File to upload"}),
         help_text="Small files only; for large files or a whole folder use “Upload large files” above.",
     )

@@ -155,6 +155,17 @@ def test_register_an_existing_object_through_the_inline(admin_client, local_stor
     assert (file.path, file.key, file.sha256) == ("vocoder.bin", key, hashlib.sha256(b"vocoder").hexdigest())
 
 
+def test_an_empty_file_is_added_through_the_inline(admin_client, local_store):
+    version = VersionFactory()
+    data = form_data(admin_client.get(version_url(version)), **{"files-0-path": "sub/.gitkeep"})
+    data["files-0-upload"] = SimpleUploadedFile(".gitkeep", b"")
+    response = admin_client.post(version_url(version), data, follow=True)
+    assert any("changed successfully" in message for message in messages_of(response)), response.content.decode()
+    file = File.objects.get()
+    assert (file.path, file.size, file.sha256) == ("sub/.gitkeep", 0, hashlib.sha256(b"").hexdigest())
+    assert local_store.stat(file.key).size == 0
+
+
 @pytest.mark.parametrize(
     "fields, error",
     [
