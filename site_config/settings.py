@@ -190,18 +190,26 @@ def release_storage() -> dict:
     if not bucket:
         raise ImproperlyConfigured("STORAGE_BACKEND=s3 needs AWS_STORAGE_BUCKET_NAME.")
     endpoint_url = env_str("AWS_S3_ENDPOINT_URL") or None
+    # Where clients reach the store when the site reaches it elsewhere (a service name on a private
+    # network): download links and browser part uploads are signed for this address.
+    public_endpoint_url = env_str("AWS_S3_PUBLIC_ENDPOINT_URL").rstrip("/") or None
+    if public_endpoint_url and not public_endpoint_url.startswith(("http://", "https://")):
+        raise ImproperlyConfigured(
+            f"AWS_S3_PUBLIC_ENDPOINT_URL must be an http:// or https:// address; got {public_endpoint_url!r}."
+        )
     access_key, secret_key = AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
     return {
         "BACKEND": "s3",
         "OPTIONS": {
             "bucket_name": bucket,
             "endpoint_url": endpoint_url,
+            "public_endpoint_url": public_endpoint_url,
             "region_name": AWS_REGION_NAME,
             "access_key": access_key or None,
             "secret_key": secret_key or None,
             "security_token": AWS_SESSION_TOKEN or None,
             # S3-compatible stores on a custom endpoint rarely have per-bucket DNS.
-            "addressing_style": AWS_S3_ADDRESSING_STYLE or ("path" if endpoint_url else "auto"),
+            "addressing_style": AWS_S3_ADDRESSING_STYLE or ("path" if endpoint_url or public_endpoint_url else "auto"),
         },
     }
 

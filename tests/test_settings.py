@@ -49,6 +49,10 @@ def test_s3_backend_with_its_settings(tmp_path):
             "Set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither",
         ),
         ({"STORAGE_BACKEND": "ftp"}, "STORAGE_BACKEND must be one of local, s3"),
+        (
+            {"STORAGE_BACKEND": "s3", "AWS_STORAGE_BUCKET_NAME": "b", "AWS_S3_PUBLIC_ENDPOINT_URL": "s3.example.org"},
+            "AWS_S3_PUBLIC_ENDPOINT_URL must be an http:// or https:// address; got 's3.example.org'.",
+        ),
         ({"SIGNED_URL_TTL": "0"}, "SIGNED_URL_TTL must be between 1 and 302400"),
         ({"SIGNED_URL_TTL": "302401"}, "SIGNED_URL_TTL must be between 1 and 302400"),
         ({"SIGNED_URL_TTL": "1h"}, "SIGNED_URL_TTL must be a whole number"),

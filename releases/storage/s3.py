@@ -62,6 +62,9 @@ class S3Config:
 
     bucket_name: str
     endpoint_url: str | None = None
+    # Where clients reach the store, when not at endpoint_url (the site's own address for it, such as
+    # a service name on a private network): signed download links and browser part uploads point here.
+    public_endpoint_url: str | None = None
     region_name: str | None = None
     addressing_style: str | None = None
     access_key: str | None = None
@@ -83,7 +86,7 @@ class S3Store(ReleaseStore):
             if config.access_key and config.secret_key
             else None
         )
-        self._client = self._part_client = self._location = None
+        self._client = self._part_client = self._link_client = self._location = None
 
     @property
     def client(self):
@@ -109,11 +112,21 @@ class S3Store(ReleaseStore):
                     self._part_client = self._new_client(payload_signing_enabled=False)
         return self._part_client
 
-    def _new_client(self, **s3_options):
+    @property
+    def link_client(self):
+        """Presigns URLs for others (browser part uploads) for the public endpoint: local work only."""
+        if not self.storage.public_endpoint_url:
+            return self.client
+        with _client_lock:
+            if self._link_client is None:
+                self._link_client = self._new_client(endpoint_url=self.storage.public_endpoint_url)
+        return self._link_client
+
+    def _new_client(self, endpoint_url=None, **s3_options):
         return aws.client(
             "s3",
             keys=self.keys,
-            endpoint_url=self.storage.endpoint_url,
+            endpoint_url=endpoint_url or self.storage.endpoint_url,
             region_name=self.region,
             config=self._config(**s3_options),
         )
@@ -133,7 +146,8 @@ class S3Store(ReleaseStore):
         return Config(**options)
 
     def signing_location(self) -> S3Location:
-        """Where botocore would send a GET for this bucket, learnt once by presigning a probe URL.
+        """Where botocore would send a client's GET for this bucket (the public endpoint), learnt once
+        by presigning a probe URL.
 
         botocore decides the host, the port in the signed host header, the path (style,
         endpoint prefix, dotted buckets) and the signing region; copying its answer keeps
@@ -142,7 +156,10 @@ class S3Store(ReleaseStore):
         """
         if self._location is None:
             probe = aws.offline_client(
-                "s3", endpoint_url=self.storage.endpoint_url, region_name=self.region, config=self._config()
+                "s3",
+                endpoint_url=self.storage.public_endpoint_url or self.storage.endpoint_url,
+                region_name=self.region,
+                config=self._config(),
             )
             url = probe.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": PROBE_KEY})
             self._location = S3Location.from_presigned(url, PROBE_KEY)
@@ -215,7 +232,7 @@ class S3Store(ReleaseStore):
 
     def part_target(self, key, upload_id, number, sha256, expires):
         with _storage_errors(f"sign part {number} of {key!r}"):
-            return browser_parts.part_target(self.client, self.bucket, key, upload_id, number, sha256, expires)
+            return browser_parts.part_target(self.link_client, self.bucket, key, upload_id, number, sha256, expires)
 
     def complete_parts_upload(self, key, upload_id, parts, observe=None):
         with _storage_errors(f"complete the upload of {key!r}"):
