@@ -115,7 +115,12 @@ def test_compose_file_wires_every_service():
     assert '.host = "web"' in site_vcl and '.port = "8000"' in site_vcl
     assert services["web"]["environment"]["CDN_PURGE_URL"] == "http://varnish:80"
     assert services["web"]["environment"]["GUNICORN_BIND"] == "0.0.0.0:8000"
+    # The site reaches the store by name; clients on the host at its published port.
     assert services["web"]["environment"]["AWS_S3_ENDPOINT_URL"] == "http://s3:9000"
+    assert services["web"]["environment"]["AWS_S3_PUBLIC_ENDPOINT_URL"] == "http://localhost:9000"
+    assert services["s3"]["ports"] == ["9000:9000"] and services["create-bucket"]["environment"] == {
+        "STORE_URL": "http://s3:9000"
+    }
 
 
 def test_compose_file_runs_the_official_images_by_default_and_takes_every_port_from_the_environment():

@@ -41,9 +41,10 @@ class Stack:
         for name in files:
             self.command += ["-f", str(root / "docker" / name)]
         # Compose v1 refuses published ports on the host's network, and an override cannot remove
-        # them: varnish's are dropped from the rendered file (docker/compose.host-network.yaml says so).
+        # them: varnish's and s3's are dropped from the rendered file (docker/compose.host-network.yaml says so).
         rendered = yaml.safe_load(self("config"))
-        assert rendered["services"]["varnish"].pop("ports")
+        for published in ("varnish", "s3"):
+            assert rendered["services"][published].pop("ports")
         (root / "stack.yaml").write_text(yaml.safe_dump(rendered))
         self.command[-2 * len(files) :] = ["-f", str(root / "stack.yaml")]
 
@@ -78,7 +79,9 @@ def stack_env() -> dict[str, str]:
     return env | {
         "BIND_HOST": "127.0.0.1",
         "VARNISH_PUBLISH_PORT": str(free_port()),  # published ports do not apply on the host's network
-        "S3_ENDPOINT_URL": f"http://127.0.0.1:{env['S3_PORT']}",  # signed links: the test reaches it here
+        "S3_PUBLISH_PORT": str(free_port()),
+        # Signed links: the test reaches the store here, the site by its name (s3, on loopback here).
+        "S3_ENDPOINT_URL": f"http://127.0.0.1:{env['S3_PORT']}",
         "DJANGO_ALLOWED_HOSTS": "models.example.org,localhost",
         "SITE_URL": site,
         "CSRF_TRUSTED_ORIGINS": site,
