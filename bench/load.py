@@ -2,8 +2,8 @@
 
 60 s each (LOAD_SECONDS) on /healthz, the `latest` API, a version page with
 50 files and a stable redirect: requests/s, p50/p99, errors, the ratio to
-/healthz, and the workers' memory before and after. Appends the table to
-docs/benchmarks.md. Exits 1 on any error response.
+/healthz, and the workers' memory before and after. Writes the table into the
+Load section of docs/benchmarks.md, keeping the others. Exits 1 on any error response.
 """
 
 import os
@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
 from common import free_port, manage, start_gunicorn, wait_for_http  # noqa: E402
+from report import with_section  # noqa: E402
 
 SECONDS = int(os.environ.get("LOAD_SECONDS", "60"))
 CONNECTIONS = int(os.environ.get("LOAD_CONNECTIONS", "32"))
@@ -115,8 +116,7 @@ def main() -> int:
     print(text)
     report = REPO / "docs" / "benchmarks.md"
     existing = report.read_text() if report.exists() else "# Benchmarks\n"
-    existing = existing.split("\n## Load\n")[0].rstrip("\n")
-    report.write_text(f"{existing}\n\n## Load\n\nWritten by `make load` (bench/load.py).\n\n{text}\n")
+    report.write_text(with_section(existing, f"## Load\n\nWritten by `make load` (bench/load.py).\n\n{text}\n"))
     failed = sum(row["errors"] + row["socket_errors"] for row in results.values())
     return 1 if failed else 0
 

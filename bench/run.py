@@ -20,6 +20,7 @@ from client_bench import bench_python_client  # noqa: E402
 from common import free_port, manage, start_gunicorn, wait_for_http, wait_until  # noqa: E402
 from notes import bench_notes  # noqa: E402
 from pages_bench import bench_pages  # noqa: E402
+from report import PROFILE_HEADING, full_report, with_upload_rows  # noqa: E402
 from shell_client_bench import bench_shell_client_life  # noqa: E402
 from upload_bench import PROFILES, bench_uploads  # noqa: E402
 
@@ -521,26 +522,19 @@ def main() -> int:
     header = f"Model Releases benchmarks, {datetime.date.today().isoformat()}, on {machine()}"
     print(f"\n{header}\n\n{text}\n\n{profile_section()}")
     report = REPO / "docs" / "benchmarks.md"
-    if only == "uploads" and report.exists():  # the publish rows (and their profile) replace their old ones
-        report.write_text(with_upload_rows(report.read_text(), text, header))
+    old = report.read_text() if report.exists() else None
+    if only == "uploads" and old:  # the publish rows (and their profile) replace their old ones
+        report.write_text(with_upload_rows(old, text, profile_section(), header))
     if only:
         return 0 if ok else 1
-    load = ""
-    if report.exists() and "\n## Load\n" in report.read_text():  # written by `make load`; kept
-        load = "\n## Load\n" + report.read_text().split("\n## Load\n", 1)[1]
-    report.write_text(
-        "# Benchmarks\n\n"
+    intro = (
         f"{header}. Written by `make bench` (bench/run.py); S3 is moto in server mode in its own process, "
         "the site runs on SQLite (and gunicorn for the client rows), all on loopback. The Python client's rows "
         "(bench/client_bench.py) run gunicorn with local storage behind bench/throttle.py, a loopback proxy that "
-        "limits each connection or all of them and counts the bytes the server sends.\n\n"
-        f"{text}\n\n{profile_section()}{load}"
+        "limits each connection or all of them and counts the bytes the server sends."
     )
+    report.write_text(full_report(old, intro, text, profile_section()))
     return 0 if ok else 1
-
-
-PROFILE_HEADING = "## Where a publish's time goes"
-UPLOAD_ROWS = ("| publish_release", "| what one", "| tasks the worker")  # the rows BENCH_ONLY=uploads writes
 
 
 def profile_section() -> str:
@@ -555,28 +549,6 @@ def profile_section() -> str:
         "its PUT) are not in it.\n\n"
         f"{body}\n"
     )
-
-
-def with_upload_rows(report: str, text: str, header: str) -> str:
-    """`report` with its publish_release rows replaced by those of `text` (a BENCH_ONLY=uploads run,
-    dated in the profile section) and its profile section replaced."""
-    new = [line for line in text.splitlines() if line.startswith(UPLOAD_ROWS)]
-    lines, placed, kept = report.splitlines(), False, []
-    for line in lines:
-        if line.startswith(UPLOAD_ROWS):
-            if not placed:
-                kept += new
-                placed = True
-            continue
-        kept.append(line)
-    result = "\n".join(kept) + "\n"
-    before, _, after = result.partition(f"\n{PROFILE_HEADING}\n")
-    if after:  # drop the old profile section, up to the next heading
-        rest = after.split("\n## ", 1)
-        result = before + ("\n## " + rest[1] if len(rest) > 1 else "\n")
-    section = profile_section().replace("\n\nOne ", f"\n\nThe publish rows above: {header}. One ", 1)
-    head, sep, tail = result.partition("\n## Load\n")
-    return head.rstrip("\n") + "\n\n" + section + (sep + tail if sep else "")
 
 
 if __name__ == "__main__":
