@@ -328,6 +328,37 @@ def test_a_file_changed_since_its_upload_began_is_chosen_again_and_its_other_byt
     assert File.objects.get(version=draft).sha256 == digest
 
 
+SIGN = re.compile(r"/uploads/[0-9a-f-]+/parts/\d+/sign/$")
+
+
+def test_a_gateway_error_while_a_web_node_restarts_is_waited_out_not_taken_for_a_logout(
+    local_store, live_server, browser_page, django_user_model, tmp_path, monkeypatch
+):
+    """A proxy's 502 page for a part's signature (a node restarting behind a load balancer) is tried
+    again: the upload completes. Only the login page means the session ended."""
+    monkeypatch.setattr(browser_uploads, "PART_SIZE", 5 * MiB)
+    data = os.urandom(5 * MiB + 77)  # two parts
+    weights = tmp_path / "model.pt"
+    weights.write_bytes(data)
+    draft = VersionFactory(model__slug="tts", version="v8")
+    page = log_in_as_maintainer(live_server, browser_page, django_user_model)
+    page.goto(f"{live_server.url}/admin/releases/version/{draft.pk}/upload/")
+    answered = []
+
+    def gateway_down_twice(route):
+        if len(answered) < 2:
+            answered.append(502)
+            return route.fulfill(status=502, content_type="text/html", body="<html><h1>502 Bad Gateway</h1></html>")
+        route.continue_()
+
+    page.route(SIGN, gateway_down_twice)
+    page.set_input_files("#upload-file", str(weights))
+    page.click("#upload-start")
+    wait_for_status(page, "Done:", timeout=60)
+    assert answered == [502, 502]
+    assert File.objects.get(version=draft).sha256 == hashlib.sha256(data).hexdigest()
+
+
 def test_a_folder_with_an_empty_file_uploads_the_others_and_stores_the_empty_one_as_it_is(
     local_store, live_server, browser_page, django_user_model
 ):

@@ -32,20 +32,41 @@
   // again is all it takes (the parts already stored are kept).
   const memoryKey = `releases-upload-${root.dataset.versionUrl}`;
 
+  const RESUME = "choose the file again to resume (the parts already stored are kept).";
+
+  // A failed call says whether trying it again may help (`retryable`): the site unreachable, or a
+  // server error (from the site or a proxy in front of it, as while a web node restarts).
   async function api(url, body) {
     const options = { method: body === undefined ? "GET" : "POST", credentials: "same-origin",
       headers: { "Content-Type": "application/json", "X-CSRFToken": csrf } };
     if (body !== undefined) options.body = JSON.stringify(body);
-    const response = await fetch(url, options);
-    if (response.redirected || !(response.headers.get("Content-Type") || "").includes("json")) {
-      // The admin sent its login page: the session ended (or another page answered).
+    const response = await fetch(url, options).catch((error) => {
+      throw Object.assign(new Error(`The site could not be reached (${error.message}): ${RESUME}`), { retryable: true });
+    });
+    const json = (response.headers.get("Content-Type") || "").includes("json");
+    if (response.redirected || (response.ok && !json)) {
+      // The admin sent its login page: the session ended.
       throw new Error("Your admin session has ended: log in again, then choose the file again to resume.");
     }
-    const data = await response.json();
+    const data = json ? await response.json() : {};
     if (!response.ok) {
-      throw Object.assign(new Error(data.error || `${response.status} ${response.statusText}`), { status: response.status });
+      const message = data.error || `The site answered ${response.status} ${response.statusText}`.trim() + `: ${RESUME}`;
+      throw Object.assign(new Error(message), { status: response.status, retryable: response.status >= 500 });
     }
     return data;
+  }
+
+  // Calls that do the same however often they are made (signing a part, asking an upload's state)
+  // are made again, a little later each time, when the failure may pass.
+  async function retried(call) {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await call();
+      } catch (error) {
+        if (!error.retryable || attempt >= ATTEMPTS) throw error;
+        await sleep(Math.min(1000 * 2 ** attempt, 15000));
+      }
+    }
   }
 
   async function sha256(blob) {
@@ -111,7 +132,7 @@
   async function sendPart(run, number, blob, checksum) {
     for (let attempt = 1; ; attempt++) {
       if (run.stopped) throw new Error("stopped");
-      const target = await api(`${run.links.sign}${number}/sign/`, { sha256: checksum });
+      const target = await retried(() => api(`${run.links.sign}${number}/sign/`, { sha256: checksum }));
       const answer = await put(run, target, blob, (loaded) => { run.inFlight.set(number, loaded); report(run); });
       run.inFlight.delete(number);
       if (answer.status >= 200 && answer.status < 300) return;
@@ -152,7 +173,7 @@
     while (state.state === "hashing") {
       show("Checking the file's SHA-256 in storage…");
       await sleep(1000);
-      state = await api(upload.links.status);
+      state = await retried(() => api(upload.links.status));
     }
     listed(state);
     await forgetHandle(state.id);  // done, or failed its check: nothing to resume either way
