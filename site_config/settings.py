@@ -1,8 +1,9 @@
 """Settings for Model Releases.
 
 This module and gunicorn.py read the process environment (12-factor), both through
-site_config/env.py, which also holds the values they share. Every variable is listed in README.md. A backend that is chosen but not configured
-fails here, at start-up, with ImproperlyConfigured.
+site_config/env.py, which also holds the values they share. Every variable is listed in
+README.md. A backend that is chosen but not configured fails here, at start-up, with
+ImproperlyConfigured.
 """
 
 import ipaddress

@@ -40,10 +40,15 @@ def test_env_example_lists_every_setting_and_gunicorn_option():
     assert "WAIT_TIMEOUT" in listed  # the entrypoint's
 
 
+def gunicorn(flag: str, **env: str) -> subprocess.CompletedProcess:
+    """gunicorn with site_config/gunicorn.py and `flag` (it serves nothing), in this environment only."""
+    command = [sys.executable, "-m", "gunicorn", flag, "-c", "site_config/gunicorn.py", "site_config.wsgi"]
+    return subprocess.run(command, cwd=REPO_ROOT, env={"PATH": VENV_PATH, **env}, capture_output=True, text=True)
+
+
 def gunicorn_config(**env: str) -> dict[str, str]:
     """The workers, threads and timeout gunicorn makes of site_config/gunicorn.py in this environment."""
-    command = [sys.executable, "-m", "gunicorn", "--print-config", "-c", "site_config/gunicorn.py", "site_config.wsgi"]
-    result = subprocess.run(command, cwd=REPO_ROOT, env={"PATH": VENV_PATH, **env}, capture_output=True, text=True)
+    result = gunicorn("--print-config", **env)
     assert result.returncode == 0, result.stderr
     return dict(re.findall(r"^(workers|threads|timeout) += (\d+)$", result.stdout, re.M))
 
@@ -68,10 +73,7 @@ def test_gunicorn_runs_the_workers_and_threads_that_check_deploy_counts():
     ],
 )
 def test_gunicorn_refuses_a_bad_value_by_its_name(name, value, message):
-    command = [sys.executable, "-m", "gunicorn", "--check-config", "-c", "site_config/gunicorn.py", "site_config.wsgi"]
-    result = subprocess.run(
-        command, cwd=REPO_ROOT, env={"PATH": VENV_PATH, name: value}, capture_output=True, text=True
-    )
+    result = gunicorn("--check-config", **{name: value})
     assert result.returncode != 0 and message in result.stdout + result.stderr
 
 

@@ -25,6 +25,7 @@
   let picked = null;  // files chosen through the pickers or dropped (with their handles), if any
 
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  const backoff = (attempt) => Math.min(1000 * 2 ** attempt, 15000);  // ms before try attempt + 1
   const mib = (bytes) => `${(bytes / 1048576).toFixed(1)} MiB`;
   const plural = (count, word) => `${count} ${word}${count === 1 ? "" : "s"}`;
   const duration = (seconds) => (seconds >= 90 ? `${Math.round(seconds / 60)} min` : `${Math.max(1, Math.round(seconds))} s`);
@@ -64,7 +65,7 @@
         return await call();
       } catch (error) {
         if (!error.retryable || attempt >= ATTEMPTS) throw error;
-        await sleep(Math.min(1000 * 2 ** attempt, 15000));
+        await sleep(backoff(attempt));
       }
     }
   }
@@ -142,7 +143,7 @@
           "Choose the file again to resume.");
       }
       // A refused part (an expired URL: 403) gets a fresh URL at once; a cut connection waits a little.
-      await sleep(answer.status === 403 ? 200 : Math.min(1000 * 2 ** attempt, 15000));
+      await sleep(answer.status === 403 ? 200 : backoff(attempt));
     }
   }
 
